@@ -1,0 +1,141 @@
+"""CoNLL-U reading through the ``conllu`` package, with line-precise errors.
+
+Multiword-token lines (``3-4``) and empty nodes (``5.1``) are not words: they are skipped and
+counted in ``Corpus.skipped``. Rows of a store follow the remaining word lines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import conllu
+
+from .types import Corpus, CorpusFormatError, Sentence
+
+log = logging.getLogger(__name__)
+
+_ID_WORD = re.compile(r"^[1-9][0-9]*$")
+_ID_RANGE = re.compile(r"^[1-9][0-9]*-[1-9][0-9]*$")
+_ID_EMPTY = re.compile(r"^[0-9]+\.[1-9][0-9]*$")
+COLUMNS = ["id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc"]
+
+
+def _parse_feats(value: str, where: str) -> dict[str, str]:
+    if value == "_" or value == "":
+        return {}
+    out = {}
+    for part in value.split("|"):
+        if "=" not in part:
+            raise CorpusFormatError(f"{where}: FEATS item {part!r} is not Attribute=Value")
+        k, v = part.split("=", 1)
+        out[k] = v
+    return out
+
+
+def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
+    """Read a CoNLL-U file into a :class:`Corpus`.
+
+    Raises :class:`CorpusFormatError` naming ``file:line`` for a malformed line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: corpus file not found")
+    sentences: list[Sentence] = []
+    skipped = {"multiword_token_lines": 0, "empty_node_lines": 0}
+    block: list[str] = []
+    block_start = 0
+    expected = 1
+
+    def flush(end_line: int) -> None:
+        nonlocal block, expected
+        if not block:
+            return
+        text = "\n".join(block) + "\n\n"
+        try:
+            tl = conllu.parse(text)[0]
+        except Exception as e:  # conllu's own message lacks the file position
+            raise CorpusFormatError(f"{path}:{block_start}: cannot parse sentence ({e})") from None
+        words, cols = [], {"lemma": [], "upos": [], "xpos": [], "feats": [], "head": [], "deprel": [], "misc": []}
+        line_no = block_start + sum(1 for ln in block if ln.startswith("#"))
+        for tok in tl:
+            tid = tok["id"]
+            if isinstance(tid, tuple):
+                if len(tid) == 3 and tid[1] == "-":
+                    skipped["multiword_token_lines"] += 1
+                else:
+                    skipped["empty_node_lines"] += 1
+                line_no += 1
+                continue
+            where = f"{path}:{line_no}"
+            words.append(tok["form"])
+            cols["lemma"].append(tok["lemma"] if tok["lemma"] is not None else "_")
+            cols["upos"].append(tok["upos"] if tok["upos"] is not None else "_")
+            cols["xpos"].append(tok["xpos"] if tok["xpos"] is not None else "_")
+            feats = tok["feats"]
+            cols["feats"].append(dict(feats) if feats else {})
+            cols["head"].append(tok["head"] if tok["head"] is not None else -1)
+            cols["deprel"].append(tok["deprel"] if tok["deprel"] is not None else "_")
+            misc = tok["misc"]
+            cols["misc"].append(dict(misc) if misc else {})
+            del where
+            line_no += 1
+        meta = tl.metadata or {}
+        sentences.append(
+            Sentence(
+                words=words,
+                annotations=cols,
+                sent_id=meta.get("sent_id"),
+                source=f"{path}:{block_start}",
+                text=meta.get("text"),
+            )
+        )
+        block = []
+        expected = 1
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\n").rstrip("\r")
+            if not line.strip():
+                flush(lineno)
+                continue
+            if not block:
+                block_start = lineno
+            if line.startswith("#"):
+                block.append(line)
+                continue
+            cells = line.split("\t")
+            where = f"{path}:{lineno}"
+            if len(cells) != 10:
+                raise CorpusFormatError(
+                    f"{where}: expected 10 tab-separated CoNLL-U columns, found {len(cells)}: {line[:80]!r}"
+                )
+            tid = cells[0]
+            if _ID_WORD.match(tid):
+                if int(tid) != expected:
+                    raise CorpusFormatError(f"{where}: word ID {tid} out of sequence, expected {expected}")
+                expected += 1
+                if cells[1] == "":
+                    raise CorpusFormatError(f"{where}: empty FORM")
+                if cells[6] not in ("_",) and not cells[6].isdigit():
+                    raise CorpusFormatError(f"{where}: HEAD {cells[6]!r} is not a number")
+                _parse_feats(cells[5], where)
+            elif _ID_RANGE.match(tid) or _ID_EMPTY.match(tid):
+                pass
+            else:
+                raise CorpusFormatError(f"{where}: ID {tid!r} is not a word index, a range (3-4) or an empty node (5.1)")
+            block.append(line)
+        flush(-1)
+    empty = [s for s in sentences if not s.words]
+    if empty:
+        skipped["empty_sentences"] = len(empty)
+        for s in empty:
+            log.warning("%s: sentence without words, skipped", s.source)
+        sentences = [s for s in sentences if s.words]
+    if not sentences:
+        raise CorpusFormatError(f"{path}: no sentences found (is this a CoNLL-U file?)")
+    skipped = {k: v for k, v in skipped.items() if v}
+    if skipped:
+        log.info("%s: skipped %s", path, skipped)
+    return Corpus(sentences, name=name or path.stem, skipped=skipped)

@@ -1,0 +1,573 @@
+"""Activation store: sharded, checksummed, write-once arrays on disk.
+
+Reading never loads the whole store: shards are memory-mapped and only the requested rows and
+sites are copied out. Writing goes shard by shard into a temporary directory that is renamed into
+place once every file is written and fsynced, so a killed writer never leaves a visible
+half-written shard and a rerun resumes from the finished ones.
+
+Example::
+
+    >>> import numpy as np, tempfile
+    >>> from neurolab.store import write_store, ActivationStore
+    >>> d = tempfile.mkdtemp()
+    >>> acts = {"layers.0": np.arange(12, dtype=np.float32).reshape(4, 3)}
+    >>> s = write_store(d + "/s", acts, sentence_ids=[0, 0, 1, 1], word_ids=[0, 1, 0, 1])
+    >>> s.read(slice(1, 3)).tolist()
+    [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]]
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .format import (
+    DTYPES,
+    INDEX_FILE,
+    MANIFEST,
+    SCHEMA_VERSION,
+    SHARD_META,
+    SHARDS,
+    StoreError,
+    StoreMismatchError,
+    from_storage,
+    normalize_dtype,
+    read_json,
+    sha256_file,
+    shard_dirname,
+    site_filename,
+    to_storage,
+    write_json_atomic,
+    write_npy,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ActivationStore", "StoreWriter", "write_store"]
+
+
+def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: store has {old.get(k)!r}, requested {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs)
+
+
+class StoreWriter:
+    """Writes a store shard by shard; safe to resume and to share between processes.
+
+    ``identity`` holds everything that defines the content (model, revision, sites, dtype,
+    aggregation, corpus fingerprint, shard plan ...). Opening a directory whose manifest has another
+    identity is refused with :class:`StoreMismatchError` unless ``overwrite=True``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        sites: Sequence[str],
+        neurons_per_site: Mapping[str, int],
+        dtype: str = "fp16",
+        identity: Mapping[str, Any] | None = None,
+        meta: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ):
+        self.path = Path(path)
+        self.sites = list(sites)
+        if len(set(self.sites)) != len(self.sites):
+            raise StoreError(f"duplicate site names in {self.sites}")
+        for s in self.sites:
+            site_filename(s)
+        missing = [s for s in self.sites if s not in neurons_per_site]
+        if missing:
+            raise StoreError(f"no unit count given for sites {missing}")
+        self.neurons_per_site = {s: int(neurons_per_site[s]) for s in self.sites}
+        self.dtype = normalize_dtype(dtype)
+        ident = dict(identity or {})
+        ident.update(sites=self.sites, neurons_per_site=self.neurons_per_site, dtype=self.dtype)
+        self.identity = _jsonable(ident)
+        self.meta = _jsonable(dict(meta or {}))
+        self.overwrite = overwrite
+        self.complete = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def shards_path(self) -> Path:
+        return self.path / SHARDS
+
+    def open(self, *, clean: bool = True) -> "StoreWriter":
+        """Create the directory, or check that the existing store is the same one (resume).
+
+        ``clean`` removes temporary shard directories left by a killed writer; pass False from
+        all but one process when several write into the same store.
+        """
+        mp = self.manifest_path
+        if mp.exists():
+            old = read_json(mp)
+            if old.get("schema_version") != SCHEMA_VERSION or old.get("identity") != self.identity:
+                if not self.overwrite:
+                    why = (
+                        f"schema version {old.get('schema_version')} != {SCHEMA_VERSION}"
+                        if old.get("schema_version") != SCHEMA_VERSION
+                        else _describe_difference(old.get("identity", {}), self.identity)
+                    )
+                    raise StoreMismatchError(
+                        f"{mp}: this directory holds another store ({why}). Use another store.dir, "
+                        "or store.overwrite=true to replace it."
+                    )
+                log.warning("overwriting the store in %s (store.overwrite=true)", self.path)
+                self._wipe()
+            else:
+                self.complete = bool(old.get("complete"))
+                if self.complete:
+                    return self
+        elif self.path.exists() and any(self.path.iterdir()):
+            if not self.overwrite:
+                raise StoreMismatchError(
+                    f"{self.path}: directory is not empty and holds no {MANIFEST}; refusing to write a "
+                    "store into it (store.overwrite=true replaces its content)."
+                )
+            self._wipe()
+        self.shards_path.mkdir(parents=True, exist_ok=True)
+        if clean:
+            for p in self.shards_path.iterdir():
+                if p.name.startswith(".tmp-"):
+                    shutil.rmtree(p, ignore_errors=True)
+        if not mp.exists():
+            write_json_atomic(mp, self._manifest(complete=False, shards=[]))
+        return self
+
+    def _wipe(self) -> None:
+        if self.path.exists():
+            for p in self.path.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+
+    def _manifest(self, complete: bool, shards: list[dict], num_tokens: int = 0) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "format": "neurolab-activation-store",
+            "complete": complete,
+            "identity": self.identity,
+            "sites": self.sites,
+            "neurons_per_site": self.neurons_per_site,
+            "dtype": self.dtype,
+            "num_tokens": int(num_tokens),
+            "num_shards": len(shards),
+            "shards": shards,
+            "meta": self.meta,
+        }
+
+    # -- shards ------------------------------------------------------------------------------
+    def finished_shards(self) -> dict[int, dict]:
+        """Shards fully written so far: ``{shard_id: shard.json content}``."""
+        out: dict[int, dict] = {}
+        if not self.shards_path.exists():
+            return out
+        for p in self.shards_path.iterdir():
+            if p.name.startswith(".") or not p.is_dir():
+                continue
+            meta_file = p / SHARD_META
+            if not meta_file.exists():  # cannot happen with rename-into-place, but be strict
+                raise StoreError(f"{p}: shard directory without {SHARD_META}; the store is damaged")
+            out[int(p.name)] = read_json(meta_file)
+        return out
+
+    def write_shard(
+        self,
+        shard_id: int,
+        activations: Mapping[str, np.ndarray],
+        sentence_ids: Sequence[int] | np.ndarray,
+        word_ids: Sequence[int] | np.ndarray,
+    ) -> dict:
+        """Write one shard atomically. Rows must be in corpus order within the shard."""
+        sent = np.asarray(sentence_ids, dtype=np.int64)
+        word = np.asarray(word_ids, dtype=np.int64)
+        n = len(sent)
+        if len(word) != n:
+            raise StoreError(f"shard {shard_id}: {n} sentence ids but {len(word)} word ids")
+        if set(activations) != set(self.sites):
+            raise StoreError(f"shard {shard_id}: sites {sorted(activations)} != store sites {sorted(self.sites)}")
+        for s in self.sites:
+            a = activations[s]
+            if a.ndim != 2 or a.shape[0] != n or a.shape[1] != self.neurons_per_site[s]:
+                raise StoreError(
+                    f"shard {shard_id}: site {s} has shape {tuple(a.shape)}, expected ({n}, {self.neurons_per_site[s]})"
+                )
+        final = self.shards_path / shard_dirname(shard_id)
+        if final.exists():
+            raise StoreError(f"{final}: shard already written (shards are write-once)")
+        tmp = self.shards_path / f".tmp-{shard_dirname(shard_id)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        files = {INDEX_FILE: write_npy(tmp / INDEX_FILE, np.stack([sent, word], axis=1).astype(np.int32))}
+        for s in self.sites:
+            files[site_filename(s)] = write_npy(tmp / site_filename(s), to_storage(activations[s], self.dtype))
+        meta = {
+            "shard_id": int(shard_id),
+            "rows": int(n),
+            "first_sentence": int(sent[0]) if n else None,
+            "last_sentence": int(sent[-1]) if n else None,
+            "files": files,
+        }
+        write_json_atomic(tmp / SHARD_META, meta)
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(self.shards_path)
+        return meta
+
+    def finalize(self, num_shards: int | None = None, meta: Mapping[str, Any] | None = None) -> "ActivationStore":
+        """Check that shards 0..n-1 are all there, write the complete manifest, open the store."""
+        done = self.finished_shards()
+        n = num_shards if num_shards is not None else (max(done) + 1 if done else 0)
+        missing = [i for i in range(n) if i not in done]
+        if missing:
+            raise StoreError(f"{self.path}: cannot finalize, shards {missing[:10]} are not written")
+        extra = sorted(set(done) - set(range(n)))
+        if extra:
+            raise StoreError(f"{self.path}: unexpected shards {extra[:10]} beyond the planned {n}")
+        shards, start = [], 0
+        for i in range(n):
+            rows = int(done[i]["rows"])
+            shards.append({"id": i, "dir": shard_dirname(i), "start": start, "rows": rows, "files": done[i]["files"]})
+            start += rows
+        if meta:
+            self.meta.update(_jsonable(dict(meta)))
+        write_json_atomic(self.manifest_path, self._manifest(complete=True, shards=shards, num_tokens=start))
+        self.complete = True
+        return ActivationStore.open(self.path)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types only (OmegaConf containers, numpy scalars and tuples converted)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            obj = OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+class ActivationStore:
+    """Read access to a finished store. Opening reads only the manifest.
+
+    Attributes: ``sites``, ``neurons_per_site`` (dict), ``num_tokens``, ``dtype``, ``identity``,
+    ``meta``; ``sentence_ids`` / ``word_ids`` (one per row, read on first use).
+    """
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.sites: list[str] = list(manifest["sites"])
+        self.neurons_per_site: dict[str, int] = {s: int(manifest["neurons_per_site"][s]) for s in self.sites}
+        self.num_tokens: int = int(manifest["num_tokens"])
+        self.dtype: str = manifest["dtype"]
+        self.identity: dict = manifest.get("identity", {})
+        self.meta: dict = manifest.get("meta", {})
+        self.shards: list[dict] = manifest["shards"]
+        self._starts = np.array([s["start"] for s in self.shards] + [self.num_tokens], dtype=np.int64)
+        self._mmaps: dict[tuple[int, str], np.ndarray] = {}
+        self._index: np.ndarray | None = None
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = False) -> "ActivationStore":
+        path = Path(path)
+        mp = path / MANIFEST
+        if not path.exists():
+            raise StoreError(f"{path}: no such store directory")
+        if not mp.exists():
+            raise StoreError(f"{mp}: not found; {path} is not an activation store")
+        manifest = read_json(mp)
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{mp}: schema version {manifest.get('schema_version')!r}, this neurolab reads {SCHEMA_VERSION}"
+            )
+        if not manifest.get("complete"):
+            raise StoreError(f"{mp}: the store is incomplete (an extraction was interrupted); rerun it to resume")
+        for key in ("sites", "neurons_per_site", "num_tokens", "dtype", "shards"):
+            if key not in manifest:
+                raise StoreError(f"{mp}: missing field {key!r}")
+        if manifest["dtype"] not in DTYPES:
+            raise StoreError(f"{mp}: unknown dtype {manifest['dtype']!r}")
+        store = cls(path, manifest)
+        if verify:
+            problems = store.verify()
+            if problems:
+                raise StoreError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        return store
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore({str(self.path)!r}, tokens={self.num_tokens}, sites={len(self.sites)}, "
+            f"neurons={self.num_neurons()}, dtype={self.dtype}, shards={len(self.shards)})"
+        )
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    # -- columns -----------------------------------------------------------------------------
+    def num_neurons(self, sites: Sequence[str] | None = None) -> int:
+        return sum(self.neurons_per_site[s] for s in self._check_sites(sites))
+
+    def column_ranges(self, sites: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+        """``{site: (start, stop)}`` columns of each site in the concatenation of ``sites``."""
+        out, c = {}, 0
+        for s in self._check_sites(sites):
+            out[s] = (c, c + self.neurons_per_site[s])
+            c += self.neurons_per_site[s]
+        return out
+
+    def neuron_names(self, sites: Sequence[str] | None = None) -> list[str]:
+        """``site:unit`` names of the columns of ``read(..., sites)``."""
+        return [f"{s}:{u}" for s in self._check_sites(sites) for u in range(self.neurons_per_site[s])]
+
+    def _check_sites(self, sites: Sequence[str] | None) -> list[str]:
+        if sites is None:
+            return list(self.sites)
+        if isinstance(sites, str):
+            sites = [sites]
+        unknown = [s for s in sites if s not in self.neurons_per_site]
+        if unknown:
+            raise StoreError(f"{self.path}: unknown sites {unknown}; the store has {self.sites}")
+        return list(sites)
+
+    # -- index -------------------------------------------------------------------------------
+    def _load_index(self) -> np.ndarray:
+        if self._index is None:
+            parts = [np.load(self._file(i, INDEX_FILE), mmap_mode="r", allow_pickle=False) for i in range(len(self.shards))]
+            self._index = np.concatenate(parts, axis=0).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
+        return self._index
+
+    @property
+    def sentence_ids(self) -> np.ndarray:
+        return self._load_index()[:, 0]
+
+    @property
+    def word_ids(self) -> np.ndarray:
+        return self._load_index()[:, 1]
+
+    @property
+    def num_sentences(self) -> int:
+        ids = self.sentence_ids
+        return int(ids.max()) + 1 if len(ids) else 0
+
+    # -- data --------------------------------------------------------------------------------
+    def _file(self, shard: int, name: str) -> Path:
+        return self.path / SHARDS / self.shards[shard]["dir"] / name
+
+    def _mmap(self, shard: int, site: str) -> np.ndarray:
+        key = (shard, site)
+        m = self._mmaps.get(key)
+        if m is None:
+            f = self._file(shard, site_filename(site))
+            try:
+                m = np.load(f, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{f}: cannot read shard file ({e})") from None
+            expect = (self.shards[shard]["rows"], self.neurons_per_site[site])
+            if m.shape != expect:
+                raise StoreError(f"{f}: shape {m.shape}, manifest says {expect}")
+            self._mmaps[key] = m
+        return m
+
+    def read(self, rows: slice | Sequence[int] | np.ndarray, sites: Sequence[str] | None = None) -> np.ndarray:
+        """Rows × the concatenated units of ``sites`` as a new float32 array.
+
+        ``rows`` is a slice (step 1) or an integer index array (any order, repeats allowed).
+        """
+        sites = self._check_sites(sites)
+        widths = [self.neurons_per_site[s] for s in sites]
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(self.num_tokens)
+            if step != 1:
+                return self.read(np.arange(start, stop, step), sites)
+            out = np.empty((max(stop - start, 0), sum(widths)), dtype=np.float32)
+            if stop <= start:
+                return out
+            first = int(np.searchsorted(self._starts, start, side="right") - 1)
+            r = start
+            while r < stop:
+                s0 = int(self._starts[first])
+                s1 = int(self._starts[first + 1])
+                a, b = r - s0, min(stop, s1) - s0
+                self._fill(out, r - start, first, slice(a, b), sites, widths)
+                r = s0 + b
+                first += 1
+            return out
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_tokens):
+            raise IndexError(f"row index out of range [0, {self.num_tokens})")
+        out = np.empty((idx.size, sum(widths)), dtype=np.float32)
+        if idx.size == 0:
+            return out
+        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.flatnonzero(np.diff(shard_of[order])) + 1
+        for grp in np.split(order, bounds):
+            sh = int(shard_of[grp[0]])
+            local = idx[grp] - self._starts[sh]
+            # memmap fancy indexing is fastest on sorted indices
+            srt = np.argsort(local, kind="stable")
+            block = np.empty((len(grp), sum(widths)), dtype=np.float32)
+            self._fill(block, 0, sh, local[srt], sites, widths)
+            out[grp[srt]] = block
+        return out
+
+    def _fill(self, out: np.ndarray, at: int, shard: int, local, sites, widths) -> None:
+        c = 0
+        for s, w in zip(sites, widths):
+            part = self._mmap(shard, s)[local]
+            n = part.shape[0]
+            if self.dtype == "bf16":
+                out[at : at + n, c : c + w] = from_storage(part, "bf16")
+            else:
+                out[at : at + n, c : c + w] = part
+            c += w
+
+    def iter_chunks(
+        self, sites: Sequence[str] | None = None, chunk_rows: int | None = None, rows: slice | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Sequential pass: yields ``(first_row, float32 block)``; memory bounded by ``chunk_rows``.
+
+        Without ``chunk_rows`` the blocks follow shard boundaries.
+        """
+        start, stop, _ = (rows or slice(None)).indices(self.num_tokens)
+        if chunk_rows is None:
+            cuts = [int(x) for x in self._starts if start < x < stop]
+            edges = [start] + cuts + [stop]
+        else:
+            edges = list(range(start, stop, int(chunk_rows))) + [stop]
+        for a, b in zip(edges[:-1], edges[1:]):
+            if b > a:
+                yield a, self.read(slice(a, b), sites)
+
+    # -- integrity ---------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Recompute every checksum; return a list of problems (empty when the store is intact)."""
+        problems = []
+        for i, sh in enumerate(self.shards):
+            d = self.path / SHARDS / sh["dir"]
+            if not d.is_dir():
+                problems.append(f"{d}: shard directory missing")
+                continue
+            for name, digest in sh["files"].items():
+                f = d / name
+                if not f.exists():
+                    problems.append(f"{f}: missing")
+                elif sha256_file(f) != digest:
+                    problems.append(f"{f}: checksum mismatch (the file is corrupt or was changed)")
+        return problems
+
+    def info(self) -> dict:
+        """A JSON-able summary of the store."""
+        size = sum((self.path / SHARDS / sh["dir"] / n).stat().st_size for sh in self.shards for n in sh["files"])
+        return {
+            "path": str(self.path),
+            "num_tokens": self.num_tokens,
+            "num_sentences": self.num_sentences,
+            "sites": self.sites,
+            "neurons_per_site": self.neurons_per_site,
+            "num_neurons": self.num_neurons(),
+            "dtype": self.dtype,
+            "num_shards": len(self.shards),
+            "bytes_on_disk": int(size),
+            "identity": self.identity,
+            "meta": self.meta,
+        }
+
+
+def write_store(
+    path: str | os.PathLike,
+    activations: Mapping[str, np.ndarray],
+    sentence_ids: Sequence[int] | np.ndarray,
+    word_ids: Sequence[int] | np.ndarray,
+    meta: Mapping[str, Any] | None = None,
+    *,
+    dtype: str = "fp32",
+    shard_size: int = 65536,
+    overwrite: bool = False,
+) -> ActivationStore:
+    """Build a store from arrays made anywhere (another library, a synthetic test).
+
+    ``activations`` maps site names to ``[tokens, units]`` arrays in corpus order (sentence by
+    sentence, word by word). Such a store carries no corpus fingerprint; it is joined with a corpus by
+    (sentence, word) ids. ``meta`` may name the ``model``; it is kept in the manifest.
+    Shards are cut at ``shard_size`` rows (not at sentence boundaries).
+    """
+    if not activations:
+        raise StoreError("write_store: no activations given")
+    sites = list(activations)
+    sent = np.asarray(sentence_ids, dtype=np.int64).reshape(-1)
+    word = np.asarray(word_ids, dtype=np.int64).reshape(-1)
+    n = len(sent)
+    for s, a in activations.items():
+        if np.ndim(a) != 2 or len(a) != n:
+            raise StoreError(f"write_store: site {s!r} has shape {np.shape(a)}, expected ({n}, units)")
+    if len(word) != n:
+        raise StoreError(f"write_store: {n} sentence ids but {len(word)} word ids")
+    if n and (np.any(np.diff(sent) < 0)):
+        raise StoreError("write_store: rows must be in corpus order (sentence ids non-decreasing)")
+    meta = dict(meta or {})
+    identity = {
+        "source": "arrays",
+        "model": meta.get("model"),
+        "corpus_fingerprint": None,
+        "created": meta.get("created", None),
+    }
+    meta.setdefault("written_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    writer = StoreWriter(
+        path,
+        sites=sites,
+        neurons_per_site={s: int(np.shape(a)[1]) for s, a in activations.items()},
+        dtype=dtype,
+        identity=identity,
+        meta=meta,
+        overwrite=True if overwrite else False,
+    )
+    # write_store always builds afresh: an existing store at path is refused unless overwrite
+    if (Path(path) / MANIFEST).exists() and not overwrite:
+        raise StoreMismatchError(f"{Path(path) / MANIFEST}: a store already exists here (overwrite=True replaces it)")
+    if overwrite:
+        writer._wipe()
+    writer.open()
+    shard_size = max(int(shard_size), 1)
+    num = 0
+    for i, a in enumerate(range(0, max(n, 1), shard_size)):
+        b = min(a + shard_size, n)
+        writer.write_shard(i, {s: np.asarray(act[a:b]) for s, act in activations.items()}, sent[a:b], word[a:b])
+        num += 1
+    return writer.finalize(num)

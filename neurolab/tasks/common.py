@@ -1,0 +1,88 @@
+"""What every task does around its work: run directory, resolved config, seed, metrics, W&B."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import output_dir
+from ..tracking import finish
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+
+def write_metrics(run_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
+    """Write flat ``name: number`` metrics to ``metrics.json`` (merging with what is there)."""
+    path = Path(run_dir) / METRICS_FILE
+    old = {}
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    for k, v in metrics.items():
+        if isinstance(v, bool):
+            v = int(v)
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+            old[str(k)] = v
+        elif v is None or (isinstance(v, float) and math.isnan(v)):
+            old[str(k)] = None
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(dict(sorted(old.items())), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _attach_file_log(run_dir: Path, name: str) -> logging.Handler:
+    h = logging.FileHandler(run_dir / f"{name}.log", encoding="utf-8")
+    h.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger("neurolab").addHandler(h)
+    return h
+
+
+def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictConfig], dict]]:
+    """Decorator for a task function ``fn(cfg) -> metrics``.
+
+    Creates the run directory, saves the resolved config, seeds everything, writes
+    ``metrics.json``, and always finishes the W&B run.
+    """
+
+    def deco(fn: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
+        @functools.wraps(fn)
+        def wrapper(cfg: DictConfig) -> dict:
+            run_dir = output_dir(cfg)
+            handler = None
+            if not any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
+                handler = _attach_file_log(run_dir, name)
+            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+            if cfg.get("seed") is not None:
+                from pytorch_lightning import seed_everything
+
+                seed_everything(int(cfg.seed), workers=True, verbose=False)
+            t0 = time.perf_counter()
+            try:
+                metrics = fn(cfg) or {}
+            finally:
+                finish()
+                if handler is not None:
+                    logging.getLogger("neurolab").removeHandler(handler)
+                    handler.close()
+            metrics = dict(metrics)
+            metrics.setdefault(f"time/{name}_s", round(time.perf_counter() - t0, 3))
+            write_metrics(run_dir, metrics)
+            log.info("%s done; run directory %s", name, run_dir)
+            return metrics
+
+        return wrapper
+
+    return deco

@@ -1,0 +1,96 @@
+"""Run tracking: one Lightning logger per run (W&B offline by default, CSV, or none).
+
+The same logger serves Lightning training and the non-gradient parts of a run (tables of
+rankings, plots, HTML), so one W&B run carries everything. :func:`finish` always closes the W&B run
+so that the jobs of a multirun do not bleed into each other.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+def make_logger(cfg: DictConfig, run_dir: str | os.PathLike):
+    """Instantiate ``cfg.logger`` (``_target_``) or return None for ``logger=none``."""
+    lcfg = cfg.get("logger") if cfg is not None else None
+    if not lcfg or not lcfg.get("_target_"):
+        return None
+    from hydra.utils import instantiate
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return instantiate(lcfg)
+
+
+class Tracker:
+    """Thin facade over a Lightning logger for metrics, tables, images and HTML."""
+
+    def __init__(self, logger=None):
+        self.logger = logger
+
+    @property
+    def is_wandb(self) -> bool:
+        return type(self.logger).__name__ == "WandbLogger"
+
+    def _wandb_run(self):
+        if not self.is_wandb:
+            return None
+        try:
+            return self.logger.experiment
+        except Exception as e:  # a disabled or broken W&B must not break the science
+            log.warning("W&B unavailable: %s", e)
+            return None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if self.logger is None or not metrics:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.logger.log_metrics(clean, step=step)
+
+    def log_hyperparams(self, params: Mapping[str, Any]) -> None:
+        if self.logger is not None:
+            self.logger.log_hyperparams(dict(params))
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        run = self._wandb_run()
+        if run is None:
+            return
+        import wandb
+
+        run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+
+    def log_image(self, name: str, path: str | os.PathLike) -> None:
+        run = self._wandb_run()
+        if run is None:
+            return
+        import wandb
+
+        run.log({name: wandb.Image(str(path))})
+
+    def log_html(self, name: str, path: str | os.PathLike) -> None:
+        run = self._wandb_run()
+        if run is None:
+            return
+        import wandb
+
+        with open(path, encoding="utf-8") as f:
+            run.log({name: wandb.Html(f.read())})
+
+    def finish(self) -> None:
+        finish()
+
+
+def finish() -> None:
+    """Close any W&B run left open in this process."""
+    try:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
+    except Exception as e:  # pragma: no cover - best effort
+        log.debug("wandb.finish failed: %s", e)
