@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int | None:
     module, func, _ = TASKS[verb]
     import hydra
 
-    fn = getattr(importlib.import_module(module), func)
     errors = _user_errors()
 
     @hydra.main(version_base=VERSION_BASE, config_path=config_dir(), config_name=verb)
     def app(cfg):
+        fn = getattr(importlib.import_module(module), func)
         try:
             return fn(cfg)
         except errors as e:
