@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from ..errors import NeurolabError
 from .format import StoreError
 from .store import ActivationStore
 
@@ -40,6 +41,6 @@ def main(argv: list[str]) -> int:
             )
             return 0 if not problems else 1
         return args.func(args)
-    except (StoreError, FileNotFoundError, ValueError) as e:
+    except (NeurolabError, StoreError, FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"neurolab store {args.cmd}: error: {e}\n")
         return 2
