@@ -43,19 +43,31 @@ def split_sentences(
 
 
 def read_corpus_file(path: str | Path, fmt: str = "conllu", **kwargs: Any) -> Corpus:
-    """Read one corpus file of format ``fmt``."""
+    """Read one corpus file of format ``fmt`` (see :mod:`neurolab.corpus.readers`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: corpus file not found")
     if fmt == "conllu":
         return read_conllu(path)
-    try:
-        from . import readers
-    except ImportError:  # pragma: no cover
-        readers = None
-    if readers is not None and hasattr(readers, "read_format"):
-        return readers.read_format(path, fmt, **kwargs)
-    raise ConfigError(f"corpus.format={fmt!r} is not supported; expected conllu")
+    from .readers import read_format
+
+    return read_format(path, fmt, **kwargs)
+
+
+#: reader options taken from the corpus config
+READER_OPTIONS = ("label_column", "tagger", "spacy_model")
+
+
+def _reader_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: cfg.get(k) for k in READER_OPTIONS if cfg.get(k) is not None}
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    if isinstance(x, (str, Path)):
+        return [x]
+    return list(x)
 
 
 def load_corpus(cfg: Mapping[str, Any]) -> tuple[Corpus, dict[str, np.ndarray]]:
@@ -73,7 +85,9 @@ def load_corpus(cfg: Mapping[str, Any]) -> tuple[Corpus, dict[str, np.ndarray]]:
             if name not in parts:
                 splits[name] = np.zeros(0, np.int64)
                 continue
-            c = read_corpus_file(parts[name], fmt)
+            files = _expand(parts[name], fmt)
+            labels = _as_list(cfg.get(f"{name}_labels"))
+            c = _concat(_read_files(files, labels, fmt, cfg, key=f"corpus.{name}_labels"), name)
             corpora.append(c)
             splits[name] = np.arange(start, start + len(c))
             start += len(c)
@@ -83,10 +97,26 @@ def load_corpus(cfg: Mapping[str, Any]) -> tuple[Corpus, dict[str, np.ndarray]]:
     if path is None:
         raise ConfigError("corpus.path is not set (a CoNLL-U file, a folder, or a list of files)")
     files = _expand(path, fmt)
-    corpus = _concat([read_corpus_file(f, fmt) for f in files], cfg.get("name") or Path(str(files[0])).stem)
+    labels = _as_list(cfg.get("labels"))
+    corpus = _concat(_read_files(files, labels, fmt, cfg, key="corpus.labels"), cfg.get("name") or Path(str(files[0])).stem)
     split = cfg.get("split", (0.8, 0.1, 0.1))
     splits = split_sentences(len(corpus), split, bool(cfg.get("shuffle", False)), int(cfg.get("split_seed", 0) or 0))
     return corpus, splits
+
+
+def _read_files(files: list[Path], labels: list, fmt: str, cfg: Mapping[str, Any], key: str) -> list[Corpus]:
+    """Read ``files``; label-file formats pair them with ``labels`` (same count, same order)."""
+    kw = _reader_kwargs(cfg)
+    if fmt in ("parallel", "sentence_labels"):
+        if len(labels) == 1 and Path(str(labels[0])).is_dir():
+            labels = sorted(Path(str(labels[0])).iterdir())
+        if len(labels) != len(files):
+            raise ConfigError(
+                f"{key}: {len(labels)} label files for {len(files)} sentence files ({[str(f) for f in files][:5]}); "
+                "give one label file per sentence file, in the same order"
+            )
+        return [read_corpus_file(f, fmt, labels=lab, **kw) for f, lab in zip(files, labels)]
+    return [read_corpus_file(f, fmt, **kw) for f in files]
 
 
 def _expand(path: Any, fmt: str) -> list[Path]:
@@ -98,7 +128,7 @@ def _expand(path: Any, fmt: str) -> list[Path]:
     p = Path(str(path))
     if p.is_dir():
         ext = {"conllu": "*.conllu"}.get(fmt, "*")
-        files = sorted(p.glob(ext))
+        files = sorted(f for f in p.glob(ext) if f.is_file() and not f.name.startswith("."))
         if not files:
             raise FileNotFoundError(f"{p}: folder holds no {ext} files")
         return files
