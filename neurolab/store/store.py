@@ -130,21 +130,32 @@ class StoreWriter:
                 self.complete = bool(old.get("complete"))
                 if self.complete:
                     return self
-        elif self.path.exists() and any(self.path.iterdir()):
+        elif self.path.exists() and any(not self._writer_leftover(p) for p in self.path.iterdir()):
             if not self.overwrite:
                 raise StoreMismatchError(
                     f"{self.path}: directory is not empty and holds no {MANIFEST}; refusing to write a "
                     "store into it (store.overwrite=true replaces its content)."
                 )
             self._wipe()
-        self.shards_path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         if clean:
-            for p in self.shards_path.iterdir():
-                if p.name.startswith(".tmp-"):
-                    shutil.rmtree(p, ignore_errors=True)
+            # leftovers of a writer killed while writing the manifest or a shard
+            for p in self.path.glob(f".{MANIFEST}.tmp-*"):
+                p.unlink(missing_ok=True)
+            if self.shards_path.exists():
+                for p in self.shards_path.iterdir():
+                    if p.name.startswith(".tmp-"):
+                        shutil.rmtree(p, ignore_errors=True)
         if not mp.exists():
             write_json_atomic(mp, self._manifest(complete=False, shards=[]))
+        self.shards_path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def _writer_leftover(self, p: Path) -> bool:
+        """What a writer killed before its first manifest leaves: a manifest temp file, an empty shards/."""
+        if p.name.startswith(f".{MANIFEST}.tmp-"):
+            return True
+        return p == self.shards_path and p.is_dir() and not any(q for q in p.iterdir() if not q.name.startswith(".tmp-"))
 
     def _wipe(self) -> None:
         if self.path.exists():
