@@ -378,9 +378,9 @@ def _import_neurox(
             if len(ids) != 1:
                 raise StoreError(f"activation files disagree on the sentence order: {[(p.name, s) for p, (s, _) in zip(paths, items)]}")
             sid = items[0][0]
+            if sid >= len(words):
+                raise StoreError(f"{paths[0]}: holds sentence {sid} (0-based) but {sentences} has only {len(words)} lines")
             if sid != expected:
-                if sid >= len(words):
-                    raise StoreError(f"{paths[0]}: sentence {sid} but {sentences} has only {len(words)} lines")
                 raise StoreError(
                     f"{paths[0]}: expected sentence {expected} (line {expected + 1} of {sentences.name}) next, found "
                     f"sentence {sid}; the file must hold every sentence of the sentence file, in order"
@@ -392,7 +392,8 @@ def _import_neurox(
                 got = min(n_rows)
                 what = (
                     f"sentence {sid} (line {sid + 1} of {sentences}, {n_words} words: "
-                    f"{' '.join(words[sid])[:80]!r}) has {sorted(n_rows)} activation rows in {paths[0].name}"
+                    f"{' '.join(words[sid])[:80]!r}) has {'/'.join(map(str, sorted(n_rows)))} activation rows in "
+                    f"{', '.join(p.name for p in paths)}"
                 )
                 if on_mismatch == "prefix" and len(n_rows) == 1 and got < n_words:
                     truncated.append({"sentence": sid, "words": n_words, "rows": got})

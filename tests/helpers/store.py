@@ -75,7 +75,7 @@ def flat_rows(arrays: Sequence[np.ndarray], layers: Sequence[int] | None = None)
     for a in arrays:
         if layers is not None:
             a = a[list(layers)]
-        out.append(np.transpose(a, (1, 0, 2)).reshape(a.shape[1], -1))
+        out.append(np.transpose(a, (1, 0, 2)).reshape(a.shape[1], a.shape[0] * a.shape[2]))
     return np.concatenate(out).astype(np.float32)
 
 
