@@ -1,0 +1,830 @@
+"""``ActivationDataModule``: an activation store joined with concept labels.
+
+What it does, in order (:meth:`ActivationDataModule.setup`):
+
+1. **Sites and neurons.** ``sites`` (a preset, range, name or list; see
+   :func:`neurolab.data.sites.select_sites`) picks store sites; ``neurons`` picks columns of their
+   concatenation (default: all). ``columns`` are those column ids.
+2. **Corpus check.** A store with a corpus fingerprint must have been built from this corpus
+   (``corpus.fingerprint()``); a store without one (``write_store``) must have the corpus's
+   sentence count and per-sentence word counts. Otherwise :class:`StoreMismatchError` naming both.
+3. **Join.** Word-level labels are joined to store rows by (sentence, word) id (a combined int64
+   key and ``searchsorted``); sentence-level labels pool the sentence's word rows
+   (``sentence_pooling``: mean, first or last). Unlabelled words (``None``) and labelled words
+   without a store row are counted, never silently dropped.
+4. **Splits and classes.** Class indices are the sorted training labels. Dev/test labels unseen in
+   training follow ``unseen_labels`` (``drop``: removed and counted; ``error``; ``other``: mapped to
+   the class ``__other__``). One class in training, or an empty split, is an error.
+5. **Normalisation.** ``zscore``: training mean and standard deviation (population, ddof 0) per
+   column, from one streaming pass with float64 accumulators (Chan et al. pairwise merge);
+   constant columns keep std 1.
+6. **Balancing.** ``undersample``: every training class cut to the rarest class's count (seeded);
+   ``class_weights``: ``n / (C * count_c)`` for a weighted loss.
+7. **Memory.** If the selected rows of all splits × features × 4 bytes fit ``memory_budget_mb``
+   they are loaded once (fast path); otherwise (or with ``memory_budget_mb=0``) batches stream from
+   the shard files with memory bounded by ``chunk_rows`` (see :mod:`neurolab.data.plan` for the
+   order of an epoch, DDP sharding and workers).
+
+Example::
+
+    >>> dm = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"))  # doctest: +SKIP
+    >>> dm.setup(); x, y = next(iter(dm.train_dataloader()))                    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from ..corpus.concepts import CLASSIFICATION, REGRESSION, SENTENCE, Concept
+from ..corpus.control import control_task
+from ..corpus.types import Corpus
+from ..errors import ConfigError
+from ..store.format import StoreMismatchError
+from .plan import chunk_ids, make_plan, num_batches_per_rank
+from .reader import RowReader
+from .sites import select_sites
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ActivationDataModule", "build_datamodule", "SPLITS", "OTHER"]
+
+SPLITS = ("train", "dev", "test")
+ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test"}
+OTHER = "__other__"
+NORMALIZE = ("zscore", "none")
+BALANCE = ("none", "undersample", "class_weights")
+UNSEEN = ("drop", "error", "other")
+POOLING = ("mean", "first", "last")
+
+
+def _split_name(split: str) -> str:
+    try:
+        return ALIASES[str(split)]
+    except KeyError:
+        raise ConfigError(f"unknown split {split!r}; expected one of train, dev (val), test") from None
+
+
+def _corpus_source(corpus: Corpus) -> str:
+    src = corpus.sentences[0].source if corpus.sentences else None
+    if src:
+        return src.rsplit(":", 1)[0]
+    return "<in memory>"
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+# ---------------------------------------------------------------------------------------------
+# examples of one split
+# ---------------------------------------------------------------------------------------------
+class _Examples:
+    """The examples of one split: store row ranges ``[start, start+length)``, targets, (sent, word)."""
+
+    def __init__(self, start: np.ndarray, length: np.ndarray, y: np.ndarray, sent: np.ndarray, word: np.ndarray):
+        self.start, self.length, self.y, self.sent, self.word = start, length, y, sent, word
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def take(self, idx: np.ndarray) -> "_Examples":
+        return _Examples(self.start[idx], self.length[idx], self.y[idx], self.sent[idx], self.word[idx])
+
+    @property
+    def rows(self) -> int:
+        return int(self.length.sum())
+
+
+class _Source:
+    """Produces feature blocks for example index arrays: from the shard files or from memory."""
+
+    def __init__(self, reader: RowReader | None, memory: np.ndarray | None, pooled: bool):
+        self.reader, self.memory, self.pooled = reader, memory, pooled
+
+    def load(self, ex: _Examples, idx: np.ndarray) -> np.ndarray:
+        """float32 ``[len(idx), F]`` raw (memory: already normalised) features of examples ``idx``."""
+        if self.memory is not None:
+            return self.memory[idx]
+        starts, lens = ex.start[idx], ex.length[idx]
+        if not self.pooled:
+            order = np.argsort(starts, kind="stable")
+            block = self.reader.read_rows(starts[order])
+            out = np.empty_like(block)
+            out[order] = block
+            return out
+        total = int(lens.sum())
+        offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        rows = np.repeat(starts, lens) + (np.arange(total, dtype=np.int64) - np.repeat(offs, lens))
+        order = np.argsort(rows, kind="stable")
+        block = self.reader.read_rows(rows[order])
+        full = np.empty_like(block)
+        full[order] = block
+        del block
+        out = np.add.reduceat(full, offs, axis=0, dtype=np.float64) / lens[:, None]
+        return out.astype(np.float32)
+
+
+class _StreamDataset(IterableDataset):
+    """Yields ready batches ``(x float32 [B, F], y)``; see :mod:`neurolab.data.plan`."""
+
+    def __init__(self, source: _Source, ex: _Examples, chunks: np.ndarray, mean, std, batch_size: int,
+                 shuffle: bool, seed: int, task: str):
+        super().__init__()
+        self.source, self.ex, self.chunks = source, ex, chunks
+        self.mean, self.std = mean, std
+        self.batch_size, self.shuffle, self.seed, self.task = int(batch_size), bool(shuffle), int(seed), task
+        self.epoch, self.rank, self.world = 0, 0, 1
+
+    def __len__(self) -> int:
+        return num_batches_per_rank(len(self.ex), self.batch_size, self.world)
+
+    def plan(self):
+        return make_plan(self.chunks, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                         rank=self.rank, world=self.world)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        p = self.plan()
+        ydt = torch.float32 if self.task == REGRESSION else torch.int64
+        for u in range(wid, p.num_units, nw):
+            b0, b1 = int(p.units[u]), int(p.units[u + 1])
+            a, z = int(p.batches[b0]), int(p.batches[b1])
+            idx = p.order[a:z]
+            X = self.source.load(self.ex, idx)
+            if self.mean is not None and self.source.memory is None:
+                X -= self.mean
+                X /= self.std
+            Y = self.ex.y[idx]
+            for b in range(b0, b1):
+                s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
+                yield torch.from_numpy(np.ascontiguousarray(X[s:e])), torch.as_tensor(Y[s:e], dtype=ydt)
+
+
+class _EpochLoader(DataLoader):
+    """A DataLoader that tells its dataset the epoch, rank and world size before each pass.
+
+    The epoch counts this loader's passes unless :meth:`set_epoch` sets it.
+    """
+
+    def __init__(self, dataset: _StreamDataset, **kw):
+        super().__init__(dataset, batch_size=None, **kw)
+        self._passes = 0
+        self._fixed_epoch: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self._fixed_epoch = int(epoch)
+
+    def _sync(self) -> None:
+        ds = self.dataset
+        ds.rank, ds.world = _dist_rank_world()
+
+    def __len__(self) -> int:
+        self._sync()
+        return len(self.dataset)
+
+    def __iter__(self):
+        self._sync()
+        ds = self.dataset
+        ds.epoch = self._fixed_epoch if self._fixed_epoch is not None else self._passes
+        self._passes += 1
+        self._fixed_epoch = None
+        return super().__iter__()
+
+
+# ---------------------------------------------------------------------------------------------
+# the data module
+# ---------------------------------------------------------------------------------------------
+class ActivationDataModule(pl.LightningDataModule):
+    """Store rows ⋈ concept labels, split, normalised, balanced, streamed or in memory.
+
+    See the module docstring for what :meth:`setup` does. After ``setup()``: ``num_features``,
+    ``num_classes`` (1 for regression), ``class_names`` (sorted), ``task``, ``sites``,
+    ``neurons_per_site``, ``columns``, ``class_weights``, ``stats`` (counts of everything dropped
+    or unlabelled), ``mean_``/``std_`` (the normalisation, float64).
+    """
+
+    def __init__(
+        self,
+        store,
+        corpus: Corpus,
+        splits: Mapping[str, Sequence[int]],
+        concept: Concept | Any,
+        *,
+        sites: Any = None,
+        neurons: Sequence[int] | np.ndarray | None = None,
+        normalize: str | bool | None = "zscore",
+        balance: str | None = "none",
+        control: bool = False,
+        batch_size: int = 512,
+        memory_budget_mb: float = 2048,
+        num_workers: int = 0,
+        seed: int = 0,
+        chunk_rows: int = 8192,
+        unseen_labels: str = "drop",
+        sentence_pooling: str = "mean",
+        eval_batch_size: int | None = None,
+    ):
+        super().__init__()
+        if isinstance(store, (str, Path)):
+            from ..store import ActivationStore
+
+            store = ActivationStore.open(store)
+        if not isinstance(concept, Concept) and hasattr(concept, "get") and concept.get("_target_"):
+            from hydra.utils import instantiate
+
+            concept = instantiate(concept)
+        self.store, self.corpus, self.concept = store, corpus, concept
+        self._splits_in = {(_split_name(k)): np.asarray(v, dtype=np.int64) for k, v in dict(splits).items()}
+        self._sites_spec = sites
+        self._neurons = None if neurons is None else np.asarray(neurons, dtype=np.int64).reshape(-1)
+        if normalize is True:
+            normalize = "zscore"
+        if normalize in (None, False):
+            normalize = "none"
+        self.normalize = str(normalize)
+        self.balance = str(balance or "none")
+        self.control = bool(control)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.memory_budget_mb = float(memory_budget_mb if memory_budget_mb is not None else 2048)
+        self.num_workers = int(num_workers or 0)
+        self.seed = int(seed or 0)
+        self.chunk_rows = max(int(chunk_rows or 8192), 1)
+        self.unseen_labels = str(unseen_labels or "drop")
+        self.sentence_pooling = str(sentence_pooling or "mean")
+        for key, val, ok in (("data.normalize", self.normalize, NORMALIZE), ("data.balance", self.balance, BALANCE),
+                             ("data.unseen_labels", self.unseen_labels, UNSEEN),
+                             ("data.sentence_pooling", self.sentence_pooling, POOLING)):
+            if val not in ok:
+                raise ConfigError(f"{key}={val!r}; expected one of {list(ok)}")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        self._ready = False
+        self._memory: dict[str, np.ndarray] | None = None
+
+    # -- public attributes --------------------------------------------------------------------------
+    @property
+    def task(self) -> str:
+        return getattr(self.concept, "task", CLASSIFICATION)
+
+    @property
+    def num_features(self) -> int:
+        self._need()
+        return int(len(self.columns))
+
+    @property
+    def num_classes(self) -> int:
+        self._need()
+        return 1 if self.task == REGRESSION else len(self.class_names)
+
+    @property
+    def in_memory(self) -> bool:
+        self._need()
+        return self._memory is not None
+
+    def _need(self) -> None:
+        if not self._ready:
+            self.setup()
+
+    # -- setup -------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        store, corpus, concept = self.store, self.corpus, self.concept
+        self.sites = select_sites(store.sites, self._sites_spec)
+        self.neurons_per_site = {s: int(store.neurons_per_site[s]) for s in self.sites}
+        total = sum(self.neurons_per_site.values())
+        if self._neurons is None:
+            self.columns = np.arange(total, dtype=np.int64)
+        else:
+            cols = self._neurons
+            bad = cols[(cols < 0) | (cols >= total)]
+            if len(bad):
+                raise ConfigError(f"neuron ids {bad[:5].tolist()} out of range: the sites {self.sites} have {total} columns")
+            if len(np.unique(cols)) != len(cols):
+                raise ConfigError("neuron ids contain duplicates")
+            if len(cols) == 0:
+                raise ConfigError("no neurons selected (an empty neuron list)")
+            self.columns = cols
+        level = getattr(concept, "level", "word")
+        if self.task not in (CLASSIFICATION, REGRESSION):
+            raise ConfigError(f"concept {concept!r}: task {self.task!r} is neither classification nor regression")
+        if self.task == REGRESSION and self.balance != "none":
+            raise ConfigError(f"data.balance={self.balance} needs a classification concept; {concept.name} is regression")
+        for name in SPLITS:
+            if name not in self._splits_in:
+                self._splits_in[name] = np.zeros(0, np.int64)
+        self.stats: dict[str, Any] = {"sentences": len(corpus), "words": corpus.num_words}
+        self._check_corpus()
+        labels = concept.labels(corpus)
+        if self.control:
+            if level == SENTENCE or self.task != CLASSIFICATION:
+                raise ConfigError(f"control tasks need a word-level classification concept; {concept.name} is "
+                                  f"{level}-level {self.task}")
+            labels = control_task(corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
+        raw = self._join(labels, level)
+        self._examples = self._encode(raw)
+        del raw, labels
+        self.pooled = level == SENTENCE and self.sentence_pooling == "mean"
+        for name in SPLITS:
+            self.stats[f"examples/{name}"] = len(self._examples[name])
+        self._train_full = self._examples["train"]
+        self._balance()
+        self._chunks = {k: chunk_ids(v.length, self.chunk_rows) for k, v in self._examples.items()}
+        self._reader = RowReader(store, self.sites, self.columns)
+        need = sum(v.rows if not self.pooled else len(v) for v in self._examples.values()) * len(self.columns) * 4
+        self.stats["bytes_selected"] = int(need)
+        fits = self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20
+        self._norm_stats(load_memory=fits)
+        self._ready = True
+        log.info(
+            "data: %s, %d features of %s, %s; examples train/dev/test %d/%d/%d; %s",
+            concept.name, len(self.columns), self.sites, "in memory" if fits else "streaming",
+            len(self._examples["train"]), len(self._examples["dev"]), len(self._examples["test"]),
+            {k: v for k, v in self.stats.items() if k.startswith(("unlabelled", "missing", "unseen", "dropped"))},
+        )
+
+    def _check_corpus(self) -> None:
+        store, corpus = self.store, self.corpus
+        fp = store.identity.get("corpus_fingerprint") or store.meta.get("corpus_fingerprint")
+        where = f"corpus {corpus.name!r} ({_corpus_source(corpus)})"
+        if fp:
+            mine = corpus.fingerprint()
+            if fp != mine:
+                raise StoreMismatchError(
+                    f"store {store.path} was built from another corpus than {where}: corpus fingerprint "
+                    f"{str(fp)[:16]}… in the store, {mine[:16]}… for the corpus"
+                )
+            return
+        lens = np.array([len(s.words) for s in corpus.sentences], dtype=np.int64)
+        sid = store.sentence_ids
+        if len(sid) and (sid.min() < 0 or sid.max() >= len(lens)):
+            raise StoreMismatchError(
+                f"store {store.path} does not match {where}: the store has {int(sid.max()) + 1} sentences "
+                f"({store.num_tokens} rows), the corpus {len(lens)} sentences ({int(lens.sum())} words)"
+            )
+        counts = np.bincount(sid, minlength=len(lens)) if len(sid) else np.zeros(len(lens), np.int64)
+        if not np.array_equal(counts, lens):
+            k = int(np.flatnonzero(counts != lens)[0])
+            raise StoreMismatchError(
+                f"store {store.path} does not match {where}: the store has {store.num_sentences} sentences and "
+                f"{store.num_tokens} rows, the corpus {len(lens)} sentences and {int(lens.sum())} words; first "
+                f"difference at sentence {k} ({corpus.sentences[k].source or ''}): {int(counts[k])} rows in the "
+                f"store, {int(lens[k])} words in the corpus"
+            )
+
+    def _join(self, labels: list, level: str) -> dict[str, tuple]:
+        """Per split: (start rows, lengths, raw labels list, sentence ids, word ids)."""
+        store, corpus = self.store, self.corpus
+        sid = np.asarray(store.sentence_ids, dtype=np.int64)
+        wid = np.asarray(store.word_ids, dtype=np.int64)
+        key = (sid << 32) | wid
+        if len(key) > 1 and not np.all(key[1:] > key[:-1]):
+            raise StoreMismatchError(f"store {store.path}: rows are not in corpus order (sentence, word)")
+        lens = np.array([len(s.words) for s in corpus.sentences], dtype=np.int64)
+        if level == SENTENCE:
+            if len(labels) != len(corpus):
+                raise ConfigError(f"concept {self.concept.name}: {len(labels)} sentence labels for {len(corpus)} sentences")
+            lab_arr = np.empty(len(labels), dtype=object)
+            lab_arr[:] = labels
+            s_ids = np.arange(len(corpus), dtype=np.int64)
+            first = np.searchsorted(sid, s_ids, side="left")
+            last = np.searchsorted(sid, s_ids, side="right")
+            nrows = last - first
+            labelled = np.array([x is not None for x in labels], dtype=bool)
+            have = nrows > 0
+            self.stats["unlabelled"] = int((~labelled).sum())
+            self.stats["missing_rows"] = int((labelled & ~have).sum())
+            ok = labelled & have
+            if self.sentence_pooling == "first":
+                start, length = first, np.ones_like(first)
+            elif self.sentence_pooling == "last":
+                start, length = last - 1, np.ones_like(first)
+            else:
+                start, length = first, nrows
+            w_ids = np.zeros(len(corpus), np.int64)
+        else:
+            flat: list = []
+            for i, (s, lab) in enumerate(zip(corpus.sentences, labels)):
+                if isinstance(lab, str) or lab is None or len(lab) != len(s.words):
+                    raise ConfigError(
+                        f"concept {self.concept.name}: sentence {i} ({s.source or ''}) has {len(s.words)} words but "
+                        f"{0 if lab is None or isinstance(lab, str) else len(lab)} labels"
+                    )
+                flat.extend(lab)
+            lab_arr = np.empty(len(flat), dtype=object)
+            lab_arr[:] = flat
+            del flat
+            s_ids = np.repeat(np.arange(len(corpus), dtype=np.int64), lens)
+            offs = np.repeat(np.cumsum(lens) - lens, lens)
+            w_ids = np.arange(len(s_ids), dtype=np.int64) - offs
+            labelled = np.fromiter((x is not None for x in lab_arr), dtype=bool, count=len(lab_arr))
+            want = (s_ids << 32) | w_ids
+            pos = np.searchsorted(key, want)
+            pos_c = np.minimum(pos, max(len(key) - 1, 0))
+            have = (pos < len(key)) & (key[pos_c] == want) if len(key) else np.zeros(len(want), bool)
+            self.stats["unlabelled"] = int((~labelled).sum())
+            self.stats["missing_rows"] = int((labelled & ~have).sum())
+            ok = labelled & have
+            start, length = pos_c, np.ones(len(want), np.int64)
+        if self.stats["missing_rows"]:
+            log.warning("%d labelled %ss of corpus %r have no row in store %s; they are left out (counted in "
+                        "stats['missing_rows'])", self.stats["missing_rows"], level, corpus.name, store.path)
+        if self.stats["unlabelled"]:
+            log.info("%d %ss have no %s label (missing annotation or outside the concept)", self.stats["unlabelled"],
+                     level, self.concept.name)
+        sent_of = s_ids
+        out = {}
+        for name in SPLITS:
+            member = np.zeros(len(corpus), dtype=bool)
+            idx = self._splits_in[name]
+            if len(idx) and (idx.min() < 0 or idx.max() >= len(corpus)):
+                raise ConfigError(f"split {name}: sentence indices out of range [0, {len(corpus)})")
+            member[idx] = True
+            sel = np.flatnonzero(ok & member[sent_of])
+            out[name] = (start[sel].astype(np.int64), length[sel].astype(np.int64), lab_arr[sel],
+                         sent_of[sel].astype(np.int64), w_ids[sel].astype(np.int64))
+        return out
+
+    def _encode(self, raw: dict[str, tuple]) -> dict[str, _Examples]:
+        name = self.concept.name
+        for split in SPLITS:
+            if len(raw[split][0]) == 0:
+                raise ConfigError(
+                    f"split {split} has no labelled example of concept {name!r} (corpus {self.corpus.name!r}, "
+                    f"{len(self._splits_in[split])} sentences in the split); check corpus.split / the train/dev/test files"
+                )
+        if self.task == REGRESSION:
+            self.class_names = []
+            return {s: _Examples(r[0], r[1], np.asarray(r[2], dtype=np.float32), r[3], r[4]) for s, r in raw.items()}
+        train_counts = Counter(raw["train"][2].tolist())
+        classes = sorted(str(c) for c in train_counts)
+        if len(classes) < 2:
+            raise ConfigError(
+                f"concept {name!r} has a single class {classes} in the training split "
+                f"({sum(train_counts.values())} examples); a probe needs at least two"
+            )
+        if self.unseen_labels == "other":
+            classes = sorted(set(classes) | {OTHER})
+        self.class_names = classes
+        index = {c: i for i, c in enumerate(classes)}
+        self.stats["class_counts/train"] = {c: int(train_counts.get(c, 0)) for c in classes}
+        out = {}
+        for split, (start, length, labs, sent, word) in raw.items():
+            y = np.fromiter((index.get(x, -1) for x in labs), dtype=np.int64, count=len(labs))
+            unseen = y < 0
+            if unseen.any():
+                bad = Counter(labs[unseen].tolist())
+                self.stats[f"unseen/{split}"] = int(unseen.sum())
+                desc = ", ".join(f"{k} ({v})" for k, v in sorted(bad.items())[:10])
+                if self.unseen_labels == "error":
+                    raise ConfigError(
+                        f"split {split}: {int(unseen.sum())} examples of concept {name!r} have labels never seen in "
+                        f"training: {desc}; set data.unseen_labels=drop or other"
+                    )
+                if self.unseen_labels == "drop":
+                    log.warning("split %s: dropped %d examples with labels unseen in training: %s", split,
+                                int(unseen.sum()), desc)
+                    keep = ~unseen
+                    start, length, y, sent, word = start[keep], length[keep], y[keep], sent[keep], word[keep]
+                    if len(y) == 0:
+                        raise ConfigError(f"split {split}: every example has a label unseen in training ({desc})")
+                else:
+                    log.warning("split %s: %d examples with labels unseen in training mapped to %s: %s", split,
+                                int(unseen.sum()), OTHER, desc)
+                    y[unseen] = index[OTHER]
+            out[split] = _Examples(start, length, y, sent, word)
+        return out
+
+    def _balance(self) -> None:
+        self.class_weights = None
+        if self.task != CLASSIFICATION or self.balance == "none":
+            return
+        tr = self._examples["train"]
+        counts = np.bincount(tr.y, minlength=len(self.class_names))
+        if self.balance == "class_weights":
+            present = counts > 0
+            w = np.zeros(len(counts), dtype=np.float64)
+            w[present] = len(tr) / (present.sum() * counts[present])
+            self.class_weights = torch.tensor(w, dtype=torch.float32)
+            return
+        m = int(counts[counts > 0].min())
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 0xBA1])
+        keep = []
+        for c in range(len(counts)):
+            idx = np.flatnonzero(tr.y == c)
+            if len(idx):
+                keep.append(rng.choice(idx, size=m, replace=False))
+        keep_idx = np.sort(np.concatenate(keep))
+        self.stats["dropped/undersample"] = int(len(tr) - len(keep_idx))
+        self._examples["train"] = tr.take(keep_idx)
+
+    # -- normalisation and memory ---------------------------------------------------------------------
+    def _raw_chunks(self, ex: _Examples, chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        src = _Source(self._reader, None, self.pooled)
+        n = len(ex)
+        step = int(chunk_rows) if chunk_rows else None
+        if step is None:
+            ch = chunk_ids(ex.length, self.chunk_rows)
+            bounds = np.concatenate([[0], np.flatnonzero(np.diff(ch)) + 1, [n]])
+        else:
+            bounds = np.concatenate([np.arange(0, n, max(step, 1)), [n]])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                idx = np.arange(a, b, dtype=np.int64)
+                yield idx, src.load(ex, idx)
+
+    def _norm_stats(self, load_memory: bool) -> None:
+        F = len(self.columns)
+        memory: dict[str, np.ndarray] | None = None
+        if load_memory:
+            memory = {}
+            for split in SPLITS:
+                ex = self._examples[split] if split != "train" else self._train_full
+                X = np.empty((len(ex), F), dtype=np.float32)
+                for idx, block in self._raw_chunks(ex):
+                    X[idx] = block
+                memory[split] = X
+        if self.normalize == "zscore":
+            n, mean, m2 = 0, np.zeros(F), np.zeros(F)
+            blocks = ((None, memory["train"][a:a + self.chunk_rows]) for a in range(0, len(self._train_full), self.chunk_rows)) \
+                if memory is not None else self._raw_chunks(self._train_full)
+            for _, X in blocks:
+                nb = len(X)
+                if nb == 0:
+                    continue
+                mb = X.mean(axis=0, dtype=np.float64)
+                mb32 = mb.astype(np.float32)
+                d = X - mb32
+                np.square(d, out=d)
+                m2b = d.sum(axis=0, dtype=np.float64) - nb * (mb - mb32.astype(np.float64)) ** 2
+                del d
+                delta = mb - mean
+                tot = n + nb
+                mean = mean + delta * (nb / tot)
+                m2 = m2 + m2b + delta**2 * (n * nb / tot)
+                n = tot
+            std = np.sqrt(np.maximum(m2 / max(n, 1), 0.0))
+            const = std < 1e-12
+            self.stats["constant_features"] = int(const.sum())
+            std[const] = 1.0
+            self.mean_, self.std_ = mean, std
+        else:
+            self.mean_, self.std_ = None, None
+        if memory is not None:
+            if self.mean_ is not None:
+                m32, s32 = self.mean_.astype(np.float32), self.std_.astype(np.float32)
+                for X in memory.values():
+                    for a in range(0, len(X), 65536):
+                        X[a:a + 65536] -= m32
+                        X[a:a + 65536] /= s32
+            if len(self._examples["train"]) != len(self._train_full):  # undersampled
+                pos = np.searchsorted(self._train_full.start, self._examples["train"].start)
+                memory["train"] = memory["train"][pos]
+            self._memory = memory
+
+    def _mean32(self):
+        if self.mean_ is None:
+            return None, None
+        return self.mean_.astype(np.float32), self.std_.astype(np.float32)
+
+    # -- data access --------------------------------------------------------------------------------
+    def _ex(self, split: str) -> _Examples:
+        self._need()
+        return self._examples[_split_name(split)]
+
+    def row_ids(self, split: str) -> np.ndarray:
+        """Store rows of the examples of ``split`` in example order (sentence level: the first row used)."""
+        return self._ex(split).start.copy()
+
+    def targets(self, split: str) -> np.ndarray:
+        """Targets of ``split`` (class indices int64, or float32 for regression), in example order."""
+        return self._ex(split).y.copy()
+
+    def example_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sentence id, word id) of each example of ``split`` (word id 0 for sentence level)."""
+        ex = self._ex(split)
+        return ex.sent.copy(), ex.word.copy()
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(X float32 [n, F], y)`` of ``split`` in memory, normalised as configured.
+
+        On the in-memory path this is the data module's own array (no copy): do not modify it.
+        """
+        split = _split_name(split)
+        ex = self._ex(split)
+        if self._memory is not None:
+            return self._memory[split], ex.y.copy()
+        X = np.empty((len(ex), len(self.columns)), dtype=np.float32)
+        for idx, block in self.iter_chunks_idx(split, None, True):
+            X[idx] = block
+        return X, ex.y.copy()
+
+    def iter_chunks_idx(self, split: str, chunk_rows: int | None, normalize: bool):
+        ex = self._ex(split)
+        m32, s32 = self._mean32()
+        if self._memory is not None and (normalize or m32 is None):
+            X = self._memory[_split_name(split)]
+            step = int(chunk_rows) if chunk_rows else self.chunk_rows
+            for a in range(0, len(ex), step):
+                yield np.arange(a, min(a + step, len(ex))), X[a:a + step]
+            return
+        for idx, block in self._raw_chunks(ex, chunk_rows):
+            if normalize and m32 is not None:
+                block -= m32
+                block /= s32
+            yield idx, block
+
+    def iter_chunks(self, split: str, chunk_rows: int | None = None, normalize: bool = True
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(X float32, y)`` blocks of ``split`` in example (= ``row_ids``) order, memory bounded by
+        ``chunk_rows`` examples (default ``data.chunk_rows``). ``normalize=False``: raw activations.
+        Not sharded under DDP (every process sees the whole split)."""
+        ex = self._ex(split)
+        for idx, X in self.iter_chunks_idx(split, chunk_rows, normalize):
+            yield X, ex.y[idx]
+
+    # -- loaders ------------------------------------------------------------------------------------
+    def _dataset(self, split: str, shuffle: bool, batch_size: int) -> _StreamDataset:
+        split = _split_name(split)
+        ex = self._ex(split)
+        mem = self._memory[split] if self._memory is not None else None
+        src = _Source(self._reader, mem, self.pooled)
+        m32, s32 = self._mean32()
+        return _StreamDataset(src, ex, self._chunks[split], m32, s32, batch_size, shuffle, self.seed, self.task)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> _EpochLoader:
+        ds = self._dataset(split, shuffle, batch_size)
+        workers = 0 if self._memory is not None else self.num_workers
+        return _EpochLoader(ds, num_workers=workers, pin_memory=False,
+                            multiprocessing_context="fork" if workers and _fork_ok() else None)
+
+    def train_dataloader(self) -> _EpochLoader:
+        return self._loader("train", True, self.batch_size)
+
+    def val_dataloader(self) -> _EpochLoader:
+        return self._loader("dev", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> _EpochLoader:
+        return self._loader("test", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> _EpochLoader:
+        return self.test_dataloader()
+
+    # -- derived data modules ---------------------------------------------------------------------------
+    def _derive(self) -> "ActivationDataModule":
+        new = ActivationDataModule.__new__(ActivationDataModule)
+        pl.LightningDataModule.__init__(new)
+        for k, v in self.__dict__.items():
+            if k.startswith("_trainer") or k in ("trainer",):
+                continue
+            new.__dict__.setdefault(k, v)
+        new.stats = dict(self.stats)
+        return new
+
+    def subset(self, neurons: Sequence[int] | np.ndarray) -> "ActivationDataModule":
+        """The same examples, labels, splits and normalisation on only the columns ``neurons``
+        (indices into the full concatenation of ``sites``; they must be among ``columns``)."""
+        self._need()
+        cols = np.asarray(neurons, dtype=np.int64).reshape(-1)
+        if len(cols) == 0:
+            raise ConfigError("subset: no neurons given")
+        if len(np.unique(cols)) != len(cols):
+            raise ConfigError("subset: neuron ids contain duplicates")
+        where = {int(c): i for i, c in enumerate(self.columns)}
+        missing = [int(c) for c in cols if int(c) not in where]
+        if missing:
+            raise ConfigError(f"subset: neurons {missing[:5]} are not among this data module's {len(self.columns)} columns")
+        pos = np.array([where[int(c)] for c in cols], dtype=np.int64)
+        new = self._derive()
+        new.columns = cols
+        new._neurons = cols
+        new._reader = RowReader(self.store, self.sites, cols)
+        if self.mean_ is not None:
+            new.mean_, new.std_ = self.mean_[pos], self.std_[pos]
+        need = sum(v.rows if not self.pooled else len(v) for v in self._examples.values()) * len(cols) * 4
+        new.stats["bytes_selected"] = int(need)
+        if self._memory is not None:
+            new._memory = {k: np.ascontiguousarray(v[:, pos]) for k, v in self._memory.items()}
+        elif self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20:
+            new._memory = None
+            mem = {}
+            m32, s32 = new._mean32()
+            for split in SPLITS:
+                ex = new._examples[split]
+                X = np.empty((len(ex), len(cols)), dtype=np.float32)
+                for idx, block in new._raw_chunks(ex):
+                    if m32 is not None:
+                        block -= m32
+                        block /= s32
+                    X[idx] = block
+                mem[split] = X
+            new._memory = mem
+        else:
+            new._memory = None
+        return new
+
+    def with_control(self) -> "ActivationDataModule":
+        """The same examples, splits, columns and normalisation with control-task labels
+        (Hewitt & Liang: one random label per word type from the training label distribution)."""
+        self._need()
+        if getattr(self.concept, "level", "word") == SENTENCE or self.task != CLASSIFICATION:
+            raise ConfigError(f"control tasks need a word-level classification concept; {self.concept.name} is not")
+        labels = self.concept.labels(self.corpus)
+        ctl = control_task(self.corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
+        index = {c: i for i, c in enumerate(self.class_names)}
+        new = self._derive()
+        new.control = True
+
+        def relabel(ex: _Examples) -> _Examples:
+            y = np.fromiter((index[ctl[s][w]] for s, w in zip(ex.sent.tolist(), ex.word.tolist())), dtype=np.int64,
+                            count=len(ex))
+            return _Examples(ex.start, ex.length, y, ex.sent, ex.word)
+
+        new._examples = {k: relabel(v) for k, v in self._examples.items()}
+        new._train_full = relabel(self._train_full)
+        if self.balance == "class_weights":
+            counts = np.bincount(new._examples["train"].y, minlength=len(self.class_names))
+            present = counts > 0
+            w = np.zeros(len(counts))
+            w[present] = len(new._examples["train"]) / (present.sum() * counts[present])
+            new.class_weights = torch.tensor(w, dtype=torch.float32)
+        return new
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __repr__(self) -> str:
+        if not self._ready:
+            return f"ActivationDataModule(store={str(self.store.path)!r}, concept={self.concept!r}, not set up)"
+        return (f"ActivationDataModule(concept={self.concept.name!r}, sites={self.sites}, features={len(self.columns)}, "
+                f"classes={self.num_classes}, examples={[len(self._examples[s]) for s in SPLITS]}, "
+                f"{'in memory' if self._memory is not None else 'streaming'})")
+
+
+def _fork_ok() -> bool:
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods()
+
+
+# ---------------------------------------------------------------------------------------------
+def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
+    """An :class:`ActivationDataModule` from a composed config.
+
+    The store is ``store``, else ``cfg.store.dir`` when it holds a store, else the store that
+    ``neurolab.tasks.extract.extract_store(cfg)`` builds or reuses (when ``cfg.extract_if_missing``
+    is not false). The corpus comes from ``cfg.corpus`` (:func:`neurolab.corpus.load_corpus`), the
+    concept from ``cfg.concept`` (``hydra.utils.instantiate``), the rest from ``cfg.sites``,
+    ``cfg.data`` and ``cfg.seed``; ``overrides`` replace any keyword argument.
+    """
+    from hydra.utils import instantiate
+
+    from ..corpus import load_corpus
+
+    if store is None:
+        sdir = cfg.get("store", {}).get("dir") if cfg.get("store") is not None else None
+        from ..store import ActivationStore
+
+        if sdir and (Path(str(sdir)) / "manifest.json").exists():
+            store = ActivationStore.open(sdir)
+        elif cfg.get("extract_if_missing", True) and cfg.get("model") is not None:
+            from ..tasks.extract import extract_store
+
+            store = extract_store(cfg)
+        elif sdir:
+            store = ActivationStore.open(sdir)  # raises a StoreError naming the directory
+        else:
+            raise ConfigError("store.dir is not set and extract_if_missing=false: give store.dir=<a store>")
+    corpus, splits = load_corpus(cfg.corpus)
+    if "concept" not in cfg or cfg.concept is None:
+        raise ConfigError("no concept configured (concept=upos, xpos, deprel, feats.Tense, lexical.suffix_ing ...)")
+    concept = overrides.pop("concept", None) or instantiate(cfg.concept)
+    data = cfg.get("data") or {}
+    kw: dict[str, Any] = dict(
+        sites=cfg.get("sites"),
+        normalize=data.get("normalize", "zscore"),
+        balance=data.get("balance", "none"),
+        batch_size=data.get("batch_size", 512),
+        memory_budget_mb=data.get("memory_budget_mb", 2048),
+        num_workers=data.get("num_workers", 0),
+        chunk_rows=data.get("chunk_rows", 8192),
+        unseen_labels=data.get("unseen_labels", "drop"),
+        sentence_pooling=data.get("sentence_pooling", "mean"),
+        seed=int(cfg.get("seed") or 0),
+    )
+    if data.get("eval_batch_size"):
+        kw["eval_batch_size"] = data.get("eval_batch_size")
+    kw.update(overrides)
+    return ActivationDataModule(store, corpus, splits, concept, **kw)

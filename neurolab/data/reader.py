@@ -1,0 +1,146 @@
+"""Reading selected rows and columns of a store with plain ``pread`` calls.
+
+The store's own ``read`` memory-maps shards; every page it touches stays in the process's
+resident set until the map is dropped, so a long streaming pass over a large store would look
+(and be accounted) as if the store were loaded. :class:`RowReader` instead copies the needed
+rows straight from the shard files into small buffers: memory stays bounded by the chunk, not the
+store. Runs of nearby rows are read with one call each (a gap of up to ``gap_rows`` unneeded rows
+is read and discarded rather than splitting the call).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..store.format import SHARDS, StoreError, from_storage, site_filename
+
+__all__ = ["RowReader"]
+
+
+class RowReader:
+    """Rows × selected columns of a store as float32.
+
+    ``columns`` index the concatenation of ``sites`` (any order; the output follows it).
+    Picklable (file descriptors are reopened lazily in each process).
+    """
+
+    def __init__(self, store, sites: Sequence[str], columns: np.ndarray | None = None, gap_rows: int = 8):
+        self.root = Path(store.path)
+        self.dtype = store.dtype
+        self.sites = list(sites)
+        widths = [int(store.neurons_per_site[s]) for s in self.sites]
+        total = int(sum(widths))
+        cols = np.arange(total, dtype=np.int64) if columns is None else np.asarray(columns, dtype=np.int64)
+        self.num_features = len(cols)
+        self.shard_dirs = [sh["dir"] for sh in store.shards]
+        self.shard_rows = np.array([int(sh["rows"]) for sh in store.shards], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.shard_rows)]).astype(np.int64)
+        self.gap_rows = int(gap_rows)
+        # per site: (site, units, local columns or None for all, output positions or a slice)
+        self.plan: list[tuple[str, int, np.ndarray | None, np.ndarray | slice]] = []
+        a = 0
+        for s, w in zip(self.sites, widths):
+            pos = np.flatnonzero((cols >= a) & (cols < a + w))
+            if len(pos):
+                local = cols[pos] - a
+                contiguous = len(pos) == w and np.array_equal(local, np.arange(w)) and np.array_equal(
+                    pos, np.arange(pos[0], pos[0] + w)
+                )
+                if contiguous:
+                    self.plan.append((s, w, None, slice(int(pos[0]), int(pos[0]) + w)))
+                else:
+                    self.plan.append((s, w, local, pos))
+            a += w
+        self._fds: dict[tuple[int, str], tuple[int, int, np.dtype]] = {}
+
+    # -- files ------------------------------------------------------------------------------------
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_fds"] = {}
+        return d
+
+    def __del__(self):
+        self.close()
+
+    def close(self) -> None:
+        for fd, _, _ in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
+
+    def _open(self, shard: int, site: str, units: int) -> tuple[int, int, np.dtype]:
+        key = (shard, site)
+        got = self._fds.get(key)
+        if got is not None:
+            return got
+        f = self.root / SHARDS / self.shard_dirs[shard] / site_filename(site)
+        try:
+            with open(f, "rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                offset = fh.tell()
+        except (OSError, ValueError) as e:
+            raise StoreError(f"{f}: cannot read shard file ({e})") from None
+        if fortran or tuple(shape) != (int(self.shard_rows[shard]), units) or dtype.hasobject:
+            raise StoreError(f"{f}: array {shape} ({dtype}, fortran={fortran}); the manifest says "
+                             f"({int(self.shard_rows[shard])}, {units})")
+        fd = os.open(f, os.O_RDONLY)
+        self._fds[key] = (fd, offset, dtype)
+        return self._fds[key]
+
+    def _pread(self, shard: int, site: str, units: int, lo: int, hi: int) -> np.ndarray:
+        """Rows ``lo..hi-1`` (shard-local) of one site file in the storage dtype."""
+        fd, offset, dtype = self._open(shard, site, units)
+        buf = np.empty((hi - lo, units), dtype=dtype)
+        mv = memoryview(buf).cast("B")
+        want, pos, at = mv.nbytes, offset + lo * units * dtype.itemsize, 0
+        while at < want:
+            n = os.preadv(fd, [mv[at:]], pos + at)
+            if n <= 0:
+                raise StoreError(f"{self.root}: shard {self.shard_dirs[shard]}/{site_filename(site)} is truncated")
+            at += n
+        return buf
+
+    def _put(self, out: np.ndarray, at: int, block: np.ndarray, local, pos) -> None:
+        n = block.shape[0]
+        if local is not None:
+            block = block[:, local]
+        if self.dtype == "bf16":
+            block = from_storage(block, "bf16")
+        out[at : at + n, pos] = block
+
+    # -- reading ----------------------------------------------------------------------------------
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """``rows``: strictly increasing int64 store rows. Returns float32 ``[len(rows), F]``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.num_features), dtype=np.float32)
+        if len(rows) == 0:
+            return out
+        shard_of = np.searchsorted(self.starts, rows, side="right") - 1
+        cuts = np.flatnonzero(np.diff(shard_of)) + 1
+        for seg in np.split(np.arange(len(rows)), cuts):
+            sh = int(shard_of[seg[0]])
+            local = rows[seg] - self.starts[sh]
+            breaks = np.flatnonzero(np.diff(local) > self.gap_rows) + 1
+            for run in np.split(np.arange(len(local)), breaks):
+                lo, hi = int(local[run[0]]), int(local[run[-1]]) + 1
+                dense = hi - lo == len(run)
+                at = int(seg[run[0]])
+                for site, units, lcols, pos in self.plan:
+                    block = self._pread(sh, site, units, lo, hi)
+                    if not dense:
+                        block = block[local[run] - lo]
+                    self._put(out, at, block, lcols, pos)
+        return out
+
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """Contiguous rows ``start..stop-1``."""
+        return self.read_rows(np.arange(start, stop, dtype=np.int64))
