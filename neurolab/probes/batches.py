@@ -1,0 +1,93 @@
+"""In-memory mini-batches for probes: whole tensors sliced per step, no per-row Python overhead.
+
+A DataLoader over a TensorDataset indexes and collates row by row; for a linear probe that costs
+more than the model. :class:`TensorBatches` instead permutes row indices once per epoch (seeded
+with ``seed + epoch``) and slices the tensors. Under DDP every rank draws the *same* global
+permutation and takes its share (``rows[rank::world]``) of each *global* batch, so a run on N
+processes with global batch B sees exactly the batches of a run on 1 process with batch B; each
+item carries the global batch size so the loss can be normalised by it (see ``LinearProbe``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import pytorch_lightning as pl
+import torch
+
+__all__ = ["TensorBatches", "TensorDataModule"]
+
+
+class TensorBatches:
+    """Iterable of ``(x, y, n_global)`` batches over in-memory tensors.
+
+    ``epoch_fn`` gives the current epoch (for reshuffling); ``rank``/``world`` shard every global
+    batch. A final global batch smaller than ``world`` rows is merged into the previous one so that
+    every rank gets rows in every step.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.x, self.y = x, y
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.epoch_fn = epoch_fn or (lambda: 0)
+        self.rank, self.world = int(rank), int(world)
+        self._bounds = self._plan(len(x))
+
+    def _plan(self, n: int) -> list[tuple[int, int]]:
+        b = max(self.batch_size, self.world)
+        bounds = [(i, min(i + b, n)) for i in range(0, n, b)]
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < self.world:
+            last = bounds.pop()
+            bounds[-1] = (bounds[-1][0], last[1])
+        return bounds
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def order(self) -> torch.Tensor | None:
+        if not self.shuffle:
+            return None
+        g = torch.Generator().manual_seed(self.seed + 1_000_003 * int(self.epoch_fn()))
+        return torch.randperm(len(self.x), generator=g)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+        perm = self.order()
+        for a, b in self._bounds:
+            if perm is None and self.world == 1:
+                yield self.x[a:b], self.y[a:b], b - a
+                continue
+            idx = perm[a:b] if perm is not None else torch.arange(a, b)
+            if self.world > 1:
+                idx = idx[self.rank::self.world]
+            yield self.x[idx], self.y[idx], b - a
+
+
+class TensorDataModule(pl.LightningDataModule):
+    """Train/val splits held as tensors; batches built by :class:`TensorBatches` (DDP-aware)."""
+
+    def __init__(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor] | None,
+                 batch_size: int, eval_batch_size: int = 8192, seed: int = 0):
+        super().__init__()
+        self.train, self.val = train, val
+        self.batch_size, self.eval_batch_size, self.seed = int(batch_size), int(eval_batch_size), int(seed)
+
+    def _dist(self) -> tuple[int, int]:
+        t = self.trainer
+        return (int(t.global_rank), int(t.world_size)) if t is not None else (0, 1)
+
+    def train_dataloader(self):
+        rank, world = self._dist()
+        trainer = self.trainer
+        return TensorBatches(*self.train, self.batch_size, shuffle=True, seed=self.seed,
+                             epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else None,
+                             rank=rank, world=world)
+
+    def val_dataloader(self):
+        if self.val is None:
+            return []
+        rank, world = self._dist()
+        return TensorBatches(*self.val, self.eval_batch_size, shuffle=False, rank=rank, world=world)

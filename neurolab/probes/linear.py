@@ -1,0 +1,497 @@
+"""Linear probes: ``LinearProbe`` (a LightningModule), :func:`fit_probe` and the ``linear`` runner.
+
+The probe is softmax regression over activations for classification (binary = two classes) and
+linear regression for regression, with an optional weight penalty (``none|l1|l2|elasticnet``, see
+:mod:`neurolab.probes.regularization`). Training loss per step:
+``mean_i w[y_i] * CE(x_i, y_i) + penalty(W)`` (``w`` = class weights, 1 without balancing) — the mean
+over the *global* batch, so 1 and N DDP processes take the same steps.
+
+Example::
+
+    >>> import numpy as np
+    >>> from neurolab.probes import ArrayData, fit_probe
+    >>> from neurolab.config import compose
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(600, 8)).astype(np.float32); y = (X[:, 3] > 0).astype(np.int64)
+    >>> dm = ArrayData.from_split(X, y, class_names=["neg", "pos"])
+    >>> cfg = compose("probe", ["logger=none"], run_dir=tmp)      # doctest: +SKIP
+    >>> module, metrics = fit_probe(dm, cfg)                       # doctest: +SKIP
+    >>> metrics["test/acc"] > 0.9                                  # doctest: +SKIP
+    True
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from .regularization import Regularization
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LinearProbe", "fit_probe", "run_linear", "BestWeights", "load_probe", "trainer_from_cfg"]
+
+TASKS = ("classification", "regression")
+
+
+def _metric_collection(task: str, num_classes: int, *, sync: bool = True) -> torchmetrics.MetricCollection:
+    kw = {"sync_on_compute": sync}
+    if task == "classification":
+        return torchmetrics.MetricCollection({
+            "acc": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro", **kw),
+            "f1_macro": torchmetrics.classification.MulticlassF1Score(num_classes, average="macro", **kw),
+            "acc_class": torchmetrics.classification.MulticlassAccuracy(num_classes, average=None, **kw),
+        })
+    return torchmetrics.MetricCollection({
+        "mse": torchmetrics.MeanSquaredError(**kw),
+        "r2": torchmetrics.R2Score(**kw),
+        "pearson": torchmetrics.PearsonCorrCoef(**kw),
+    })
+
+
+class LinearProbe(pl.LightningModule):
+    """A linear probe ``logits = x @ W.T + b`` with ``W: [C, F]`` (``C = 1`` for regression).
+
+    Args:
+        num_features: ``F``, columns of the input.
+        num_classes: ``C`` for classification (2 for binary).
+        task: ``"classification"`` or ``"regression"``.
+        regularization: a :class:`Regularization` or a mapping like ``cfg.regularization``.
+        optimizer: ``params -> Optimizer`` (a Hydra ``_partial_``); Adam(lr=1e-3) by default.
+        scheduler: ``optimizer -> LRScheduler`` (a Hydra ``_partial_``) or None; stepped per epoch.
+        class_weights: ``[C]`` loss weights (``balance=class_weights``) or None.
+        class_names: names of the classes, for per-class metrics (``val/acc/NOUN``).
+        init: ``"zeros"`` (default; needs no random draws) or ``"default"`` (``nn.Linear``'s init).
+    """
+
+    def __init__(self, num_features: int, num_classes: int = 2, task: str = "classification", *,
+                 regularization: Regularization | Mapping[str, Any] | None = None,
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 scheduler: Callable[..., Any] | None = None,
+                 class_weights: torch.Tensor | Sequence[float] | None = None,
+                 class_names: Sequence[str] | None = None, init: str = "zeros"):
+        super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"probe task must be one of {TASKS}, got {task!r}")
+        if task == "classification" and num_classes < 2:
+            raise ConfigError(f"a classification probe needs at least 2 classes, got {num_classes}")
+        self.task = task
+        self.num_features = int(num_features)
+        self.num_classes = int(num_classes) if task == "classification" else 1
+        self.linear = torch.nn.Linear(self.num_features, self.num_classes)
+        if init == "zeros":
+            torch.nn.init.zeros_(self.linear.weight)
+            torch.nn.init.zeros_(self.linear.bias)
+        elif init != "default":
+            raise ConfigError(f"probe.module.init must be 'zeros' or 'default', got {init!r}")
+        if regularization is None or isinstance(regularization, Regularization):
+            self.reg = regularization or Regularization(name="none")
+        else:
+            self.reg = Regularization.from_cfg(regularization)
+        self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
+        self.scheduler_factory = scheduler
+        cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if cw is not None and cw.shape != (self.num_classes,):
+            raise ConfigError(f"class_weights has shape {tuple(cw.shape)}, expected ({self.num_classes},)")
+        self.register_buffer("class_weights", cw, persistent=False)
+        self.class_names = [str(c) for c in class_names] if class_names is not None else \
+            [str(i) for i in range(self.num_classes)]
+        self.train_loss = torchmetrics.MeanMetric()
+        self.val_loss = torchmetrics.MeanMetric()
+        self.test_loss = torchmetrics.MeanMetric(sync_on_compute=False)
+        self.train_acc = (torchmetrics.classification.MulticlassAccuracy(self.num_classes, average="micro")
+                          if task == "classification" else torchmetrics.MeanSquaredError())
+        self.val_metrics = _metric_collection(task, self.num_classes)
+        self.test_metrics = _metric_collection(task, self.num_classes, sync=False)
+
+    # -- model -------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear(x)
+        return out.squeeze(-1) if self.task == "regression" else out
+
+    @property
+    def weight_matrix(self) -> np.ndarray:
+        """``W`` as a float64 numpy array ``[C, F]`` (a copy)."""
+        return self.linear.weight.detach().cpu().double().numpy().copy()
+
+    def data_loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Unregularised loss: (class-weighted) cross entropy, or squared error."""
+        if self.task == "classification":
+            return F.cross_entropy(out, y, weight=self.class_weights, reduction=reduction)
+        return F.mse_loss(out, y.to(out.dtype), reduction=reduction)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Full training loss on one batch: mean data loss + penalty (for checks and tests)."""
+        out = self(x)
+        return self.data_loss(out, y, "sum") / len(y) + self.reg(self.linear.weight)
+
+    # -- Lightning hooks -----------------------------------------------------------------------
+    def _unpack(self, batch):
+        if len(batch) == 3:
+            x, y, n = batch
+        else:
+            (x, y), n = batch, len(batch[1])
+        return x, y, int(n)
+
+    def training_step(self, batch, batch_idx):
+        x, y, n_global = self._unpack(batch)
+        out = self(x)
+        summed = self.data_loss(out, y, "sum")
+        world = self.trainer.world_size if self._trainer is not None else 1
+        # mean over the *global* batch; DDP averages gradients over ranks, hence the factor `world`
+        loss = summed * (world / n_global) + self.reg(self.linear.weight)
+        n = len(y)
+        if n:
+            self.train_loss.update(summed.detach() / n, weight=n)
+            self.train_acc.update(out.detach().argmax(-1) if self.task == "classification" else out.detach(), y)
+        return loss
+
+    def on_train_epoch_end(self):
+        name = "acc" if self.task == "classification" else "mse"
+        self.log_dict({"train/loss": self.train_loss.compute(), f"train/{name}": self.train_acc.compute()},
+                      on_step=False, on_epoch=True, sync_dist=False)
+        self.train_loss.reset()
+        self.train_acc.reset()
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = self._unpack(batch)
+        out = self(x)
+        if len(y):
+            self.val_loss.update(self.data_loss(out, y, "sum") / len(y), weight=len(y))
+            self.val_metrics.update(self._preds(out), y)
+
+    def on_validation_epoch_end(self):
+        vals = self._flatten("val", self.val_loss.compute(), self.val_metrics.compute())
+        self.val_loss.reset()
+        self.val_metrics.reset()
+        self.log_dict({k: v for k, v in vals.items()}, on_step=False, on_epoch=True, sync_dist=False)
+
+    def _preds(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(-1) if self.task == "classification" else out
+
+    def _flatten(self, stage: str, loss: torch.Tensor, computed: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        out = {f"{stage}/loss": float(loss)}
+        for k, v in computed.items():
+            if k == "acc_class":
+                for name, a in zip(self.class_names, v.tolist()):
+                    out[f"{stage}/acc/{name}"] = float(a)
+            else:
+                out[f"{stage}/{k}"] = float(v)
+        return out
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        sched = self.scheduler_factory(opt)
+        conf = {"scheduler": sched, "interval": "epoch"}
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            conf["monitor"] = "val/loss"
+        return {"optimizer": opt, "lr_scheduler": conf}
+
+    # -- evaluation outside the trainer -------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, chunks: Iterable[tuple[Any, Any]], stage: str = "test") -> dict[str, float]:
+        """Metrics (``{stage}/loss``, ``{stage}/acc``, ``{stage}/f1_macro``, ``{stage}/acc/<class>`` or
+        ``mse``/``r2``/``pearson``) over ``(x, y)`` chunks (numpy or torch), locally on this process."""
+        was_training = self.training
+        self.eval()
+        self.test_loss.reset()
+        self.test_metrics.reset()
+        n = 0
+        for x, y in chunks:
+            x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            y = torch.as_tensor(y, device=self.device)
+            if not len(y):
+                continue
+            out = self(x)
+            self.test_loss.update(self.data_loss(out, y, "sum") / len(y), weight=len(y))
+            self.test_metrics.update(self._preds(out), y)
+            n += len(y)
+        if n == 0:
+            raise ValueError(f"no rows to evaluate the probe on ({stage} split is empty)")
+        res = self._flatten(stage, self.test_loss.compute(), self.test_metrics.compute())
+        res[f"{stage}/n"] = n
+        self.test_loss.reset()
+        self.test_metrics.reset()
+        self.train(was_training)
+        return res
+
+    # -- checkpoints (safetensors + JSON: no pickle) -------------------------------------------------
+    def save(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+        """Write ``path`` (``.safetensors``: weight, bias) and ``path.with_suffix('.json')`` (meta)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"weight": self.linear.weight.detach().cpu().contiguous(),
+                   "bias": self.linear.bias.detach().cpu().contiguous()}, str(path))
+        info = {"num_features": self.num_features, "num_classes": self.num_classes, "task": self.task,
+                "class_names": self.class_names,
+                "regularization": {"name": self.reg.name, "lambda_l1": self.reg.lambda_l1,
+                                   "lambda_l2": self.reg.lambda_l2, "l2_squared": self.reg.l2_squared}}
+        info.update(dict(meta or {}))
+        with open(path.with_suffix(".json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1, default=_jsonable)
+        return path
+
+
+def _jsonable(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def load_probe(path: str | Path) -> LinearProbe:
+    """A :class:`LinearProbe` from files written by :meth:`LinearProbe.save`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    with open(path.with_suffix(".json"), encoding="utf-8") as f:
+        info = json.load(f)
+    m = LinearProbe(info["num_features"], info["num_classes"], info["task"],
+                    regularization=Regularization(**info["regularization"]), class_names=info["class_names"])
+    t = load_file(str(path))
+    with torch.no_grad():
+        m.linear.weight.copy_(t["weight"])
+        m.linear.bias.copy_(t["bias"])
+    return m
+
+
+class BestWeights(pl.Callback):
+    """Keeps the weights of the best validation epoch in memory and restores them when fit ends.
+
+    (A light replacement for ModelCheckpoint: no pickle, no disk I/O per epoch; the caller saves
+    the restored weights with :meth:`LinearProbe.save`.)
+    """
+
+    def __init__(self, monitor: str = "val/loss", mode: str = "min"):
+        if mode not in ("min", "max"):
+            raise ConfigError(f"early_stopping.mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.mode = monitor, mode
+        self.best: float | None = None
+        self.best_epoch: int = -1
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        v = trainer.callback_metrics.get(self.monitor)
+        if v is None:
+            raise ConfigError(f"early_stopping.monitor={self.monitor!r} is not a logged metric; "
+                              f"have {sorted(trainer.callback_metrics)}")
+        v = float(v)
+        better = self.best is None or (v < self.best if self.mode == "min" else v > self.best)
+        if better and not math.isnan(v):
+            self.best, self.best_epoch = v, int(trainer.current_epoch)
+            self.state = {k: t.detach().clone() for k, t in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer, pl_module):
+        if self.state is not None:
+            pl_module.load_state_dict(self.state)
+
+
+# -----------------------------------------------------------------------------------------------
+def trainer_from_cfg(cfg: DictConfig, *, callbacks: Sequence[pl.Callback] = (), logger=None,
+                     run_dir: str | Path | None = None, **overrides) -> pl.Trainer:
+    """``cfg.trainer`` instantiated for probe training (no Lightning checkpoints: see BestWeights)."""
+    from hydra.utils import instantiate
+
+    kwargs = dict(callbacks=list(callbacks), logger=logger if logger is not None else False,
+                  enable_checkpointing=False, enable_model_summary=False)
+    if run_dir is not None:
+        kwargs["default_root_dir"] = str(run_dir)
+    kwargs.update(overrides)
+    tnode = cfg.get("trainer") if cfg is not None else None
+    tcfg: dict[str, Any] = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": 1}
+    if tnode is not None:
+        tcfg = {}
+        for k in tnode.keys():  # resolve key by key: only the keys we keep need resolvable interpolations
+            if k in kwargs:
+                continue
+            v = tnode[k]
+            tcfg[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+    return instantiate(tcfg, **kwargs)
+
+
+class quiet_lightning:
+    """Lower Lightning's INFO chatter (device summary, tips) to WARNING while a probe trains."""
+
+    NAMES = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+
+    def __enter__(self):
+        self._old = {n: logging.getLogger(n).level for n in self.NAMES}
+        for n in self.NAMES:
+            if logging.getLogger(n).getEffectiveLevel() < logging.WARNING:
+                logging.getLogger(n).setLevel(logging.WARNING)
+        return self
+
+    def __exit__(self, *exc):
+        for n, lvl in self._old.items():
+            logging.getLogger(n).setLevel(lvl)
+        return False
+
+
+def _concept_name(dm) -> str:
+    c = getattr(dm, "concept", None)
+    if c is None:
+        return ""
+    return str(getattr(c, "name", c))
+
+
+def _has_rows(dm, split: str) -> bool:
+    try:
+        return len(dm.row_ids(split)) > 0
+    except Exception:
+        return True
+
+
+def _in_memory(dm, cfg: DictConfig) -> bool:
+    mode = cfg.probe.get("in_memory", "auto")
+    if mode is True or str(mode).lower() == "true":
+        return True
+    if mode is False or str(mode).lower() == "false":
+        return False
+    if not hasattr(dm, "row_ids"):
+        return True
+    budget = float(cfg.get("data", {}).get("memory_budget_mb", 2048) or 2048)
+    need = sum(len(dm.row_ids(s)) for s in ("train", "val")) * int(dm.num_features) * 4 / 2**20
+    return need <= budget
+
+
+def _seed_of(cfg: DictConfig) -> int:
+    s = cfg.get("seed")
+    return 0 if s is None else int(s)
+
+
+def _chunks(dm, split: str, size: int, arrays=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if arrays is not None:
+        X, y = arrays
+        for a in range(0, len(X), size):
+            yield X[a:a + size], y[a:a + size]
+    else:
+        yield from dm.iter_chunks(split)
+
+
+def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.ndarray | None = None,
+              prefix: str = "", save: bool | None = None, seed: int | None = None,
+              regularization: Mapping[str, Any] | None = None) -> tuple[LinearProbe, dict[str, float]]:
+    """Train a linear probe on ``dm`` (or ``dm.subset(columns)``) as ``cfg.probe`` / ``cfg.regularization``
+    / ``cfg.trainer`` say, early stopping on the dev split; return the module (best-on-dev weights)
+    and its metrics (``{prefix}val/acc``, ``{prefix}test/acc``, ``{prefix}test/f1_macro``, ...).
+
+    ``save`` (default: ``prefix == ""`` and ``cfg.probe.checkpoint``) writes the weights to
+    ``<run dir>/probe/best.safetensors``. ``seed`` defaults to ``cfg.seed``; ``regularization``
+    overrides ``cfg.regularization``.
+    """
+    if columns is not None:
+        dm = dm.subset(np.asarray(columns, dtype=np.int64))
+    pcfg = cfg.probe
+    seed = _seed_of(cfg) if seed is None else int(seed)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    t0 = time.perf_counter()
+    task = str(getattr(dm, "task", "classification"))
+    class_names = list(getattr(dm, "class_names", None) or [])
+    num_classes = int(getattr(dm, "num_classes", len(class_names) or 1))
+    from hydra.utils import instantiate
+
+    factory = instantiate(pcfg.module) if "module" in pcfg else partial(LinearProbe)
+    reg = regularization if regularization is not None else cfg.get("regularization")
+    module: LinearProbe = factory(num_features=int(dm.num_features), num_classes=num_classes, task=task,
+                                  regularization=reg, class_weights=getattr(dm, "class_weights", None),
+                                  class_names=class_names or None)
+    in_mem = _in_memory(dm, cfg)
+    has_val = _has_rows(dm, "val")
+    es = pcfg.get("early_stopping", {}) or {}
+    callbacks: list[pl.Callback] = []
+    best = None
+    if has_val:
+        best = BestWeights(str(es.get("monitor", "val/loss")), str(es.get("mode", "min")))
+        callbacks.append(best)
+        if es.get("enabled", True):
+            from pytorch_lightning.callbacks import EarlyStopping
+
+            callbacks.append(EarlyStopping(monitor=str(es.get("monitor", "val/loss")), mode=str(es.get("mode", "min")),
+                                           patience=int(es.get("patience", 3)), min_delta=float(es.get("min_delta", 0.0)),
+                                           check_on_train_epoch_end=False))
+    from ..config import output_dir
+
+    run_dir = output_dir(cfg)
+    with quiet_lightning():
+        trainer = trainer_from_cfg(cfg, callbacks=callbacks, logger=logger, run_dir=run_dir,
+                                   limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
+                                   **({"max_epochs": int(pcfg.epochs)} if pcfg.get("epochs") else {}))
+    batch_size = int(pcfg.get("batch_size", 128))
+    eval_bs = int(pcfg.get("eval_batch_size", 8192))
+    train_arrays = val_arrays = None
+    if in_mem:
+        from .batches import TensorDataModule
+
+        train_arrays = dm.arrays("train")
+        val_arrays = dm.arrays("val") if has_val else None
+        t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
+                       torch.from_numpy(np.ascontiguousarray(a[1])))
+        data = TensorDataModule(t(train_arrays), t(val_arrays) if val_arrays is not None else None,
+                                batch_size, eval_bs, seed)
+        with quiet_lightning():
+            trainer.fit(module, datamodule=data)
+    else:
+        with quiet_lightning():
+            trainer.fit(module, train_dataloaders=dm.train_dataloader(),
+                        val_dataloaders=dm.val_dataloader() if has_val else None)
+    fit_s = time.perf_counter() - t0
+    metrics: dict[str, float] = {}
+    if has_val:
+        metrics.update(module.evaluate(_chunks(dm, "val", eval_bs, val_arrays), "val"))
+    if _has_rows(dm, "test"):
+        metrics.update(module.evaluate(_chunks(dm, "test", eval_bs, dm.arrays("test") if in_mem else None), "test"))
+    metrics["probe/epochs"] = int(trainer.current_epoch)
+    metrics["probe/best_epoch"] = int(best.best_epoch) if best is not None else int(trainer.current_epoch) - 1
+    metrics["time/probe_fit_s"] = round(fit_s, 4)
+    metrics = {f"{prefix}{k}": v for k, v in metrics.items()}
+    if save is None:
+        save = prefix == "" and bool(pcfg.get("checkpoint", True))
+    if save and trainer.is_global_zero:
+        cols = getattr(dm, "columns", None)
+        module.save(run_dir / "probe" / "best.safetensors",
+                    meta={"sites": list(getattr(dm, "sites", []) or []), "columns": cols,
+                          "concept": _concept_name(dm), "seed": seed, "metrics": metrics})
+    if logger is not None:
+        try:
+            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        except Exception as e:  # pragma: no cover - tracking must not break the science
+            log.warning("could not log probe metrics: %s", e)
+    log.info("probe %s: %s", prefix or "all", {k: round(v, 4) for k, v in metrics.items()
+                                               if k.endswith(("/acc", "/f1_macro", "/r2", "_s"))})
+    return module, metrics
+
+
+def run_linear(dm, cfg: DictConfig, logger=None):
+    """``RUNNERS["linear"]``: fit a probe on ``dm`` and rank its neurons by weight mass."""
+    from .ranking import rank_from_weights
+
+    module, metrics = fit_probe(dm, cfg, logger=logger)
+    model = ""
+    try:
+        model = str(cfg.model.name_or_path)
+    except Exception:
+        pass
+    rcfg = cfg.probe.get("ranking", {}) or {}
+    ranking = rank_from_weights(module.weight_matrix, dm=dm, concept=_concept_name(dm), model=model,
+                                method="linear", search_stride=int(rcfg.get("search_stride", 100)),
+                                class_names=module.class_names)
+    return ranking, metrics
