@@ -293,6 +293,15 @@ class ActivationDataModule(pl.LightningDataModule):
         self._need()
         return self._memory is not None
 
+    _LAZY = ("class_names", "columns", "sites", "neurons_per_site", "class_weights", "stats", "mean_", "std_")
+
+    def __getattr__(self, name: str) -> Any:
+        # the attributes set by setup() set it up on first use
+        if name in ActivationDataModule._LAZY and not self.__dict__.get("_ready", True):
+            self.setup()
+            return self.__dict__[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
     def _need(self) -> None:
         if not self._ready:
             self.setup()
