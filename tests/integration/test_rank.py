@@ -1,0 +1,76 @@
+"""`neurolab rank` end to end on a write_store store joined with the demo corpus (planted neuron)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from neurolab.config import compose
+from neurolab.corpus import read_conllu
+from neurolab.errors import ConfigError
+from neurolab.store import write_store
+
+FAST_EVAL = ["evaluation.percentages=[10]", "evaluation.random_seeds=[0]", "evaluation.minimal_set.enabled=false",
+             "evaluation.mask=false", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture()
+def planted_store(tmp_path, demo_conllu):
+    corpus = read_conllu(demo_conllu)
+    sent = np.concatenate([np.full(len(s), i) for i, s in enumerate(corpus.sentences)])
+    word = np.concatenate([np.arange(len(s)) for s in corpus.sentences])
+    upos = np.concatenate([s.annotations["upos"] for s in corpus.sentences])
+    rng = np.random.default_rng(0)
+    acts = {s: rng.normal(size=(len(sent), 12)).astype(np.float32) for s in ("embeddings", "layers.0", "layers.1")}
+    acts["layers.0"][:, 5] = 3.0 * (upos == "NOUN") + 0.3 * rng.normal(size=len(sent))
+    path = tmp_path / "store"
+    write_store(path, acts, sent, word, {"model": "toy-model"}, dtype="fp16", shard_size=150)
+    return path
+
+
+@pytest.mark.parametrize("method", ["probeless", "selectivity", pytest.param("ap", marks=pytest.mark.slow), "iou"])
+def test_rank_binary_concept_finds_the_planted_neuron(tmp_path, planted_store, method):
+    from neurolab.tasks.rank import rank
+
+    run = tmp_path / f"run_{method}"
+    over = [f"store.dir={planted_store}", f"method={method}", "concept.value=NOUN", "viz.top_neurons=2", "viz.top_k=5"]
+    if method == "ap":
+        over += FAST_EVAL
+    else:
+        over += ["~evaluation"]
+    if method == "iou":  # a neuron firing on ~20% of the words: threshold at its top 20%
+        over += ["method.quantile=0.8"]
+    metrics = rank(compose("rank", over, run_dir=run))
+    r = json.loads((run / "ranking.json").read_text())
+    assert r["method"] == method and r["concept"] == "upos=NOUN" and r["model"] == "toy-model"
+    assert r["sites"] == ["embeddings", "layers.0", "layers.1"]
+    assert (r["neurons"][0]["site"], r["neurons"][0]["unit"], r["neurons"][0]["index"]) == ("layers.0", 5, 17)
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["rank/rows"] > 0 and saved["rank/classes"] == 2
+    index = (run / "pages" / "index.html").read_text()
+    assert "layers.0:5" in index and "upos=NOUN" in index
+    assert (run / "pages" / "neuron_layers.0_5.html").exists()
+    if method == "ap":  # the evaluation suite ran on the ranking
+        assert metrics["top/acc@10%"] > metrics["bottom/acc@10%"]
+        for k in ("random/acc@10%", "control/acc", "selectivity", "test/acc"):
+            assert k in saved
+    if method == "iou":
+        ex = json.loads((run / "explanations.json").read_text())
+        assert ex[0]["name"] == "layers.0:5" and "upos=NOUN" in ex[0]["formula"] and ex[0]["iou"] > 0.5
+
+
+def test_rank_multiclass_and_errors(tmp_path, planted_store):
+    from neurolab.tasks.rank import rank
+
+    run = tmp_path / "multi"
+    rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "~evaluation", "viz.enabled=false"], run_dir=run))
+    r = json.loads((run / "ranking.json").read_text())
+    assert r["neurons"][0]["index"] == 17 and "NOUN" in r["extra"]["classes"]
+    assert not (run / "pages").exists()
+    with pytest.raises(ConfigError, match="positive='NOPE'"):
+        rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "method.positive=NOPE", "~evaluation"],
+                     run_dir=tmp_path / "bad"))
+    with pytest.raises(ConfigError, match="word-level classification"):
+        rank(compose("rank", [f"store.dir={planted_store}", "concept=sentence.length", "~evaluation"],
+                     run_dir=tmp_path / "bad2"))
