@@ -1,0 +1,160 @@
+"""LinearProbe / fit_probe: loss against numpy, planted neurons, determinism, checkpoints."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neurolab.errors import ConfigError
+from neurolab.probes import LinearProbe, Regularization, fit_probe, load_probe, run_linear
+from tests.helpers.probes import PLANTED, planted_datamodule, planted_index
+from tests.helpers.probes import probe_cfg as _probe_cfg
+
+FAST = ("probe.module.optimizer.lr=0.02", "trainer.max_epochs=20")  # small data: fewer steps per epoch
+
+
+def probe_cfg(run_dir, *overrides):
+    return _probe_cfg(run_dir, *FAST, *overrides)
+
+
+def _np_ce(W, b, X, y, w=None):
+    z = X @ W.T + b
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    ce = -logp[np.arange(len(y)), y]
+    if w is not None:
+        ce = ce * w[y]
+    return ce.mean()
+
+
+@pytest.mark.parametrize("l2_squared", [True, False])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (1e-2, 0.0), (0.0, 3e-2), (1e-2, 3e-2)])
+def test_elastic_net_loss_equals_numpy(l1, l2, l2_squared):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 7)).astype(np.float32)
+    y = rng.integers(0, 4, size=50)
+    m = LinearProbe(7, 4, regularization=Regularization(l1, l2, l2_squared), init="default")
+    W = m.linear.weight.detach().double().numpy()
+    b = m.linear.bias.detach().double().numpy()
+    r2 = (W ** 2).sum() if l2_squared else np.sqrt((W ** 2).sum())
+    expected = _np_ce(W, b, X.astype(np.float64), y) + l1 * np.abs(W).sum() + l2 * r2
+    got = float(m.loss(torch.from_numpy(X), torch.from_numpy(y)).detach())
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_weighted_and_regression_losses():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(40, 5)).astype(np.float32)
+    y = rng.integers(0, 3, size=40)
+    w = np.array([0.5, 2.0, 1.5])
+    m = LinearProbe(5, 3, class_weights=w, init="default")
+    W, b = m.linear.weight.detach().double().numpy(), m.linear.bias.detach().double().numpy()
+    assert float(m.loss(torch.from_numpy(X), torch.from_numpy(y)).detach()) == pytest.approx(_np_ce(W, b, X, y, w), rel=1e-5)
+    t = rng.normal(size=40).astype(np.float32)
+    r = LinearProbe(5, task="regression", regularization=Regularization(1e-2, 1e-2), init="default")
+    W, b = r.linear.weight.detach().double().numpy(), r.linear.bias.detach().double().numpy()
+    exp = ((X @ W.T + b).ravel() - t) ** 2
+    exp = exp.mean() + 1e-2 * np.abs(W).sum() + 1e-2 * (W ** 2).sum()
+    assert float(r.loss(torch.from_numpy(X), torch.from_numpy(t)).detach()) == pytest.approx(exp, rel=1e-5)
+
+
+def test_nonsquared_l2_has_finite_gradient_at_zero():
+    m = LinearProbe(4, 3, regularization=Regularization(0.0, 1e-2, l2_squared=False))
+    loss = m.loss(torch.randn(8, 4), torch.randint(0, 3, (8,)))
+    loss.backward()
+    assert torch.isfinite(m.linear.weight.grad).all()
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ConfigError, match="lambda_l1"):
+        Regularization(-1.0)
+    with pytest.raises(ConfigError, match="regularization=none"):
+        Regularization.from_cfg({"name": "none", "lambda_l1": 0.1})
+    with pytest.raises(ConfigError, match="classification"):
+        LinearProbe(3, 1)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return planted_datamodule(tmp_path_factory.mktemp("planted"))
+
+
+def test_planted_neurons_lead_the_ranking(planted, tmp_path):
+    cfg = probe_cfg(tmp_path)
+    ranking, metrics = run_linear(planted, cfg)
+    planted_ix = {planted_index(*v) for v in PLANTED.values()}
+    assert set(ranking.indices[:4].tolist()) == planted_ix
+    # sklearn's logistic regression on the same data agrees on the accuracy
+    from sklearn.linear_model import LogisticRegression
+
+    Xtr, ytr = planted.arrays("train")
+    Xte, yte = planted.arrays("test")
+    ref = LogisticRegression(max_iter=2000).fit(Xtr, ytr).score(Xte, yte)
+    assert metrics["test/acc"] >= ref - 0.05
+    assert metrics["test/acc"] > 0.75
+    for k in ("val/acc", "val/loss", "test/f1_macro", "test/acc/NOUN", "probe/epochs", "time/probe_fit_s"):
+        assert k in metrics
+    # per-class accuracy against numpy
+    m, _ = fit_probe(planted, cfg, save=False)
+    with torch.no_grad():
+        pred = m(torch.from_numpy(Xte)).argmax(-1).numpy()
+    noun = planted.class_names.index("NOUN")
+    assert metrics["test/acc/NOUN"] == pytest.approx((pred[yte == noun] == noun).mean(), abs=1e-6)
+    assert metrics["test/acc"] == pytest.approx((pred == yte).mean(), abs=1e-6)
+    # the checkpoint holds the best weights and reloads
+    ck = tmp_path / "probe" / "best.safetensors"
+    assert ck.exists() and json.loads(ck.with_suffix(".json").read_text())["class_names"] == planted.class_names
+    again = load_probe(ck)
+    np.testing.assert_allclose(again.weight_matrix, m.weight_matrix, atol=1e-7)
+
+
+def test_same_seed_same_ranking_bytes(planted, tmp_path):
+    a, _ = run_linear(planted, probe_cfg(tmp_path / "a"))
+    b, _ = run_linear(planted, probe_cfg(tmp_path / "b"))
+    a.to_json(tmp_path / "a.json")
+    b.to_json(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_columns_prefix_and_regularization_options(planted, tmp_path):
+    cols = [planted_index(*PLANTED["NOUN"]), planted_index(*PLANTED["VERB"]), 0]
+    m, met = fit_probe(planted, probe_cfg(tmp_path, "regularization=l1", "regularization.lambda_l1=0.01"),
+                       columns=cols, prefix="top/")
+    assert m.num_features == 3 and "top/test/acc" in met and not (tmp_path / "probe").exists()
+    m2, _ = fit_probe(planted, probe_cfg(tmp_path, "regularization=none", "trainer.max_epochs=2",
+                                         "probe.module.optimizer.lr=0.01"), save=False)
+    assert m2.reg.lambda_l1 == 0 and m2.reg.lambda_l2 == 0
+    # L1 shrinks the weights of an unplanted neuron more than no penalty does
+    strong, _ = fit_probe(planted, probe_cfg(tmp_path, "regularization=l1", "regularization.lambda_l1=0.05"),
+                          save=False)
+    none, _ = fit_probe(planted, probe_cfg(tmp_path, "regularization=none"), save=False)
+    assert np.abs(strong.weight_matrix[:, 0]).sum() < np.abs(none.weight_matrix[:, 0]).sum()
+
+
+def test_early_stopping_and_scheduler(planted, tmp_path):
+    cfg = probe_cfg(tmp_path, "trainer.max_epochs=40", "probe.early_stopping.patience=1",
+                    "probe.early_stopping.min_delta=0.05",
+                    "+probe.module.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 2}")
+    _, met = fit_probe(planted, cfg, save=False)
+    assert met["probe/epochs"] < 40
+    assert met["probe/best_epoch"] <= met["probe/epochs"]
+
+
+def test_regression_probe(tmp_path):
+    from neurolab.probes import ArrayData
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(800, 6)).astype(np.float32)
+    t = (2 * X[:, 4] - X[:, 1] + 0.1 * rng.normal(size=800)).astype(np.float32)
+    dm = ArrayData.from_split(X, t, task="regression")
+    ranking, met = run_linear(dm, probe_cfg(tmp_path, "regularization=none", "probe.module.optimizer.lr=0.05",
+                                            "trainer.max_epochs=30"))
+    from sklearn.metrics import r2_score
+    from sklearn.linear_model import LinearRegression
+
+    Xte, yte = dm.arrays("test")
+    ref = r2_score(yte, LinearRegression().fit(*dm.arrays("train")).predict(Xte))
+    assert met["test/r2"] == pytest.approx(ref, abs=0.02)
+    assert ranking.indices[:2].tolist() == [4, 1]
