@@ -262,7 +262,7 @@ class Extractor:
                 if x.dtype != torch.float32:
                     x = x.float()
                 if one_per_group:
-                    v = x  # groups are in row order and each has exactly one token
+                    v = torch.empty((len(uniq), H), device=dev).index_copy_(0, inv_t, x)  # one token per group
                 elif self.aggregation == "max":
                     v = torch.full((len(uniq), H), float("-inf"), device=dev)
                     v.scatter_reduce_(0, inv_t[:, None].expand(-1, H), x, reduce="amax", include_self=True)
