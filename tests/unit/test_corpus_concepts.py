@@ -195,6 +195,7 @@ def test_text_folder_list_and_seeded_split(tmp_path):
     assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(20))
 
 
+@pytest.mark.slow
 def test_text_tagged_by_spacy(tmp_path):
     pytest.importorskip("spacy")
     try:
