@@ -89,20 +89,44 @@ def _dist_rank_world() -> tuple[int, int]:
 # examples of one split
 # ---------------------------------------------------------------------------------------------
 class _Examples:
-    """The examples of one split: store row ranges ``[start, start+length)``, targets, (sent, word)."""
+    """The examples of one split: store row ranges ``[start, start + length)`` (``length`` None: one
+    row each) and targets."""
 
-    def __init__(self, start: np.ndarray, length: np.ndarray, y: np.ndarray, sent: np.ndarray, word: np.ndarray):
-        self.start, self.length, self.y, self.sent, self.word = start, length, y, sent, word
+    def __init__(self, start: np.ndarray, length: np.ndarray | None, y: np.ndarray):
+        self.start, self.length, self.y = start, length, y
 
     def __len__(self) -> int:
         return len(self.start)
 
     def take(self, idx: np.ndarray) -> "_Examples":
-        return _Examples(self.start[idx], self.length[idx], self.y[idx], self.sent[idx], self.word[idx])
+        return _Examples(self.start[idx], None if self.length is None else self.length[idx], self.y[idx])
 
     @property
     def rows(self) -> int:
-        return int(self.length.sum())
+        return len(self.start) if self.length is None else int(self.length.sum())
+
+    def lengths(self, idx: np.ndarray | None = None):
+        if self.length is None:
+            return None
+        return self.length if idx is None else self.length[idx]
+
+
+def _store_keys(store) -> np.ndarray:
+    """``sentence << 32 | word`` of every row of ``store``, shard by shard, without caching."""
+    from ..store.format import INDEX_FILE, SHARDS
+
+    out = np.empty(store.num_tokens, dtype=np.int64)
+    at = 0
+    for sh in store.shards:
+        f = Path(store.path) / SHARDS / sh["dir"] / INDEX_FILE
+        idx = np.load(f, mmap_mode="r", allow_pickle=False)
+        n = idx.shape[0]
+        out[at:at + n] = (idx[:, 0].astype(np.int64) << 32) | idx[:, 1].astype(np.int64)
+        at += n
+        del idx
+    if at != len(out):
+        raise StoreMismatchError(f"store {store.path}: index files hold {at} rows, the manifest {len(out)}")
+    return out
 
 
 class _Source:
@@ -115,8 +139,8 @@ class _Source:
         """float32 ``[len(idx), F]`` raw (memory: already normalised) features of examples ``idx``."""
         if self.memory is not None:
             return self.memory[idx]
-        starts, lens = ex.start[idx], ex.length[idx]
-        if not self.pooled:
+        starts, lens = ex.start[idx], ex.lengths(idx)
+        if lens is None:
             order = np.argsort(starts, kind="stable")
             block = self.reader.read_rows(starts[order])
             out = np.empty_like(block)
@@ -335,22 +359,23 @@ class ActivationDataModule(pl.LightningDataModule):
             if name not in self._splits_in:
                 self._splits_in[name] = np.zeros(0, np.int64)
         self.stats: dict[str, Any] = {"sentences": len(corpus), "words": corpus.num_words}
-        self._check_corpus()
+        keys = self._keys()
+        self._check_corpus(keys)
         labels = concept.labels(corpus)
         if self.control:
             if level == SENTENCE or self.task != CLASSIFICATION:
                 raise ConfigError(f"control tasks need a word-level classification concept; {concept.name} is "
                                   f"{level}-level {self.task}")
             labels = control_task(corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
-        raw = self._join(labels, level)
-        self._examples = self._encode(raw)
-        del raw, labels
+        self._examples = self._join_encode(labels, level, keys)
+        del labels, keys
         self.pooled = level == SENTENCE and self.sentence_pooling == "mean"
         for name in SPLITS:
             self.stats[f"examples/{name}"] = len(self._examples[name])
         self._train_full = self._examples["train"]
         self._balance()
-        self._chunks = {k: chunk_ids(v.length, self.chunk_rows) for k, v in self._examples.items()}
+        self._chunks = {k: chunk_ids(v.lengths() if v.length is not None else len(v), self.chunk_rows)
+                        for k, v in self._examples.items()}
         self._reader = RowReader(store, self.sites, self.columns)
         need = sum(v.rows if not self.pooled else len(v) for v in self._examples.values()) * len(self.columns) * 4
         self.stats["bytes_selected"] = int(need)
@@ -364,7 +389,7 @@ class ActivationDataModule(pl.LightningDataModule):
             {k: v for k, v in self.stats.items() if k.startswith(("unlabelled", "missing", "unseen", "dropped"))},
         )
 
-    def _check_corpus(self) -> None:
+    def _check_corpus(self, keys: np.ndarray) -> None:
         store, corpus = self.store, self.corpus
         fp = store.identity.get("corpus_fingerprint") or store.meta.get("corpus_fingerprint")
         where = f"corpus {corpus.name!r} ({_corpus_source(corpus)})"
@@ -377,7 +402,7 @@ class ActivationDataModule(pl.LightningDataModule):
                 )
             return
         lens = np.array([len(s.words) for s in corpus.sentences], dtype=np.int64)
-        sid = store.sentence_ids
+        sid = keys >> 32
         if len(sid) and (sid.min() < 0 or sid.max() >= len(lens)):
             raise StoreMismatchError(
                 f"store {store.path} does not match {where}: the store has {int(sid.max()) + 1} sentences "
@@ -387,116 +412,126 @@ class ActivationDataModule(pl.LightningDataModule):
         if not np.array_equal(counts, lens):
             k = int(np.flatnonzero(counts != lens)[0])
             raise StoreMismatchError(
-                f"store {store.path} does not match {where}: the store has {store.num_sentences} sentences and "
+                f"store {store.path} does not match {where}: the store has {int(sid.max()) + 1 if len(sid) else 0} sentences and "
                 f"{store.num_tokens} rows, the corpus {len(lens)} sentences and {int(lens.sum())} words; first "
                 f"difference at sentence {k} ({corpus.sentences[k].source or ''}): {int(counts[k])} rows in the "
                 f"store, {int(lens[k])} words in the corpus"
             )
 
-    def _join(self, labels: list, level: str) -> dict[str, tuple]:
-        """Per split: (start rows, lengths, raw labels list, sentence ids, word ids)."""
-        store, corpus = self.store, self.corpus
-        sid = np.asarray(store.sentence_ids, dtype=np.int64)
-        wid = np.asarray(store.word_ids, dtype=np.int64)
-        key = (sid << 32) | wid
-        if len(key) > 1 and not np.all(key[1:] > key[:-1]):
-            raise StoreMismatchError(f"store {store.path}: rows are not in corpus order (sentence, word)")
-        lens = np.array([len(s.words) for s in corpus.sentences], dtype=np.int64)
+    def _keys(self) -> np.ndarray:
+        """``sentence << 32 | word`` of every store row, read shard by shard (not cached)."""
+        return _store_keys(self.store)
+
+    def _join_encode(self, labels: list, level: str, keys: np.ndarray) -> dict[str, _Examples]:
+        """Labels → codes, joined with store rows by (sentence, word) and split (see the module docstring)."""
+        store, corpus, name = self.store, self.corpus, self.concept.name
+        regression = self.task == REGRESSION
+        lens = np.fromiter((len(s.words) for s in corpus.sentences), dtype=np.int64, count=len(corpus))
+        table: dict[Any, int] = {}
+
+        def bad(i: int, lab: Any) -> ConfigError:
+            s = corpus.sentences[i]
+            got = 0 if lab is None or isinstance(lab, str) else len(lab)
+            return ConfigError(f"concept {name}: sentence {i} ({s.source or ''}) has {len(s.words)} words but {got} labels")
+
+        def code(x: Any) -> float:
+            if x is None:
+                return -1 if not regression else np.nan
+            return float(x) if regression else table.setdefault(x, len(table))
+
+        dt = np.float64 if regression else np.int32
         if level == SENTENCE:
             if len(labels) != len(corpus):
-                raise ConfigError(f"concept {self.concept.name}: {len(labels)} sentence labels for {len(corpus)} sentences")
-            lab_arr = np.empty(len(labels), dtype=object)
-            lab_arr[:] = labels
-            s_ids = np.arange(len(corpus), dtype=np.int64)
-            first = np.searchsorted(sid, s_ids, side="left")
-            last = np.searchsorted(sid, s_ids, side="right")
-            nrows = last - first
-            labelled = np.array([x is not None for x in labels], dtype=bool)
-            have = nrows > 0
-            self.stats["unlabelled"] = int((~labelled).sum())
-            self.stats["missing_rows"] = int((labelled & ~have).sum())
-            ok = labelled & have
+                raise ConfigError(f"concept {name}: {len(labels)} sentence labels for {len(corpus)} sentences")
+            codes = np.fromiter((code(x) for x in labels), dtype=dt, count=len(corpus))
+            sid = keys >> 32
+            ids = np.arange(len(corpus), dtype=np.int64)
+            first, last = np.searchsorted(sid, ids, side="left"), np.searchsorted(sid, ids, side="right")
+            del sid
+            have = last > first
             if self.sentence_pooling == "first":
-                start, length = first, np.ones_like(first)
+                rows, length = first, None
             elif self.sentence_pooling == "last":
-                start, length = last - 1, np.ones_like(first)
+                rows, length = last - 1, None
             else:
-                start, length = first, nrows
-            w_ids = np.zeros(len(corpus), np.int64)
+                rows, length = first, last - first
+            sent_of = ids
         else:
-            flat: list = []
-            for i, (s, lab) in enumerate(zip(corpus.sentences, labels)):
-                if isinstance(lab, str) or lab is None or len(lab) != len(s.words):
-                    raise ConfigError(
-                        f"concept {self.concept.name}: sentence {i} ({s.source or ''}) has {len(s.words)} words but "
-                        f"{0 if lab is None or isinstance(lab, str) else len(lab)} labels"
-                    )
-                flat.extend(lab)
-            lab_arr = np.empty(len(flat), dtype=object)
-            lab_arr[:] = flat
-            del flat
-            s_ids = np.repeat(np.arange(len(corpus), dtype=np.int64), lens)
-            offs = np.repeat(np.cumsum(lens) - lens, lens)
-            w_ids = np.arange(len(s_ids), dtype=np.int64) - offs
-            labelled = np.fromiter((x is not None for x in lab_arr), dtype=bool, count=len(lab_arr))
-            want = (s_ids << 32) | w_ids
-            pos = np.searchsorted(key, want)
-            pos_c = np.minimum(pos, max(len(key) - 1, 0))
-            have = (pos < len(key)) & (key[pos_c] == want) if len(key) else np.zeros(len(want), bool)
-            self.stats["unlabelled"] = int((~labelled).sum())
-            self.stats["missing_rows"] = int((labelled & ~have).sum())
-            ok = labelled & have
-            start, length = pos_c, np.ones(len(want), np.int64)
+            def gen():
+                for i, lab in enumerate(labels):
+                    if lab is None or isinstance(lab, str) or len(lab) != lens[i]:
+                        raise bad(i, lab)
+                    for x in lab:
+                        yield code(x)
+
+            codes = np.fromiter(gen(), dtype=dt, count=int(lens.sum()))
+            sent_of = np.repeat(np.arange(len(corpus), dtype=np.int32), lens)
+            want = (sent_of.astype(np.int64) << 32) | (
+                np.arange(len(sent_of), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens))
+            if len(keys) == len(want) and np.array_equal(keys, want):
+                rows, have = np.arange(len(want), dtype=np.int64), np.ones(len(want), dtype=bool)
+            else:
+                rows = np.searchsorted(keys, want)
+                rows_c = np.minimum(rows, max(len(keys) - 1, 0))
+                have = (rows < len(keys)) & (keys[rows_c] == want) if len(keys) else np.zeros(len(want), bool)
+                rows = rows_c
+            del want
+            length = None
+        del keys
+        labelled = ~np.isnan(codes) if regression else codes >= 0
+        self.stats["unlabelled"] = int((~labelled).sum())
+        self.stats["missing_rows"] = int((labelled & ~have).sum())
         if self.stats["missing_rows"]:
             log.warning("%d labelled %ss of corpus %r have no row in store %s; they are left out (counted in "
                         "stats['missing_rows'])", self.stats["missing_rows"], level, corpus.name, store.path)
         if self.stats["unlabelled"]:
             log.info("%d %ss have no %s label (missing annotation or outside the concept)", self.stats["unlabelled"],
-                     level, self.concept.name)
-        sent_of = s_ids
-        out = {}
-        for name in SPLITS:
-            member = np.zeros(len(corpus), dtype=bool)
-            idx = self._splits_in[name]
-            if len(idx) and (idx.min() < 0 or idx.max() >= len(corpus)):
-                raise ConfigError(f"split {name}: sentence indices out of range [0, {len(corpus)})")
-            member[idx] = True
-            sel = np.flatnonzero(ok & member[sent_of])
-            out[name] = (start[sel].astype(np.int64), length[sel].astype(np.int64), lab_arr[sel],
-                         sent_of[sel].astype(np.int64), w_ids[sel].astype(np.int64))
-        return out
-
-    def _encode(self, raw: dict[str, tuple]) -> dict[str, _Examples]:
-        name = self.concept.name
+                     level, name)
+        ok = labelled & have
+        del labelled, have
+        sel = {}
         for split in SPLITS:
-            if len(raw[split][0]) == 0:
+            member = np.zeros(len(corpus), dtype=bool)
+            idx = self._splits_in[split]
+            if len(idx) and (idx.min() < 0 or idx.max() >= len(corpus)):
+                raise ConfigError(f"split {split}: sentence indices out of range [0, {len(corpus)})")
+            member[idx] = True
+            sel[split] = np.flatnonzero(ok & member[sent_of])
+            if len(sel[split]) == 0:
                 raise ConfigError(
-                    f"split {split} has no labelled example of concept {name!r} (corpus {self.corpus.name!r}, "
-                    f"{len(self._splits_in[split])} sentences in the split); check corpus.split / the train/dev/test files"
+                    f"split {split} has no labelled example of concept {name!r} (corpus {corpus.name!r}, "
+                    f"{len(idx)} sentences in the split); check corpus.split / the train/dev/test files"
                 )
-        if self.task == REGRESSION:
+        del ok, sent_of
+
+        def make(s: np.ndarray, y: np.ndarray) -> _Examples:
+            return _Examples(rows[s].astype(np.int64), None if length is None else length[s].astype(np.int64), y)
+
+        if regression:
             self.class_names = []
-            return {s: _Examples(r[0], r[1], np.asarray(r[2], dtype=np.float32), r[3], r[4]) for s, r in raw.items()}
-        train_counts = Counter(raw["train"][2].tolist())
-        classes = sorted(str(c) for c in train_counts)
+            return {k: make(s, codes[s].astype(np.float32)) for k, s in sel.items()}
+        names = {c: lab for lab, c in table.items()}
+        train_counts = np.bincount(codes[sel["train"]], minlength=len(table))
+        classes = sorted(str(names[c]) for c in np.flatnonzero(train_counts))
         if len(classes) < 2:
             raise ConfigError(
                 f"concept {name!r} has a single class {classes} in the training split "
-                f"({sum(train_counts.values())} examples); a probe needs at least two"
+                f"({int(train_counts.sum())} examples); a probe needs at least two"
             )
         if self.unseen_labels == "other":
             classes = sorted(set(classes) | {OTHER})
         self.class_names = classes
         index = {c: i for i, c in enumerate(classes)}
-        self.stats["class_counts/train"] = {c: int(train_counts.get(c, 0)) for c in classes}
+        lut = np.array([index.get(str(names[c]), -1) for c in range(len(table))], dtype=np.int64)
+        self.stats["class_counts/train"] = {str(names[c]): int(train_counts[c]) for c in np.flatnonzero(train_counts)}
         out = {}
-        for split, (start, length, labs, sent, word) in raw.items():
-            y = np.fromiter((index.get(x, -1) for x in labs), dtype=np.int64, count=len(labs))
+        for split, s in sel.items():
+            y = lut[codes[s]]
             unseen = y < 0
             if unseen.any():
-                bad = Counter(labs[unseen].tolist())
+                cnt = np.bincount(codes[s][unseen], minlength=len(table))
+                desc = ", ".join(f"{names[c]} ({int(cnt[c])})" for c in np.flatnonzero(cnt)[:10])
                 self.stats[f"unseen/{split}"] = int(unseen.sum())
-                desc = ", ".join(f"{k} ({v})" for k, v in sorted(bad.items())[:10])
                 if self.unseen_labels == "error":
                     raise ConfigError(
                         f"split {split}: {int(unseen.sum())} examples of concept {name!r} have labels never seen in "
@@ -505,15 +540,14 @@ class ActivationDataModule(pl.LightningDataModule):
                 if self.unseen_labels == "drop":
                     log.warning("split %s: dropped %d examples with labels unseen in training: %s", split,
                                 int(unseen.sum()), desc)
-                    keep = ~unseen
-                    start, length, y, sent, word = start[keep], length[keep], y[keep], sent[keep], word[keep]
+                    s, y = s[~unseen], y[~unseen]
                     if len(y) == 0:
                         raise ConfigError(f"split {split}: every example has a label unseen in training ({desc})")
                 else:
                     log.warning("split %s: %d examples with labels unseen in training mapped to %s: %s", split,
                                 int(unseen.sum()), OTHER, desc)
                     y[unseen] = index[OTHER]
-            out[split] = _Examples(start, length, y, sent, word)
+            out[split] = make(s, y)
         return out
 
     def _balance(self) -> None:
@@ -545,7 +579,7 @@ class ActivationDataModule(pl.LightningDataModule):
         n = len(ex)
         step = int(chunk_rows) if chunk_rows else None
         if step is None:
-            ch = chunk_ids(ex.length, self.chunk_rows)
+            ch = chunk_ids(ex.lengths() if ex.length is not None else n, self.chunk_rows)
             bounds = np.concatenate([[0], np.flatnonzero(np.diff(ch)) + 1, [n]])
         else:
             bounds = np.concatenate([np.arange(0, n, max(step, 1)), [n]])
@@ -624,7 +658,11 @@ class ActivationDataModule(pl.LightningDataModule):
     def example_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(sentence id, word id) of each example of ``split`` (word id 0 for sentence level)."""
         ex = self._ex(split)
-        return ex.sent.copy(), ex.word.copy()
+        if getattr(self.concept, "level", "word") == SENTENCE:
+            keys = self._keys()
+            return (keys[ex.start] >> 32).astype(np.int64), np.zeros(len(ex), np.int64)
+        k = self._keys()[ex.start]
+        return (k >> 32).astype(np.int64), (k & 0xFFFFFFFF).astype(np.int64)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """``(X float32 [n, F], y)`` of ``split`` in memory, normalised as configured.
@@ -756,10 +794,13 @@ class ActivationDataModule(pl.LightningDataModule):
         new = self._derive()
         new.control = True
 
+        keys = self._keys()
+
         def relabel(ex: _Examples) -> _Examples:
-            y = np.fromiter((index[ctl[s][w]] for s, w in zip(ex.sent.tolist(), ex.word.tolist())), dtype=np.int64,
-                            count=len(ex))
-            return _Examples(ex.start, ex.length, y, ex.sent, ex.word)
+            k = keys[ex.start]
+            sw = zip((k >> 32).tolist(), (k & 0xFFFFFFFF).tolist())
+            y = np.fromiter((index[ctl[s][w]] for s, w in sw), dtype=np.int64, count=len(ex))
+            return _Examples(ex.start, ex.length, y)
 
         new._examples = {k: relabel(v) for k, v in self._examples.items()}
         new._train_full = relabel(self._train_full)

@@ -27,13 +27,18 @@ from ..errors import ConfigError
 __all__ = ["EpochPlan", "make_plan", "chunk_ids"]
 
 
-def chunk_ids(lengths: np.ndarray, chunk_rows: int) -> np.ndarray:
-    """Chunk index of each example: examples in row order, ~``chunk_rows`` store rows per chunk."""
+def chunk_ids(lengths: np.ndarray | int, chunk_rows: int) -> np.ndarray:
+    """Chunk index of each example: examples in row order, ~``chunk_rows`` store rows per chunk.
+
+    ``lengths``: rows per example, or the number of examples when each has one row.
+    """
+    step = max(int(chunk_rows), 1)
+    if np.isscalar(lengths):
+        return np.arange(int(lengths), dtype=np.int64) // step
     lengths = np.asarray(lengths, dtype=np.int64)
     if len(lengths) == 0:
         return np.zeros(0, np.int64)
-    c = (np.cumsum(lengths) - lengths) // max(int(chunk_rows), 1)
-    # renumber 0..k-1
+    c = (np.cumsum(lengths) - lengths) // step
     _, ids = np.unique(c, return_inverse=True)
     return ids.astype(np.int64)
 
