@@ -3,7 +3,7 @@
 All state lives in torchmetrics ``Metric``s with ``dist_reduce_fx`` (so DDP ranks merge for
 free, and two accumulators over different shards merge with ``merge_state``):
 
-* :class:`ClassMoments` — per class: count, sum, sum of squares of every neuron; per neuron: min, max.
+* :class:`ClassMoments` — per class: count and sum of every neuron; per neuron: min, max.
 * :class:`ClassHistogram` — per class and neuron, counts of activations in ``bins`` equal bins
   over ``[lo, hi]`` (the min / max of a first pass). Quantile thresholds (IoU), tail counts and
   average precision are read off it.
@@ -36,7 +36,7 @@ def _t(x: Any, dtype=None) -> torch.Tensor:
 
 
 class ClassMoments(Metric):
-    """Per-class count / sum / sum of squares (float64) and per-neuron min / max of labelled rows."""
+    """Per-class count / sum (float64) and per-neuron min / max of labelled rows."""
 
     full_state_update = False
     higher_is_better = None
@@ -47,7 +47,6 @@ class ClassMoments(Metric):
         self.num_classes, self.num_features = C, F
         self.add_state("count", torch.zeros(C, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sum", torch.zeros(C, F, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sumsq", torch.zeros(C, F, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("min", torch.full((F,), float("inf"), dtype=torch.float64), dist_reduce_fx="min")
         self.add_state("max", torch.full((F,), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
         self.add_state("unlabelled", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -60,15 +59,14 @@ class ClassMoments(Metric):
             x, y = x[keep], y[keep]
         if len(y) == 0:
             return
-        x64 = x.to(torch.float64)
         self.count += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
-        self.sum.index_add_(0, y, x64)
-        self.sumsq.index_add_(0, y, x64 * x64)
-        self.min = torch.minimum(self.min, x64.min(0).values)
-        self.max = torch.maximum(self.max, x64.max(0).values)
+        self.sum.index_add_(0, y, x.to(torch.float64))
+        mn, mx = torch.aminmax(x, dim=0)
+        self.min = torch.minimum(self.min, mn.to(torch.float64))
+        self.max = torch.maximum(self.max, mx.to(torch.float64))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"count": self.count, "sum": self.sum, "sumsq": self.sumsq, "min": self.min, "max": self.max}
+        return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max}
 
 
 def bin_index(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
@@ -78,8 +76,9 @@ def bin_index(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) ->
     """
     width = hi - lo
     scale = torch.where(width > 0, bins / torch.where(width > 0, width, torch.ones_like(width)), torch.zeros_like(width))
-    b = torch.floor((x.to(torch.float64) - lo) * scale)
-    return b.clamp_(0, bins - 1).to(torch.int64)
+    b = x.to(torch.float64)
+    b.sub_(lo).mul_(scale).floor_().clamp_(0, bins - 1)
+    return b.to(torch.int64)
 
 
 class ClassHistogram(Metric):
@@ -108,8 +107,8 @@ class ClassHistogram(Metric):
         if len(y) == 0:
             return
         F, B = self.num_features, self.bins
-        b = bin_index(x, self.lo, self.hi, B)  # [n, F]
-        flat = (y[:, None] * F + torch.arange(F)[None, :]) * B + b
+        flat = bin_index(x, self.lo, self.hi, B)  # [n, F], turned in place into flat (c, f, b) indices
+        flat.add_((torch.arange(F, dtype=torch.int64) * B)[None, :]).add_((y * (F * B))[:, None])
         flat = flat.reshape(-1)
         self.hist.view(-1).index_add_(0, flat, torch.ones(1, dtype=torch.int32).expand(flat.numel()))
 
@@ -236,19 +235,24 @@ def compute_stats(
         raise ConfigError("the concept has no labelled words in the rows to rank on")
     mom = ClassMoments(C, F)
     top = TopActivations(F, top_k) if top_k else None
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     n = 0
     for rows, X, y in source:
         x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
         yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
         mom.update(x, yt)
         if top is not None:
+            rt = torch.from_numpy(np.asarray(rows, dtype=np.int64))
             keep = yt >= 0
-            top.update(x[keep], torch.from_numpy(np.asarray(rows, dtype=np.int64))[keep])
+            if bool(keep.all()):
+                top.update(x, rt)
+            else:
+                top.update(x[keep], rt[keep])
         n += len(X)
     stats = NeuronStats(list(source.class_names), list(source.sites), dict(source.neurons_per_site), source.model,
                         mom, None, top, passes=1)
     stats.seconds["pass1"] = time.perf_counter() - t0
+    stats.seconds["pass1_cpu"] = time.process_time() - c0
     unl = int(mom.unlabelled)
     if unl:
         log.info("%d of %d rows have no label for this concept and were not used", unl, n)
@@ -256,11 +260,12 @@ def compute_stats(
     if missing:
         log.warning("classes without any row in the ranked split: %s", missing)
     if bins:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         hist = ClassHistogram(C, mom.min.numpy(), mom.max.numpy(), int(bins))
         for rows, X, y in source:
             hist.update(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(np.asarray(y, np.int64)))
         stats.histogram = hist
         stats.passes = 2
         stats.seconds["pass2"] = time.perf_counter() - t0
+        stats.seconds["pass2_cpu"] = time.process_time() - c0
     return stats
