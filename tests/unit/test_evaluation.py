@@ -1,0 +1,119 @@
+"""evaluate_ranking on planted data, against references computed another way."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neurolab.config import compose
+from neurolab.evaluation import evaluate_ranking, masked_accuracy, minimal_neuron_set, select_lambda, sizes_from_config
+from neurolab.ranking import NeuronRanking
+from tests.helpers.evaluation import one_thread, planted_data  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_data(n=2000, planted=(3, 25, 31), seed=0)
+
+
+def _cfg(tmp_path, *extra):
+    return compose("probe", ["logger=none", "trainer.enable_progress_bar=false", "probe.batch_size=256", "probe.module.optimizer.lr=0.03",
+                             "evaluation.percentages=[5,25]",
+                             "evaluation.random_seeds=[0,1,2]", *extra], run_dir=tmp_path)
+
+
+def _ranking(dm, order):
+    return NeuronRanking.from_order(order, sites=dm.sites, neurons_per_site=dm.neurons_per_site, concept="planted",
+                                    method="oracle")
+
+
+def test_planted_top_beats_random_beats_bottom(planted, tmp_path):
+    from sklearn.linear_model import LogisticRegression
+
+    dm, plant = planted
+    F = dm.num_features
+    rest = [i for i in range(F) if i not in plant]
+    ranking = _ranking(dm, plant + rest)  # an oracle ranking: planted first
+    cfg = _cfg(tmp_path)
+    m = evaluate_ranking(ranking, dm, cfg)
+    # sizes: 5% of 40 = 2 neurons, 25% = 10
+    assert sizes_from_config({"percentages": [5, 25]}, F)[0].k == 2
+    # the all-neuron accuracy agrees with scikit-learn's logistic regression on the same split
+    Xtr, ytr = dm.arrays("train")
+    Xte, yte = dm.arrays("test")
+    ref = LogisticRegression(max_iter=2000).fit(Xtr, ytr).score(Xte, yte)
+    assert abs(m["test/acc"] - ref) < 0.03
+    for lab in ("5%", "25%"):
+        assert m[f"top/acc@{lab}"] > m[f"random/acc@{lab}"] + 0.1
+        assert m[f"random/acc@{lab}"] >= m[f"bottom/acc@{lab}"] - 0.02
+        assert m[f"random/acc_std@{lab}"] >= 0
+    # bottom neurons are pure noise: about chance (1/3)
+    assert m["bottom/acc@25%"] < 0.45
+    # top-10 (all planted) retrained: as good as sklearn on those columns
+    cols = ranking.top(10)
+    ref_top = LogisticRegression(max_iter=2000).fit(Xtr[:, cols], ytr).score(Xte[:, cols], yte)
+    assert abs(m["top/acc@25%"] - ref_top) < 0.03
+    # control labels are independent of X: control accuracy near the majority rate of the test split
+    _, yc = dm.with_control().arrays("test")
+    majority = np.bincount(yc).max() / len(yc)
+    assert abs(m["control/acc"] - majority) < 0.08
+    # selectivity, from accuracies by hand
+    assert m["selectivity"] == pytest.approx(m["test/acc"] - m["control/acc"])
+    for lab in ("5%", "25%"):
+        assert m[f"top/selectivity@{lab}"] == pytest.approx(m[f"top/acc@{lab}"] - m[f"top/control_acc@{lab}"])
+    # masking: the all-neuron probe with only the planted columns is still far above chance
+    assert m["mask/acc@25%"] > 0.6
+    # minimal set: planted neurons suffice; never more than all
+    assert 1 <= m["minimal/neurons"] <= 10
+    assert m["minimal/acc"] >= 0.97 * m["test/acc"]
+    assert m["sites/layers.0@10%"] + m["sites/layers.1@10%"] == 4
+
+
+def test_bank_equals_separate_probes(planted, tmp_path):
+    dm, plant = planted
+    rest = [i for i in range(dm.num_features) if i not in plant]
+    ranking = _ranking(dm, plant + rest)
+    over = ["evaluation.minimal_set.enabled=false", "evaluation.mask=false", "evaluation.random_seeds=[0]",
+            "evaluation.percentages=[5]"]
+    a = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over))
+    b = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over, "+evaluation.bank=false"))
+    assert a["eval/probe_banks"] == 1 and b["eval/probe_banks"] == 0
+    for k, v in a.items():
+        if k.startswith(("top/", "random/", "bottom/", "control/", "test/acc")) and "std" not in k:
+            assert b[k] == pytest.approx(v, abs=0.02), k
+
+
+def test_masked_accuracy_reference():
+    rng = np.random.default_rng(1)
+    W = rng.normal(size=(3, 6))
+    b = rng.normal(size=3)
+    X = rng.normal(size=(200, 6))
+    y = rng.integers(0, 3, 200)
+    keep = [1, 4]
+    Xm = np.zeros_like(X)
+    Xm[:, keep] = X[:, keep]
+    ref = np.mean(np.argmax(Xm @ W.T + b, axis=1) == y)
+    assert masked_accuracy(W, b, X, y, keep) == pytest.approx(ref)
+
+
+def test_minimal_set_search_finds_the_threshold():
+    # accuracy grows with n and first reaches 0.9 at n = 37
+    acc = lambda n: 0.5 + 0.4 * min(n, 37) / 37 - (0.0 if n >= 37 else 1e-6)
+    calls = []
+
+    def batched(ns):
+        calls.append(list(ns))
+        return {n: acc(n) for n in ns}
+
+    n, a, info = minimal_neuron_set(batched, 1000, 0.9, max_steps=12, batched=True)
+    assert n == 37 and info["exact"] and info["reached"]
+    assert len(calls) <= 3
+    n, a, info = minimal_neuron_set(acc, 1000, 0.95)  # unreachable
+    assert n == 1000 and not info["reached"]
+
+
+def test_select_lambda_largest_within_tolerance():
+    scores = {0.0: 0.90, 1e-4: 0.905, 1e-3: 0.901, 1e-2: 0.85}
+    assert select_lambda(scores, 0.005) == 1e-3
+    assert select_lambda(scores, 0.0) == 1e-4
