@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,7 +69,8 @@ def read_parallel(path: str | os.PathLike, labels: Any = None, label_column: str
     lpath = _need_labels(path, labels, "parallel")
     sentences, blank = [], 0
     for i, s, lab in _paired(path, lpath):
-        words, labs = s.split(), lab.split()
+        # interned: repeated words and labels share one string object (memory per word stays small)
+        words, labs = [sys.intern(w) for w in s.split()], [sys.intern(x) for x in lab.split()]
         if not words and not labs:
             blank += 1
             continue
@@ -86,8 +88,8 @@ def read_sentence_labels(path: str | os.PathLike, labels: Any = None, name: str 
     lpath = _need_labels(path, labels, "sentence_labels")
     sentences, blank = [], 0
     for i, s, lab in _paired(path, lpath):
-        words = s.split()
-        lab = lab.strip()
+        words = [sys.intern(w) for w in s.split()]
+        lab = sys.intern(lab.strip())
         if not words:
             if lab:
                 raise CorpusFormatError(f"{path}:{i} is blank but {lpath}:{i} has the label {lab!r}")
@@ -126,7 +128,7 @@ def read_text(
     path = Path(path)
     sentences, blank = [], 0
     for i, s in _lines(path):
-        words = s.split()
+        words = [sys.intern(w) for w in s.split()]
         if not words:
             blank += 1
             continue
