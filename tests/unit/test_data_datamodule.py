@@ -325,3 +325,42 @@ def test_build_datamodule_from_config(tmp_path, demo_conllu):
     cfg = compose("probe", [f"store.dir={tmp_path / 'store'}", "concept.value=NOUN"], run_dir=tmp_path / "run")
     dm = build_datamodule(cfg, memory_budget_mb=10)
     assert dm.class_names == ["NOUN", "rest"] and dm.in_memory
+
+
+def test_lightning_fit_uses_the_datamodule(setup_small, tmp_path):
+    """A real Trainer.fit over the DataModule (streaming): epochs see the whole split, reshuffled."""
+    import pytorch_lightning as pl
+
+    corpus, store, acts, splits = setup_small
+    dm = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), memory_budget_mb=0, batch_size=40,
+                              chunk_rows=64)
+    seen: list[list[int]] = []
+
+    class Probe(pl.LightningModule):
+        def __init__(self, f, c):
+            super().__init__()
+            self.lin = torch.nn.Linear(f, c)
+
+        def on_train_epoch_start(self):
+            seen.append([])
+
+        def training_step(self, batch, i):
+            x, y = batch
+            seen[-1].extend(y.tolist())
+            return torch.nn.functional.cross_entropy(self.lin(x), y)
+
+        def validation_step(self, batch, i):
+            x, y = batch
+            self.log("val/loss", torch.nn.functional.cross_entropy(self.lin(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm.setup()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Probe(dm.num_features, dm.num_classes), datamodule=dm)
+    assert len(seen) == 2
+    for ep in seen:
+        assert sorted(ep) == sorted(dm.targets("train").tolist())
+    assert seen[0] != seen[1]
