@@ -830,6 +830,14 @@ def _fork_ok() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+def _extract_store():
+    try:
+        from ..tasks.extract import extract_store
+    except ImportError:  # extraction not available in this installation
+        return None
+    return extract_store
+
+
 def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
     """An :class:`ActivationDataModule` from a composed config.
 
@@ -849,10 +857,8 @@ def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
 
         if sdir and (Path(str(sdir)) / "manifest.json").exists():
             store = ActivationStore.open(sdir)
-        elif cfg.get("extract_if_missing", True) and cfg.get("model") is not None:
-            from ..tasks.extract import extract_store
-
-            store = extract_store(cfg)
+        elif cfg.get("extract_if_missing", True) and cfg.get("model") is not None and _extract_store() is not None:
+            store = _extract_store()(cfg)
         elif sdir:
             store = ActivationStore.open(sdir)  # raises a StoreError naming the directory
         else:
