@@ -365,7 +365,7 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
     from hydra.utils import instantiate
 
     from .batches import TensorDataModule
-    from .linear import _has_rows, _seed_of, quiet_lightning, trainer_from_cfg
+    from .linear import _has_rows, _seed_of, quiet_lightning, resolve_batch_size, trainer_from_cfg
     from ..config import output_dir
 
     dms = list(dm) if isinstance(dm, (list, tuple)) else [dm]
@@ -421,7 +421,8 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
     tr = stacked("train")
     va = stacked("val") if has_val else None
     t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)), torch.from_numpy(a[1]))
-    data = TensorDataModule(t(tr), t(va) if va is not None else None, int(pcfg.get("batch_size", 128)),
+    data = TensorDataModule(t(tr), t(va) if va is not None else None,
+                            resolve_batch_size(pcfg.get("batch_size", "auto"), len(tr[1])),
                             int(pcfg.get("eval_batch_size", 8192)), seed)
     with quiet_lightning():
         trainer = trainer_from_cfg(cfg, logger=logger, run_dir=output_dir(cfg),

@@ -60,10 +60,12 @@ class TensorBatches:
             if perm is None and self.world == 1:
                 yield self.x[a:b], self.y[a:b], b - a
                 continue
-            idx = perm[a:b] if perm is not None else torch.arange(a, b)
+            # rows of a batch in index order: the same batch (the loss is a sum over it), and a
+            # sorted gather reads memory forwards (2-4x faster than a random one)
+            idx = perm[a:b].sort().values if perm is not None else torch.arange(a, b)
             if self.world > 1:
                 idx = idx[self.rank::self.world]
-            yield self.x[idx], self.y[idx], b - a
+            yield self.x.index_select(0, idx), self.y.index_select(0, idx), b - a
 
 
 class TensorDataModule(pl.LightningDataModule):

@@ -366,11 +366,27 @@ def _in_memory(dm, cfg: DictConfig) -> bool:
         return True
     if mode is False or str(mode).lower() == "false":
         return False
+    if hasattr(dm, "in_memory"):
+        return bool(dm.in_memory)
     if not hasattr(dm, "row_ids"):
         return True
     budget = float(cfg.get("data", {}).get("memory_budget_mb", 2048) or 2048)
     need = sum(len(dm.row_ids(s)) for s in ("train", "val")) * int(dm.num_features) * 4 / 2**20
     return need <= budget
+
+
+def resolve_batch_size(spec: Any, n_train: int) -> int:
+    """``probe.batch_size``: an int, or ``auto`` = about 20 steps per epoch, between 32 and 1024 rows
+    (1024 on EWT dev's 20k training words; ~140 on the 2.8k-word demo)."""
+    if spec is None or str(spec).lower() == "auto":
+        return int(max(32, min(1024, math.ceil(max(n_train, 1) / 20))))
+    try:
+        b = int(spec)
+    except (TypeError, ValueError):
+        raise ConfigError(f"probe.batch_size must be a positive integer or 'auto', got {spec!r}") from None
+    if b < 1:
+        raise ConfigError(f"probe.batch_size must be a positive integer or 'auto', got {spec!r}")
+    return b
 
 
 def _seed_of(cfg: DictConfig) -> int:
@@ -435,7 +451,8 @@ def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.n
         trainer = trainer_from_cfg(cfg, callbacks=callbacks, logger=logger, run_dir=run_dir,
                                    limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
                                    **({"max_epochs": int(pcfg.epochs)} if pcfg.get("epochs") else {}))
-    batch_size = int(pcfg.get("batch_size", 128))
+    batch_size = resolve_batch_size(pcfg.get("batch_size", "auto"), len(dm.row_ids("train"))
+                                    if hasattr(dm, "row_ids") else 0)
     eval_bs = int(pcfg.get("eval_batch_size", 8192))
     train_arrays = val_arrays = None
     if in_mem:

@@ -1,0 +1,611 @@
+"""Gaussian ("intrinsic") probe with greedy neuron selection (Torroba Hennigen et al. 2020).
+
+The probe models ``p(x, c) = pi_c N(x; mu_c, Sigma_c)``: one multivariate Gaussian per class over
+the neurons. Everything it needs from the training data are the sufficient statistics per class
+(count, sum, sum of outer products, float64), accumulated in one streaming pass by
+:class:`GaussianStats`, a torchmetrics ``Metric`` whose states are summed across DDP ranks. Since
+the marginal of a Gaussian over a subset ``S`` of neurons is the Gaussian of the sub-blocks
+``mu_c[S]`` and ``Sigma_c[S, S]``, one pass serves every subset.
+
+**Prior (MAP estimate).** Each class gets a Normal-Inverse-Wishart prior NIW(mu0, kappa0, nu0, Psi0)
+with the data-dependent hyperparameters of Fraley & Raftery (2007) that Murphy (2012, sec. 4.6.3.2)
+recommends and Hennigen et al. follow:
+
+- ``mu0`` = pooled training mean (all classes), ``kappa0 = 0.01`` (the prior mean counts as 1/100
+  of an observation);
+- ``nu0 = d + 2`` for a subset of ``d`` neurons (``nu0_offset = 2``: the smallest value for which
+  the prior mean of ``Sigma`` exists), so the prior mean of ``Sigma`` is ``Psi0``;
+- ``Psi0 = prior_scale * diag(pooled training variance)``.
+
+With ``n`` points of class ``c``, mean ``xbar`` and scatter ``S = sum (x - xbar)(x - xbar)^T`` the
+posterior is NIW(mu_n, kappa0 + n, nu0 + n, Psi_n) with ``mu_n = (kappa0 mu0 + n xbar)/(kappa0 + n)``
+and ``Psi_n = Psi0 + S + kappa0 n/(kappa0 + n) (xbar - mu0)(xbar - mu0)^T``; its mode (the MAP
+estimate, Murphy 2012 eq. 4.215) is ``mu = mu_n`` and ``Sigma = Psi_n / (nu_n + d + 2)``. For a
+subset ``S`` of ``d`` neurons the estimate is ``mu_n[S]`` and ``Psi_n[S, S] / (n + 2d + nu0_offset
++ 2)``: sub-blocks and one scalar per class. Class priors are ``(n_c + alpha) / (N + C alpha)``.
+
+**Selection.** Greedy forward selection adds, at each step, the neuron that most improves the
+criterion on held-out data (``mi``: the mutual information estimate below, ``loglik``: the mean
+``log p(label | x_S)``, ``acc``: accuracy, ties broken by MI). All remaining candidates are scored
+at once: per class the conditional variance of every candidate given the selected set and the
+held-out residuals are kept up to date by rank-one (Schur-complement / pivoted-Cholesky) updates, so
+a step costs O(C N D) for C classes, N held-out rows and D neurons, and the log-determinant and
+quadratic form of every augmented covariance follow in closed form. :meth:`GaussianProbe.log_joint`
+computes the same quantities naively (one Cholesky per subset); the tests check both agree.
+
+**Mutual information** (bits) is ``H(C) - H(C | X_S)`` estimated on held-out rows:
+``H(C | X_S) ~ -mean log2 p(c_i | x_i,S)`` and ``H(C) ~ -mean log2 pi_{c_i}``, so it is 0 for the
+empty set and is logged along the selection path for the selection split and a report split.
+
+Example::
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 2, 2000); X = rng.normal(size=(2000, 5)); X[:, 3] += 3 * y
+    >>> probe = GaussianProbe(num_classes=2, num_features=5).fit_arrays(X[:1000], y[:1000])
+    >>> probe.select(X[1000:], y[1000:], k=2).selected[0]
+    3
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torchmetrics import Metric
+
+from ..errors import ConfigError
+from ..ranking import NeuronRanking, resolve_count
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GaussianStats", "GaussianProbe", "SelectionResult", "run_gaussian", "CRITERIA"]
+
+CRITERIA = ("mi", "loglik", "acc")
+LN2 = math.log(2.0)
+LOG2PI = math.log(2.0 * math.pi)
+
+
+class GaussianStats(Metric):
+    """Per-class sufficient statistics: counts ``[C]``, sums ``[C, D]``, outer products ``[C, D, D]``.
+
+    All float64, all reduced with ``sum`` across DDP ranks, so the statistics of a sharded pass equal
+    those of one pass over all rows.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, num_classes: int, num_features: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.num_classes = int(num_classes)
+        self.num_features = int(num_features)
+        C, D = self.num_classes, self.num_features
+        self.add_state("counts", default=torch.zeros(C, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sums", default=torch.zeros(C, D, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("outer", default=torch.zeros(C, D, D, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:  # x [B, D], y [B]
+        x = torch.as_tensor(x)
+        y = torch.as_tensor(y).reshape(-1).long().to(self.counts.device)
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected activations [rows, {self.num_features}], got {tuple(x.shape)}")
+        if len(y) != x.shape[0]:
+            raise ValueError(f"{x.shape[0]} rows but {len(y)} labels")
+        if len(y) == 0:
+            return
+        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
+        x = x.to(device=self.counts.device, dtype=torch.float64)
+        self.counts += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
+        self.sums.index_add_(0, y, x)
+        for c in torch.unique(y).tolist():
+            xc = x[y == c]
+            self.outer[c].addmm_(xc.T, xc)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.counts, self.sums, self.outer
+
+
+@dataclass
+class SelectionResult:
+    """The greedy path: ``selected`` neurons in order, the ``gains`` of the criterion at each step,
+    per-step records in ``path`` and every neuron's single-neuron score in ``single``."""
+
+    selected: list[int]
+    gains: list[float]
+    criterion: str
+    path: list[dict] = field(default_factory=list)
+    single: np.ndarray | None = None
+    seconds: float = 0.0
+
+    def order(self) -> np.ndarray:
+        """All neurons: the selected ones in order, then the rest by single-neuron score."""
+        sel = np.asarray(self.selected, dtype=np.int64)
+        D = len(self.single) if self.single is not None else (int(sel.max()) + 1 if len(sel) else 0)
+        rest = np.setdiff1d(np.arange(D), sel)
+        if self.single is not None and len(rest):
+            s = np.where(np.isfinite(self.single[rest]), self.single[rest], -np.inf)
+            rest = rest[np.lexsort((rest, -s))]
+        return np.concatenate([sel, rest]).astype(np.int64)
+
+    def scores(self) -> np.ndarray:
+        """Scores in :meth:`order`: the step gains, then the single-neuron scores."""
+        order = self.order()
+        out = np.empty(len(order), dtype=np.float64)
+        k = len(self.selected)
+        out[:k] = self.gains
+        if self.single is not None:
+            out[k:] = self.single[order[k:]]
+        return out
+
+
+class GaussianProbe(pl.LightningModule):
+    """Class-conditional Gaussians over neurons (MAP, NIW prior) and greedy neuron selection.
+
+    Fit with Lightning (``Trainer.fit`` runs one epoch of ``training_step``, which only updates the
+    statistics; no optimiser steps) or directly with :meth:`fit_arrays` / :meth:`fit_stream`; then
+    :meth:`finalize` turns the statistics into the posterior (done automatically on first use).
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        num_features: int | None = None,
+        *,
+        kappa0: float = 0.01,
+        nu0_offset: float = 2.0,
+        prior_scale: float = 1.0,
+        class_alpha: float = 1.0,
+        score_dtype: str = "float64",
+        block_size: int = 32,
+    ):
+        super().__init__()
+        if kappa0 <= 0 or prior_scale <= 0 or class_alpha < 0:
+            raise ConfigError(f"probe.module: kappa0 and prior_scale must be > 0 and class_alpha >= 0, "
+                              f"got kappa0={kappa0}, prior_scale={prior_scale}, class_alpha={class_alpha}")
+        if nu0_offset <= 0:
+            raise ConfigError(f"probe.module.nu0_offset must be > 0 (nu0 = d + offset > d - 1), got {nu0_offset}")
+        if score_dtype not in ("float64", "float32"):
+            raise ConfigError(f"probe.module.score_dtype must be float64 or float32, got {score_dtype!r}")
+        self.save_hyperparameters()
+        self.kappa0 = float(kappa0)
+        self.nu0_offset = float(nu0_offset)
+        self.prior_scale = float(prior_scale)
+        self.class_alpha = float(class_alpha)
+        self.score_dtype = getattr(torch, score_dtype)
+        self.block_size = int(block_size)
+        self.stats: GaussianStats | None = None
+        self._fitted = False
+        if num_classes is not None and num_features is not None:
+            self.configure(num_classes, num_features)
+
+    # -- accumulation ---------------------------------------------------------------------------
+    def configure(self, num_classes: int, num_features: int) -> "GaussianProbe":
+        self.num_classes = int(num_classes)
+        self.num_features = int(num_features)
+        if self.num_classes < 2:
+            raise ConfigError(f"the Gaussian probe needs at least 2 classes, got {self.num_classes}")
+        self.stats = GaussianStats(self.num_classes, self.num_features)
+        self._fitted = False
+        return self
+
+    def _need_stats(self) -> GaussianStats:
+        if self.stats is None:
+            raise RuntimeError("GaussianProbe: call configure(num_classes, num_features) first")
+        return self.stats
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        self._need_stats().update(x, y)
+        self._fitted = False
+        return None
+
+    def configure_optimizers(self):
+        return None
+
+    def fit_stream(self, chunks: Iterable[tuple[Any, Any]]) -> "GaussianProbe":
+        """Accumulate statistics over ``(x [n, D], y [n])`` chunks (arrays or tensors), then finalize."""
+        stats = self._need_stats()
+        for x, y in chunks:
+            stats.update(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x,
+                         torch.as_tensor(np.asarray(y)) if not torch.is_tensor(y) else y)
+        return self.finalize()
+
+    def fit_arrays(self, X, y, chunk_rows: int = 8192) -> "GaussianProbe":
+        """Fit on in-memory arrays ``X [n, D]`` and integer labels ``y [n]``."""
+        if self.stats is None:
+            self.configure(int(np.max(y)) + 1, np.shape(X)[1])
+        n = len(y)
+        return self.fit_stream((X[i:i + chunk_rows], y[i:i + chunk_rows]) for i in range(0, n, chunk_rows))
+
+    # -- posterior ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def finalize(self) -> "GaussianProbe":
+        """Posterior parameters from the (DDP-summed) statistics: ``counts_``, ``mean_ [C, D]``,
+        ``psi_ [C, D, D]`` (the posterior scale matrices), ``log_prior_ [C]``, ``mu0_``, ``psi0_diag_``."""
+        counts, sums, outer = self._need_stats().compute()
+        counts, sums, outer = counts.double(), sums.double(), outer.double()
+        N = float(counts.sum())
+        if N <= 0:
+            raise ValueError("GaussianProbe: no training rows were seen")
+        C, D = sums.shape
+        mu0 = sums.sum(0) / N
+        second = torch.diagonal(outer, dim1=1, dim2=2).sum(0) / N
+        var0 = (second - mu0 ** 2).clamp_min(0.0)
+        floor = max(float(var0.mean()) * 1e-6, 1e-12)
+        psi0 = self.prior_scale * var0.clamp_min(floor)
+        psi = torch.empty_like(outer)
+        mean = torch.empty_like(sums)
+        for c in range(C):
+            n = float(counts[c])
+            mean[c] = (self.kappa0 * mu0 + sums[c]) / (self.kappa0 + n)
+            p = psi[c]
+            p.copy_(outer[c])
+            if n > 0:
+                xbar = sums[c] / n
+                p.addr_(sums[c], xbar, alpha=-1.0)  # scatter = outer - n xbar xbar^T
+                dev = xbar - mu0
+                p.addr_(dev, dev, alpha=self.kappa0 * n / (self.kappa0 + n))
+            p.diagonal().add_(psi0)
+            p.copy_(0.5 * (p + p.T))
+        self.counts_ = counts
+        self.mean_ = mean
+        self.psi_ = psi
+        self.mu0_ = mu0
+        self.psi0_diag_ = psi0
+        prior = (counts + self.class_alpha) / (N + C * self.class_alpha)
+        if bool((prior <= 0).any()):
+            raise ValueError("GaussianProbe: a class has no training rows and class_alpha is 0")
+        self.log_prior_ = prior.log()
+        self._fitted = True
+        return self
+
+    def _ensure(self) -> None:
+        if not self._fitted:
+            self.finalize()
+
+    def _denom(self, d: int) -> torch.Tensor:
+        """Per-class divisor turning ``psi_`` sub-blocks of a ``d``-subset into MAP covariances."""
+        return self.counts_ + 2.0 * d + self.nu0_offset + 2.0
+
+    def marginal(self, subset: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """MAP means ``[C, d]`` and covariances ``[C, d, d]`` of the neurons in ``subset`` (in order)."""
+        self._ensure()
+        idx = torch.as_tensor(np.asarray(subset, dtype=np.int64), device=self.psi_.device)
+        mu = self.mean_[:, idx]
+        cov = self.psi_[:, idx][:, :, idx] / self._denom(len(idx))[:, None, None]
+        return mu.cpu().numpy(), cov.cpu().numpy()
+
+    @torch.no_grad()
+    def log_joint(self, X, subset: Sequence[int]) -> np.ndarray:
+        """``log pi_c + log N(x_S; mu_c,S, Sigma_c,S)`` for every row and class ``[n, C]``, computed
+        naively with one Cholesky factorisation per class."""
+        self._ensure()
+        X = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=self.psi_.device)
+        subset = np.asarray(subset, dtype=np.int64)
+        d = len(subset)
+        if d == 0:
+            return self.log_prior_.cpu().numpy()[None, :].repeat(X.shape[0], 0)
+        idx = torch.as_tensor(subset, device=self.psi_.device)
+        xs = X[:, idx]
+        mu = self.mean_[:, idx]
+        cov = self.psi_[:, idx][:, :, idx] / self._denom(d)[:, None, None]
+        L = torch.linalg.cholesky(cov)  # [C, d, d]
+        diff = (xs[None, :, :] - mu[:, None, :]).transpose(1, 2)  # [C, d, n]
+        z = torch.linalg.solve_triangular(L, diff, upper=False)
+        quad = (z ** 2).sum(1)  # [C, n]
+        logdet = 2.0 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+        ll = self.log_prior_[:, None] - 0.5 * (d * LOG2PI + logdet[:, None] + quad)
+        return ll.T.cpu().numpy()
+
+    def predict_proba(self, X, subset: Sequence[int]) -> np.ndarray:
+        lj = self.log_joint(X, subset)
+        lj = lj - lj.max(1, keepdims=True)
+        p = np.exp(lj)
+        return p / p.sum(1, keepdims=True)
+
+    def evaluate(self, X, y, subset: Sequence[int]) -> dict[str, float]:
+        """Held-out ``mi_bits``, ``loglik`` (mean log p(label | x), nats), ``acc`` for ``subset``."""
+        self._ensure()
+        y = np.asarray(y, dtype=np.int64)
+        lj = self.log_joint(X, subset)
+        m = lj.max(1, keepdims=True)
+        lse = (m + np.log(np.exp(lj - m).sum(1, keepdims=True)))[:, 0]
+        cond = lj[np.arange(len(y)), y] - lse
+        lp = self.log_prior_.cpu().numpy()[y]
+        return {"mi_bits": float((cond - lp).mean() / LN2), "loglik": float(cond.mean()),
+                "acc": float((lj.argmax(1) == y).mean())}
+
+    # -- greedy selection ------------------------------------------------------------------------
+    @torch.no_grad()
+    def select(
+        self,
+        X,
+        y,
+        k: int | float | str = 50,
+        criterion: str = "mi",
+        *,
+        report: tuple[Any, Any] | None = None,
+        candidates: Sequence[int] | None = None,
+        callback=None,
+    ) -> SelectionResult:
+        """Greedy forward selection of ``k`` neurons scored on held-out ``(X, y)``.
+
+        ``report=(X2, y2)`` also evaluates each prefix of the path on a second split; ``callback(step,
+        record)`` is called after each step (for logging).
+        """
+        if criterion not in CRITERIA:
+            raise ConfigError(f"probe.criterion must be one of {list(CRITERIA)}, got {criterion!r}")
+        self._ensure()
+        t0 = time.perf_counter()
+        dev = self.psi_.device
+        dt = self.score_dtype
+        C, D = self.mean_.shape
+        k = resolve_count(k, D)
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)
+        yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
+        n = Xt.shape[0]
+        if n == 0:
+            raise ValueError("GaussianProbe.select: the selection split is empty")
+        if Xt.shape[1] != D:
+            raise ValueError(f"selection data has {Xt.shape[1]} neurons, the probe {D}")
+        allowed = torch.zeros(D, dtype=torch.bool, device=dev)
+        if candidates is None:
+            allowed[:] = True
+        else:
+            allowed[torch.as_tensor(np.asarray(candidates, dtype=np.int64), device=dev)] = True
+        k = min(k, int(allowed.sum()))
+        st = _SelState(self, Xt, yt, k)
+        selected: list[int] = []
+        gains: list[float] = []
+        path: list[dict] = []
+        single = None
+        prev = self._empty_score(criterion, yt, st.log_prior)
+        for t in range(k):
+            score, aux = st.scores(criterion)
+            ok = allowed & st.admissible()
+            score = torch.where(ok, score, torch.full_like(score, -math.inf))
+            if t == 0:
+                single = score.double().cpu().numpy().copy()
+            if criterion == "acc":  # ties by MI
+                key = score.double() + 1e-9 * torch.nan_to_num(aux["mi"].double(), neginf=0.0).clamp(-1e3, 1e3)
+                key = torch.where(ok, key, torch.full_like(key, -math.inf))
+            else:
+                key = score.double()
+            j = int(torch.argmax(key))
+            if not bool(ok[j]):
+                log.warning("GaussianProbe.select: no admissible candidate left after %d neurons", t)
+                break
+            best = float(score[j])
+            gains.append(best - prev)
+            prev = best
+            selected.append(j)
+            st.add(j)
+            d1 = t + 1
+            rec = {"step": d1, "neuron": j, "gain": gains[-1], f"select_{criterion}": best,
+                   "select_mi_bits": float(aux["mi"][j]), "select_acc": float(aux["acc"][j])}
+            if report is not None:
+                ev = self.evaluate(report[0], report[1], selected)
+                rec.update({"report_mi_bits": ev["mi_bits"], "report_acc": ev["acc"], "report_loglik": ev["loglik"]})
+            path.append(rec)
+            if callback is not None:
+                callback(d1, rec)
+            log.debug("gaussian select step %d: neuron %d, %s %.4f", d1, j, criterion, best)
+        return SelectionResult(selected, gains, criterion, path, single, time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def candidate_scores(self, X, y, selected: Sequence[int] = ()) -> dict[str, np.ndarray]:
+        """Held-out ``mi`` (bits), ``loglik`` and ``acc`` of ``selected + [j]`` for every neuron ``j``
+        (``-inf``/NaN where ``j`` is already selected), by the batched rank-one path of :meth:`select`."""
+        self._ensure()
+        dev = self.psi_.device
+        Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)
+        yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
+        st = _SelState(self, Xt, yt, len(selected) + 1)
+        for j in selected:
+            st.add(int(j))
+        _, aux = st.scores("mi")
+        ok = st.admissible()
+        return {key: torch.where(ok, v, torch.full_like(v, -math.inf)).double().cpu().numpy()
+                for key, v in aux.items()}
+
+    def _empty_score(self, criterion: str, yt: torch.Tensor, log_prior: torch.Tensor) -> float:
+        if criterion == "mi":
+            return 0.0
+        if criterion == "loglik":
+            return float(log_prior[yt].double().mean())
+        return float((yt == int(torch.argmax(log_prior))).double().mean())
+
+class _SelState:
+    """Incremental state of greedy selection: per class the residuals of the held-out rows given the
+    selected neurons ``R [C, n, D]``, conditional variances ``s [C, D]`` (in units of ``psi_``), the
+    quadratic form ``Q [C, n]`` and log-determinant ``logdet [C]`` of the selected block, and the
+    pivoted-Cholesky columns ``L [C, D, t]``."""
+
+    def __init__(self, probe: GaussianProbe, Xt: torch.Tensor, yt: torch.Tensor, kmax: int):
+        self.p = probe
+        dt = probe.score_dtype
+        dev = probe.psi_.device
+        C, D = probe.mean_.shape
+        self.yt = yt
+        self.log_prior = probe.log_prior_.to(dt)
+        self.lp_true = self.log_prior[yt]
+        self.R = (Xt[None, :, :] - probe.mean_[:, None, :]).to(dt)
+        self.s = torch.diagonal(probe.psi_, dim1=1, dim2=2).clone()
+        self.diag0 = self.s.clone()
+        self.Q = torch.zeros(C, Xt.shape[0], dtype=dt, device=dev)
+        self.logdet = torch.zeros(C, dtype=torch.float64, device=dev)
+        self.L = torch.zeros(C, D, max(1, kmax), dtype=torch.float64, device=dev)
+        self.t = 0
+        self.selected: list[int] = []
+
+    def admissible(self) -> torch.Tensor:
+        ok = (self.s > 1e-9 * self.diag0).all(0)
+        if self.selected:
+            ok[torch.as_tensor(self.selected, device=ok.device)] = False
+        return ok
+
+    def add(self, j: int) -> None:
+        """Condition on neuron ``j`` (a rank-one update of every class's state)."""
+        t, dt = self.t, self.R.dtype
+        if t >= self.L.shape[2]:
+            self.L = torch.cat([self.L, torch.zeros_like(self.L)], dim=2)
+        piv = self.s[:, j].clone()
+        col = self.p.psi_[:, :, j] - (self.L[:, :, :t] @ self.L[:, j, :t, None])[..., 0]
+        lcol = col / piv.sqrt()[:, None]
+        self.L[:, :, t] = lcol
+        z = self.R[:, :, j] / piv.sqrt().to(dt)[:, None]
+        self.R.sub_(z[:, :, None] * lcol.to(dt)[:, None, :])
+        self.s.sub_(lcol ** 2)
+        self.s[:, j] = 0.0
+        self.Q.add_(z ** 2)
+        self.logdet.add_(piv.log())
+        self.t += 1
+        self.selected.append(int(j))
+
+    def scores(self, criterion: str):
+        return self._score_all(self.t + 1, criterion)
+
+    def _score_all(self, d1: int, criterion: str):
+        """Scores of adding each candidate to the selected set: the criterion ``[D]`` and a dict with
+        ``mi`` (bits), ``loglik`` (nats) and ``acc``, all ``[D]``."""
+        R, s, Q, logdet, yt, lp_true = self.R, self.s, self.Q, self.logdet, self.yt, self.lp_true
+        denom = self.p._denom(d1)
+        C, n, D = R.shape
+        dt = R.dtype
+        out_ll = torch.empty(D, dtype=dt, device=R.device)
+        out_acc = torch.empty(D, dtype=dt, device=R.device)
+        # log N at size d1 = const_c - 0.5 log s_cj - 0.5 den_c (Q_ci + r_cij^2 / s_cj)
+        const = (self.p.log_prior_ - 0.5 * (d1 * LOG2PI + logdet - d1 * torch.log(denom))).to(dt)  # [C]
+        den = denom.to(dt)
+        sc = s.clamp_min(1e-300)
+        A = (const[:, None] - 0.5 * torch.log(sc)).to(dt)  # [C, D]
+        coef = (0.5 * denom[:, None] / sc).to(dt)  # [C, D]
+        B = (-0.5 * den[:, None] * Q)[:, :, None]  # [C, n, 1]
+        yidx = yt.view(1, n, 1)
+        bs = max(1, self.p.block_size)
+        for a in range(0, D, bs):
+            b = min(D, a + bs)
+            ll = R[:, :, a:b].square()
+            ll.mul_(coef[:, None, a:b]).neg_().add_(A[:, None, a:b]).add_(B)  # [C, n, w]
+            m, arg = ll.max(0)  # [n, w]
+            ll.sub_(m)
+            true = ll.gather(0, yidx.expand(1, n, b - a))[0]
+            cond = true - ll.exp_().sum(0).log_()
+            out_ll[a:b] = cond.mean(0)
+            out_acc[a:b] = (arg == yt[:, None]).to(dt).mean(0)
+        out_mi = (out_ll - lp_true.mean()) / LN2
+        aux = {"mi": out_mi, "acc": out_acc, "loglik": out_ll}
+        return aux[criterion], aux
+
+
+# -- runner ----------------------------------------------------------------------------------------
+def _cfg_get(cfg, key, default=None):
+    try:
+        v = cfg.get(key, default)
+    except AttributeError:
+        v = getattr(cfg, key, default)
+    return default if v is None else v
+
+
+def build_gaussian(pcfg, num_classes: int, num_features: int) -> GaussianProbe:
+    """A :class:`GaussianProbe` from ``cfg.probe`` (its ``module`` node, ``_target_``)."""
+    from hydra.utils import instantiate
+
+    module_cfg = _cfg_get(pcfg, "module")
+    if module_cfg is None:
+        return GaussianProbe(num_classes, num_features)
+    obj = instantiate(module_cfg)
+    probe = obj(num_classes=num_classes, num_features=num_features) if callable(obj) and not isinstance(
+        obj, GaussianProbe) else obj
+    if not isinstance(probe, GaussianProbe):
+        raise ConfigError(f"probe.module must build a GaussianProbe, got {type(probe).__name__}")
+    if probe.stats is None:
+        probe.configure(num_classes, num_features)
+    return probe
+
+
+def run_gaussian(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
+    """``probe=gaussian``: fit the Gaussians on ``dm``'s train split in one pass (Lightning), select
+    ``cfg.probe.k`` neurons greedily on ``cfg.probe.select_split``, and rank all neurons.
+
+    Returns the ranking (columns of the concatenation of ``dm.sites``) and metrics
+    (``gaussian/…``, ``val/…`` and ``test/…`` of the Gaussian classifier on the selected neurons).
+    """
+    from hydra.utils import instantiate
+
+    from ..tracking import Tracker
+
+    pcfg = cfg.probe
+    if getattr(dm, "task", "classification") != "classification":
+        raise ConfigError("probe=gaussian needs a classification concept (the concept is a regression task)")
+    if getattr(dm, "num_features", None) is None:
+        dm.setup("fit")
+    C, F = int(dm.num_classes), int(dm.num_features)
+    probe = build_gaussian(pcfg, C, F)
+    t0 = time.perf_counter()
+    tcfg = cfg.get("trainer") if hasattr(cfg, "get") else None
+    trainer_kw = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      num_sanity_val_steps=0, limit_val_batches=0)
+    if tcfg is not None and tcfg.get("_target_"):
+        trainer = instantiate(tcfg, **trainer_kw)
+    else:
+        trainer = pl.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, **trainer_kw)
+    trainer.fit(probe, train_dataloaders=dm.train_dataloader())
+    probe.finalize()
+    fit_s = time.perf_counter() - t0
+    if trainer.world_size > 1 and trainer.global_rank != 0:
+        log.debug("rank %d: statistics synced, selection runs on every rank", trainer.global_rank)
+
+    sel_split = str(_cfg_get(pcfg, "select_split", "val"))
+    rep_split = _cfg_get(pcfg, "report_split", "test")
+    Xs, ys = dm.arrays(sel_split)
+    report = None
+    if rep_split:
+        Xr, yr = dm.arrays(str(rep_split))
+        if len(yr):
+            report = (Xr, np.asarray(yr, dtype=np.int64))
+    tracker = Tracker(logger)
+    k_spec = _cfg_get(pcfg, "k", 50)
+    crit = str(_cfg_get(pcfg, "criterion", "mi"))
+
+    def _cb(step, rec):
+        tracker.log_metrics({f"gaussian/{key}": v for key, v in rec.items() if key not in ("step", "neuron")},
+                            step=step)
+
+    res = probe.select(Xs, np.asarray(ys, dtype=np.int64), k_spec, crit, report=report, callback=_cb)
+    columns = np.asarray(getattr(dm, "columns", np.arange(F)), dtype=np.int64)
+    order = columns[res.order()]
+    sites = list(dm.sites)
+    nps = dict(dm.neurons_per_site)
+    concept = getattr(getattr(dm, "concept", None), "name", "") or ""
+    model_name = str(cfg.get("model", {}).get("name_or_path", "")) if hasattr(cfg, "get") else ""
+    path = [{**r, "neuron": int(columns[r["neuron"]])} for r in res.path]
+    ranking = NeuronRanking.from_order(order, res.scores(), sites=sites, neurons_per_site=nps, concept=concept,
+                                       method="gaussian", model=model_name,
+                                       extra={"criterion": crit, "k": len(res.selected), "path": path})
+    tracker.log_table("gaussian/path", ["step", "neuron", "name", "gain", "select_mi_bits", "report_mi_bits"],
+                      [[r["step"], r["neuron"], ranking.names_of([r["neuron"]])[0], r["gain"], r["select_mi_bits"],
+                        r.get("report_mi_bits")] for r in path])
+    metrics: dict[str, float] = {
+        "gaussian/k": len(res.selected),
+        "time/gaussian_fit_s": round(fit_s, 3),
+        "time/gaussian_select_s": round(res.seconds, 3),
+    }
+    if res.path:
+        last = res.path[-1]
+        metrics[f"{sel_split}/mi_bits"] = last["select_mi_bits"]
+        metrics[f"{sel_split}/gaussian_acc"] = last["select_acc"]
+        if "report_mi_bits" in last:
+            metrics[f"{rep_split}/mi_bits"] = last["report_mi_bits"]
+            metrics[f"{rep_split}/gaussian_acc"] = last["report_acc"]
+    log.info("gaussian probe: %d neurons selected by %s in %.1f s (fit %.1f s)", len(res.selected), crit,
+             res.seconds, fit_s)
+    return ranking, metrics

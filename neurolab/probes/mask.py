@@ -1,0 +1,431 @@
+"""Differentiable neuron masking: hard-concrete gates under a Lagrangian fidelity constraint.
+
+Every neuron gets a gate ``z`` drawn from a hard-concrete distribution (Louizos, Welling & Kingma
+2018): ``u ~ U(0, 1)``, ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta)``, ``z = clamp(s (zeta -
+gamma) + gamma, 0, 1)``; ``z`` is exactly 0 or 1 with positive probability and differentiable in
+``log_alpha``. The expected number of open gates (the expected L0 norm) is ``sum_j sigmoid(log_alpha_j
+- beta log(-gamma / zeta))``. Following De Cao, Schlichtkrull, Aziz & Titov (2020) the gates minimise
+the expected L0 (the expected number of open gates) subject to a divergence staying within ``eps``, through
+the Lagrangian ``L0 + lambda (divergence - eps)``: the gates descend it and the multiplier
+``lambda >= 0`` ascends it (it grows while the constraint is violated and shrinks once it holds).
+
+Two modes:
+
+- **probe** (:func:`run_neuron_mask`, ``probe=neuron_mask``): the gates multiply the (normalised)
+  activations before a frozen linear probe trained on all neurons; the divergence is the increase of
+  the probe's cross-entropy over the unmasked probe's on the same batch. A closed gate replaces a
+  neuron by 0, its training mean after z-scoring.
+- **model** (:class:`ModelMask`): gates on hook sites of the live model (through
+  :func:`neurolab.models.hooks.intervene`); the divergence is ``KL(p_full || p_masked)`` of the
+  model's output distribution (its ``logits``: a language model's next-token distribution or a
+  task head's classes), averaged over non-padding tokens.
+
+The result is the set of kept neurons (deterministic gate > 0 at test time), a ranking by the
+probability that the gate is open, and the sparsity-versus-fidelity path logged during training
+(``train/l0``, ``train/l0_frac``, ``train/divergence``, ``train/lambda``; ``val/…`` per epoch).
+
+Example (probe mode on arrays)::
+
+    >>> import torch
+    >>> probe = torch.nn.Linear(200, 2)           # a trained probe, frozen by the mask
+    >>> mask = NeuronMask(200, eps=0.05)
+    >>> mask.set_probe(probe)                     # doctest: +SKIP
+    >>> pl.Trainer(max_epochs=20).fit(mask, loader)  # doctest: +SKIP
+    >>> mask.kept()                               # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..ranking import NeuronRanking
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HardConcreteGates", "NeuronMask", "ModelMask", "run_neuron_mask", "kl_divergence"]
+
+
+class HardConcreteGates(torch.nn.Module):
+    """``n`` hard-concrete gates with parameters ``log_alpha [n]``."""
+
+    def __init__(self, n: int, *, beta: float = 2.0 / 3.0, gamma: float = -0.1, zeta: float = 1.1,
+                 init_open: float = 0.9):
+        super().__init__()
+        if not (gamma < 0.0 and zeta > 1.0):
+            raise ConfigError(f"hard-concrete stretch needs gamma < 0 < 1 < zeta, got gamma={gamma}, zeta={zeta}")
+        if not 0.0 < init_open < 1.0 or beta <= 0:
+            raise ConfigError(f"init_open must be in (0, 1) and beta > 0, got init_open={init_open}, beta={beta}")
+        self.n = int(n)
+        self.beta, self.gamma, self.zeta = float(beta), float(gamma), float(zeta)
+        self.shift = self.beta * math.log(-self.gamma / self.zeta)
+        init = math.log(init_open / (1.0 - init_open)) + self.shift
+        self.log_alpha = torch.nn.Parameter(torch.full((self.n,), init))
+
+    def sample(self, batch: int | None = None) -> torch.Tensor:
+        """Stochastic gates ``[batch, n]`` (or ``[n]``), differentiable in ``log_alpha``."""
+        shape = (self.n,) if batch is None else (int(batch), self.n)
+        u = torch.rand(shape, device=self.log_alpha.device).clamp(1e-6, 1.0 - 1e-6)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def deterministic(self) -> torch.Tensor:
+        """Test-time gates ``[n]``: ``clamp(sigmoid(log_alpha) (zeta - gamma) + gamma, 0, 1)``."""
+        s = torch.sigmoid(self.log_alpha)
+        return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
+
+    def p_open(self) -> torch.Tensor:
+        """Probability that each gate is non-zero ``[n]``."""
+        return torch.sigmoid(self.log_alpha - self.shift)
+
+    def expected_l0(self) -> torch.Tensor:
+        return self.p_open().sum()
+
+
+def kl_divergence(logits_p: torch.Tensor, logits_q: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean ``KL(softmax(p) || softmax(q))`` over the leading positions (``mask`` selects them)."""
+    lp = F.log_softmax(logits_p.float(), dim=-1)
+    lq = F.log_softmax(logits_q.float(), dim=-1)
+    kl = (lp.exp() * (lp - lq)).sum(-1)
+    if mask is not None:
+        m = mask.to(kl.dtype)
+        return (kl * m).sum() / m.sum().clamp_min(1.0)
+    return kl.mean()
+
+
+class NeuronMask(pl.LightningModule):
+    """Hard-concrete gates trained with an expected-L0 penalty under the constraint
+    ``divergence <= eps`` (Lagrangian with a learned multiplier).
+
+    Subclasses (or :meth:`set_probe`) define :meth:`divergence`. In probe mode, batches are
+    ``(x [B, F], y [B])`` and the divergence is ``CE(probe(x * z), y) - CE(probe(x), y)``.
+    """
+
+    def __init__(self, num_gates: int, *, eps: float = 0.05, beta: float = 2.0 / 3.0, gamma: float = -0.1,
+                 zeta: float = 1.1, init_open: float = 0.9, lr: float = 0.05, lambda_lr: float = 0.05,
+                 lambda_init: float = 1.0):
+        super().__init__()
+        if eps < 0:
+            raise ConfigError(f"probe.module.eps must be >= 0, got {eps}")
+        if lr <= 0 or lambda_lr <= 0 or lambda_init < 0:
+            raise ConfigError(f"probe.module: lr and lambda_lr must be > 0 and lambda_init >= 0, "
+                              f"got lr={lr}, lambda_lr={lambda_lr}, lambda_init={lambda_init}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.num_gates = int(num_gates)
+        self.eps = float(eps)
+        self.lr, self.lambda_lr = float(lr), float(lambda_lr)
+        self.gates = HardConcreteGates(self.num_gates, beta=beta, gamma=gamma, zeta=zeta, init_open=init_open)
+        self.lagrange = torch.nn.Parameter(torch.tensor(float(lambda_init)))
+        self.probe: torch.nn.Module | None = None
+        self.path_: list[dict[str, float]] = []
+        self._epoch: dict[str, list[float]] = {}
+
+    # -- probe mode --------------------------------------------------------------------------
+    def set_probe(self, probe: torch.nn.Module) -> "NeuronMask":
+        """Gate the inputs of ``probe`` (``x -> logits``); its parameters are frozen."""
+        probe.eval()
+        for p in probe.parameters():
+            p.requires_grad_(False)
+        # kept outside the module tree so that checkpoints and optimisers see only the gates
+        object.__setattr__(self, "probe", probe)
+        return self
+
+    def _probe(self) -> torch.nn.Module:
+        if self.probe is None:
+            raise RuntimeError("NeuronMask in probe mode needs set_probe(probe) before training")
+        if next(iter(self.probe.parameters()), torch.empty(0)).device != self.device:
+            self.probe.to(self.device)
+        return self.probe
+
+    def divergence(self, batch, gates: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Divergence of the masked from the unmasked computation on ``batch`` (``gates`` ``[B, n]`` or
+        ``[n]``), and extra values to log."""
+        x, y = batch[0], batch[1]
+        probe = self._probe()
+        x = x.float()
+        y = y.long()
+        with torch.no_grad():
+            base = F.cross_entropy(probe(x), y)
+        out = probe(x * gates)
+        loss = F.cross_entropy(out, y)
+        acc = (out.argmax(-1) == y).float().mean()
+        return loss - base, {"loss": loss.detach(), "base_loss": base, "acc": acc.detach()}
+
+    def batch_size_of(self, batch) -> int:
+        return int(batch[0].shape[0])
+
+    # -- training ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        opt_g = torch.optim.Adam(self.gates.parameters(), lr=self.lr)
+        opt_l = torch.optim.Adam([self.lagrange], lr=self.lambda_lr, maximize=True)
+        return [opt_g, opt_l]
+
+    def training_step(self, batch, batch_idx):
+        opt_g, opt_l = self.optimizers()
+        z = self.gates.sample(self.batch_size_of(batch))
+        div, extra = self.divergence(batch, z)
+        l0 = self.gates.expected_l0()
+        l0_frac = l0 / self.num_gates
+        lagr = l0 + self.lagrange * (div - self.eps)
+        opt_g.zero_grad()
+        opt_l.zero_grad()
+        self.manual_backward(lagr)
+        opt_g.step()
+        opt_l.step()
+        with torch.no_grad():
+            self.lagrange.clamp_(min=0.0)
+        bs = self.batch_size_of(batch)
+        vals = {"train/l0": l0.detach(), "train/l0_frac": l0_frac.detach(), "train/divergence": div.detach(),
+                "train/lambda": self.lagrange.detach().clone()}
+        vals.update({f"train/{k}": v for k, v in extra.items()})
+        self.log_dict(vals, on_step=True, on_epoch=False, batch_size=bs, sync_dist=False)
+        for k in ("train/l0", "train/divergence", "train/lambda"):
+            self._epoch.setdefault(k, []).append(vals[k])
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        rec = {"epoch": int(self.current_epoch)}
+        rec.update({k.split("/", 1)[1]: float(torch.stack(v).float().mean()) for k, v in self._epoch.items() if v})
+        rec["kept"] = int(self.kept_mask().sum())
+        self.path_.append(rec)
+        self._epoch = {}
+        log.debug("neuron mask epoch %d: %s", rec["epoch"], rec)
+
+    def validation_step(self, batch, batch_idx):
+        z = self.gates.deterministic()
+        div, extra = self.divergence(batch, z)
+        bs = self.batch_size_of(batch)
+        vals = {"val/divergence": div, "val/kept": float(self.kept_mask().sum())}
+        vals.update({f"val/{k}": v for k, v in extra.items()})
+        self.log_dict(vals, on_step=False, on_epoch=True, batch_size=bs)
+
+    # -- results -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def kept_mask(self) -> torch.Tensor:
+        return self.gates.deterministic() > 0
+
+    def kept(self) -> np.ndarray:
+        """Indices of the kept neurons (test-time gate > 0), best first (by gate-open probability)."""
+        p = self.gates.p_open().detach().cpu().double().numpy()
+        idx = np.flatnonzero(self.kept_mask().cpu().numpy())
+        return idx[np.lexsort((idx, -p[idx]))].astype(np.int64)
+
+    def scores(self) -> np.ndarray:
+        """Probability that each gate is open ``[n]`` (the ranking score)."""
+        return self.gates.p_open().detach().cpu().double().numpy()
+
+    @torch.no_grad()
+    def evaluate_probe(self, X, y, gates: torch.Tensor | None = None) -> dict[str, float]:
+        """Probe loss / accuracy on arrays with the test-time gates (or given ``gates``) vs unmasked."""
+        probe = self._probe()
+        x = torch.as_tensor(np.asarray(X), dtype=torch.float32, device=self.device)
+        yt = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
+        g = self.gates.deterministic() if gates is None else gates.to(self.device)
+        full, masked = probe(x), probe(x * g)
+        return {"loss": float(F.cross_entropy(masked, yt)), "base_loss": float(F.cross_entropy(full, yt)),
+                "acc": float((masked.argmax(-1) == yt).float().mean()),
+                "base_acc": float((full.argmax(-1) == yt).float().mean())}
+
+
+class ModelMask(NeuronMask):
+    """Gates on hook sites of a live (frozen) model; divergence ``KL(p_full || p_masked)`` of its output.
+
+    ``sites`` are site names (``layers.2.mlp``, ``layers.1``, a module path; see
+    :func:`neurolab.models.sites.resolve_sites`). Batches are dicts of model inputs (``input_ids``,
+    ``attention_mask`` …). Gates are indexed in site order, units within each site.
+    """
+
+    def __init__(self, model: torch.nn.Module, sites: Sequence[str] | str, *, logits_fn: Callable | None = None,
+                 **kwargs: Any):
+        from ..models.sites import resolve_sites
+
+        resolved = resolve_sites(model, sites)
+        units = []
+        for s in resolved:
+            if s.units is None:
+                raise ConfigError(f"sites: cannot tell the number of units of {s.name!r}; name a site with a known width")
+            units.append(int(s.units))
+        super().__init__(int(sum(units)), **kwargs)
+        self.site_objs = resolved
+        self.site_names = [s.name for s in resolved]
+        self.units = units
+        self.starts = np.cumsum([0] + units)
+        object.__setattr__(self, "model", model)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.logits_fn = logits_fn or (lambda out: out.logits if hasattr(out, "logits") else out[0])
+
+    def _model(self):
+        m = self.model
+        if next(m.parameters()).device != self.device:
+            m.to(self.device)
+        return m
+
+    def batch_size_of(self, batch) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def run_gated(self, batch: Mapping[str, torch.Tensor], gates: torch.Tensor | None) -> torch.Tensor:
+        """The model's logits with ``gates`` (``[n]`` or ``[B, n]``) applied at the sites (None: none)."""
+        from ..models.hooks import intervene
+
+        model = self._model()
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        if gates is None:
+            return self.logits_fn(model(**batch))
+        fns = {}
+        for i, s in enumerate(self.site_objs):
+            g = gates[..., int(self.starts[i]):int(self.starts[i + 1])]
+
+            def fn(t, _g=g):
+                gg = _g.to(t.dtype)
+                if gg.ndim == 2 and t.ndim == 3:
+                    gg = gg[:, None, :]
+                return t * gg
+
+            fns[s] = fn
+        with intervene(model, fns):
+            return self.logits_fn(model(**batch))
+
+    def divergence(self, batch, gates):
+        with torch.no_grad():
+            full = self.run_gated(batch, None)
+        masked = self.run_gated(batch, gates)
+        am = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+        if am is not None and full.ndim == 3:
+            am = am.to(full.device)
+        else:
+            am = None
+        return kl_divergence(full, masked, am), {}
+
+    @torch.no_grad()
+    def output_kl(self, batches, keep: Sequence[int] | np.ndarray) -> float:
+        """Mean KL of the output when only the neurons ``keep`` are left open (all other gated units 0)."""
+        g = torch.zeros(self.num_gates, device=self.device)
+        g[torch.as_tensor(np.asarray(keep, dtype=np.int64), device=self.device)] = 1.0
+        vals, ws = [], []
+        for b in batches:
+            full = self.run_gated(b, None)
+            masked = self.run_gated(b, g)
+            am = b.get("attention_mask")
+            vals.append(float(kl_divergence(full, masked, am.to(full.device) if am is not None else None)))
+            ws.append(float(am.sum()) if am is not None else 1.0)
+        return float(np.average(vals, weights=ws))
+
+    def names(self, indices: Sequence[int]) -> list[str]:
+        out = []
+        for ix in indices:
+            si = int(np.searchsorted(self.starts, ix, side="right") - 1)
+            out.append(f"{self.site_names[si]}:{int(ix - self.starts[si])}")
+        return out
+
+
+# -- runner ----------------------------------------------------------------------------------------
+def _linear_cfg(cfg):
+    """``cfg`` with ``probe`` replaced by the linear probe's config (``conf/probe/linear.yaml``), merged
+    with ``cfg.probe.linear`` overrides, for training the probe the mask sits in front of."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf, open_dict
+
+    from ..config import config_dir
+
+    base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
+    extra = cfg.probe.get("linear") if hasattr(cfg.probe, "get") else None
+    if extra:
+        base = OmegaConf.merge(base, extra)
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(new):
+        new.probe = base
+    return new
+
+
+def build_mask(pcfg, num_gates: int) -> NeuronMask:
+    from hydra.utils import instantiate
+
+    mcfg = pcfg.get("module") if hasattr(pcfg, "get") else None
+    if mcfg is None:
+        return NeuronMask(num_gates)
+    obj = instantiate(mcfg)
+    mask = obj(num_gates=num_gates) if not isinstance(obj, NeuronMask) else obj
+    if not isinstance(mask, NeuronMask):
+        raise ConfigError(f"probe.module must build a NeuronMask, got {type(mask).__name__}")
+    return mask
+
+
+def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
+    """``probe=neuron_mask`` (probe mode): train the all-neuron linear probe with
+    :func:`neurolab.probes.fit_probe`, then the gates in front of it; rank all neurons by the
+    probability that their gate is open (kept neurons first).
+
+    Metrics: the probe's own (``val/acc``, ``test/acc`` …), ``mask/kept``, ``mask/l0_frac``,
+    ``val/mask_divergence``, ``val/mask_acc``, ``test/mask_acc``, ``time/mask_fit_s``.
+    """
+    from .batches import TensorDataModule
+    from .linear import fit_probe, quiet_lightning, trainer_from_cfg
+    from ..tracking import Tracker
+
+    pcfg = cfg.probe
+    mode = str(pcfg.get("mode", "probe"))
+    if mode != "probe":
+        raise ConfigError(f"probe.mode={mode!r}: `neurolab probe`/`run` support the probe mode of neuron_mask "
+                          f"(model mode needs a live model: use neurolab.probes.mask.ModelMask)")
+    if getattr(dm, "task", "classification") != "classification":
+        raise ConfigError("probe=neuron_mask needs a classification concept (the concept is a regression task)")
+    lcfg = _linear_cfg(cfg)
+    probe, metrics = fit_probe(dm, lcfg, logger=logger)
+    F_ = int(dm.num_features)
+    mask = build_mask(pcfg, F_)
+    mask.set_probe(probe)
+    seed = int(cfg.get("seed") or 0)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    Xtr, ytr = dm.arrays("train")
+    val = dm.arrays("val")
+    t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
+                   torch.from_numpy(np.ascontiguousarray(a[1]).astype(np.int64)))
+    has_val = len(val[1]) > 0
+    data = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, int(pcfg.get("batch_size", 512)),
+                            8192, seed)
+    t0 = time.perf_counter()
+    with quiet_lightning():
+        trainer = trainer_from_cfg(cfg, logger=logger, max_epochs=int(pcfg.get("max_epochs", 30)),
+                                   limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
+                                   enable_progress_bar=False, callbacks=[])
+        trainer.fit(mask, datamodule=data)
+    fit_s = time.perf_counter() - t0
+    mask.to("cpu")
+    probe.to("cpu")
+    scores = mask.scores()
+    kept = mask.kept()
+    columns = np.asarray(getattr(dm, "columns", np.arange(F_)), dtype=np.int64)
+    order_local = np.lexsort((np.arange(F_), -scores))
+    kept_set = set(kept.tolist())
+    order_local = np.concatenate([kept, [i for i in order_local if i not in kept_set]]).astype(np.int64)
+    concept = getattr(getattr(dm, "concept", None), "name", "") or ""
+    model_name = str(cfg.get("model", {}).get("name_or_path", "")) if hasattr(cfg, "get") else ""
+    ranking = NeuronRanking.from_order(columns[order_local], scores[order_local], sites=list(dm.sites),
+                                       neurons_per_site=dict(dm.neurons_per_site), concept=concept,
+                                       method="neuron_mask", model=model_name,
+                                       extra={"kept": int(len(kept)), "eps": mask.eps, "path": mask.path_})
+    metrics = dict(metrics)
+    metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(scores.mean()),
+                    "time/mask_fit_s": round(fit_s, 3)})
+    for split in ("val", "test"):
+        X, y = dm.arrays(split)
+        if len(y):
+            ev = mask.evaluate_probe(X, y)
+            metrics[f"{split}/mask_acc"] = ev["acc"]
+            metrics[f"{split}/mask_divergence"] = ev["loss"] - ev["base_loss"]
+    Tracker(logger).log_table("neuron_mask/path", ["epoch", "l0", "divergence", "lambda", "kept"],
+                              [[r.get("epoch"), r.get("l0"), r.get("divergence"), r.get("lambda"), r.get("kept")]
+                               for r in mask.path_])
+    log.info("neuron mask: kept %d of %d neurons (eps %.3g) in %.1f s", len(kept), F_, mask.eps, fit_s)
+    return ranking, metrics
