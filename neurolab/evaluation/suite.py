@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NeurolabError
 from ..ranking import NeuronRanking, resolve_count
 from .masking import masked_accuracies, probe_weights
 
@@ -283,7 +283,7 @@ def evaluate_ranking(
     tr = _Trainer(dm, cfg, logger, split)
     sizes = sizes_from_config(ecfg, total)
     seeds = [int(s) for s in (ecfg.get("random_seeds") or [0])]
-    do_control = bool(ecfg["control"]) and task != "regression"
+    do_control = bool(ecfg["control"]) and task != "regression" and _control_ok(tr)
     base = dict(base_metrics or {})
     key = f"{split}/{metric}"
     out: dict[str, float] = {}
@@ -307,7 +307,7 @@ def evaluate_ranking(
 
     if need_all:
         acc_all, m_all = res["all"]
-        base.update({k: v for k, v in m_all.items() if k not in base or k == key})
+        base.update({k: v for k, v in m_all.items() if k not in base})
         bank = tr.last_bank
         if bank is not None and tr.can_bank:
             k_all = [j[0] for j in jobs].index("all")
@@ -384,6 +384,15 @@ def evaluate_ranking(
         except Exception as e:  # tracking must not break the science
             log.warning("could not log evaluation metrics: %s", e)
     return out
+
+
+def _control_ok(tr: "_Trainer") -> bool:
+    try:
+        tr.control_dm
+        return True
+    except (NeurolabError, AttributeError, NotImplementedError) as e:
+        log.warning("no control task for this data (%s); control/acc and selectivity are not computed", e)
+        return False
 
 
 class _BankProbe:

@@ -1,0 +1,92 @@
+"""`neurolab probe` / `neurolab evaluate` from a write_store store + a CoNLL-U file made here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neurolab.config import compose
+from neurolab.ranking import NeuronRanking
+from tests.helpers.evaluation import one_thread, planted_store, write_tagged_conllu  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+FAST = ["logger=none", "trainer.enable_progress_bar=false", "probe.batch_size=64", "probe.module.optimizer.lr=0.02",
+        "evaluation.percentages=[10,25]", "evaluation.random_seeds=[0,1]"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("probe_verb")
+    conllu = write_tagged_conllu(d / "tagged.conllu", num_sentences=150)
+    store, planted = planted_store(conllu, d / "store")
+    return conllu, store, planted
+
+
+def _probe(data, run_dir, *extra):
+    from neurolab.tasks.probe import probe
+
+    conllu, store, _ = data
+    cfg = compose("probe", [f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false", *FAST,
+                            *extra], run_dir=run_dir)
+    return probe(cfg)
+
+
+def test_probe_from_store_and_corpus_alone(data, tmp_path):
+    run = tmp_path / "run"
+    m = _probe(data, run)
+    _, store, planted = data
+    for f in ("metrics.json", "ranking.json", "config.yaml", "sites.png", "accuracy.png"):
+        assert (run / f).exists(), f
+    disk = json.loads((run / "metrics.json").read_text())
+    for k in ("test/acc", "top/acc@10%", "random/acc@10%", "bottom/acc@10%", "control/acc", "selectivity",
+              "top/selectivity@10%", "mask/acc@10%", "minimal/neurons"):
+        assert k in disk, k
+        assert disk[k] == pytest.approx(m[k])
+    r = json.loads((run / "ranking.json").read_text())
+    assert r["sites"] == ["embeddings", "layers.0", "layers.1"]
+    assert r["model"] == "planted-test" and r["concept"] and r["method"] == "linear"
+    assert {"site", "unit", "index", "score"} <= set(r["neurons"][0])
+    ranking = NeuronRanking.from_json(run / "ranking.json")
+    # the four planted neurons (one per tag) lead the ranking
+    assert set(ranking.top(4).tolist()) == set(planted)
+    assert m["test/acc"] > 0.9
+    assert m["top/acc@25%"] > m["random/acc@25%"] > m["bottom/acc@25%"] - 0.05
+    assert m["selectivity"] == pytest.approx(m["test/acc"] - m["control/acc"])
+
+
+def test_same_seed_same_ranking_bytes_and_metrics(data, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma = _probe(data, a, "evaluation.minimal_set.enabled=false")
+    mb = _probe(data, b, "evaluation.minimal_set.enabled=false")
+    assert (a / "ranking.json").read_bytes() == (b / "ranking.json").read_bytes()
+    strip = lambda m: {k: v for k, v in m.items() if not k.startswith("time/") and "_s" not in k.split("/")[-1]}
+    assert strip(ma) == strip(mb)
+
+
+def test_evaluate_verb_on_probe_ranking(data, tmp_path):
+    from neurolab.tasks.evaluate import evaluate
+
+    conllu, store, _ = data
+    run = tmp_path / "probe"
+    m = _probe(data, run, "evaluation.minimal_set.enabled=false")
+    cfg = compose("evaluate", [f"ranking={run / 'ranking.json'}", f"store.dir={store.path}", f"corpus.path={conllu}",
+                               *FAST, "evaluation.minimal_set.enabled=false"], run_dir=tmp_path / "eval")
+    e = evaluate(cfg)
+    assert (tmp_path / "eval" / "metrics.json").exists()
+    # same ranking, data, seed and settings: the same retrained accuracies
+    for k in ("top/acc@10%", "random/acc@10%", "bottom/acc@10%", "top/acc@25%", "control/acc"):
+        assert e[k] == pytest.approx(m[k], abs=1e-6), k
+
+
+def test_evaluate_refuses_mismatched_ranking(data, tmp_path):
+    from neurolab.errors import NeurolabError
+    from neurolab.tasks.evaluate import evaluate
+
+    conllu, store, _ = data
+    bad = NeuronRanking.from_order([0, 1], sites=["layers.0"], neurons_per_site={"layers.0": 99})
+    bad.to_json(tmp_path / "bad.json")
+    cfg = compose("evaluate", [f"ranking={tmp_path / 'bad.json'}", f"store.dir={store.path}", f"corpus.path={conllu}",
+                               *FAST], run_dir=tmp_path / "eval")
+    with pytest.raises(NeurolabError, match="layers.0"):
+        evaluate(cfg)
