@@ -335,6 +335,14 @@ class ActivationDataModule(pl.LightningDataModule):
         if self._ready:
             return
         store, corpus, concept = self.store, self.corpus, self.concept
+        level = getattr(concept, "level", "word")
+        sub = Path(store.path) / "sentences" / "manifest.json"
+        if level == SENTENCE and self.sentence_pooling == "mean" and sub.exists():
+            # extraction wrote one row per sentence (extract.sentence_rows): use those rows
+            from ..store import ActivationStore
+
+            store = self.store = ActivationStore.open(sub.parent)
+            log.info("sentence-level concept %s: using the sentence rows of %s", concept.name, store.path)
         self.sites = select_sites(store.sites, self._sites_spec)
         self.neurons_per_site = {s: int(store.neurons_per_site[s]) for s in self.sites}
         total = sum(self.neurons_per_site.values())
@@ -350,7 +358,6 @@ class ActivationDataModule(pl.LightningDataModule):
             if len(cols) == 0:
                 raise ConfigError("no neurons selected (an empty neuron list)")
             self.columns = cols
-        level = getattr(concept, "level", "word")
         if self.task not in (CLASSIFICATION, REGRESSION):
             raise ConfigError(f"concept {concept!r}: task {self.task!r} is neither classification nor regression")
         if self.task == REGRESSION and self.balance != "none":
