@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def to_storage(array: np.ndarray, dtype: str) -> np.ndarray:
         f = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
         rounding = ((f >> 16) & 1) + np.uint32(0x7FFF)
         return ((f + rounding) >> 16).astype(np.uint16)
-    return np.ascontiguousarray(a, dtype=DTYPES[dtype])
+    with np.errstate(over="ignore"):  # fp16 overflow -> inf; StoreWriter counts and reports it
+        return np.ascontiguousarray(a, dtype=DTYPES[dtype])
 
 
 def from_storage(array: np.ndarray, dtype: str) -> np.ndarray:
@@ -120,3 +122,48 @@ def read_json(path: Path) -> Any:
         raise StoreError(f"{path}: not found") from None
     except json.JSONDecodeError as e:
         raise StoreError(f"{path}: not valid JSON ({e})") from None
+
+
+_TORCH: Any = None
+
+
+def _torch():
+    """torch if importable (its fp16/bf16 -> fp32 conversion is vectorised; numpy's fp16 is not)."""
+    global _TORCH
+    if _TORCH is None:
+        try:
+            import torch
+
+            _TORCH = torch
+        except ImportError:  # pragma: no cover
+            _TORCH = False
+    return _TORCH or None
+
+
+#: elements per conversion call: below torch's parallel grain (32768), so a call runs in the calling
+#: thread; waking torch's thread pool for each block is slow on busy machines and in loader workers
+_CONVERT_BLOCK = 32768
+
+
+def convert_into(dst: np.ndarray, src: np.ndarray, dtype: str) -> None:
+    """``dst[...] = float32(src)`` for ``src`` in the storage representation of ``dtype``.
+
+    fp16/bf16 go through torch's vectorised conversion (numpy converts fp16 element by element,
+    several times slower), in blocks that stay in the calling thread.
+    """
+    if dtype == "fp32":
+        dst[...] = src
+        return
+    torch = _torch() if src.size >= 2048 else None
+    if torch is None:
+        dst[...] = from_storage(src, "bf16") if dtype == "bf16" else src
+        return
+    src = np.asarray(src)
+    step = max(1, _CONVERT_BLOCK // max(src.shape[1], 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # from_numpy of a read-only memory map / buffer
+        for a in range(0, src.shape[0], step):
+            t = torch.from_numpy(src[a : a + step])
+            if dtype == "bf16":
+                t = t.view(torch.bfloat16)
+            torch.from_numpy(dst[a : a + step]).copy_(t)

@@ -36,6 +36,7 @@ from .format import (
     SHARDS,
     StoreError,
     StoreMismatchError,
+    convert_into,
     from_storage,
     normalize_dtype,
     read_json,
@@ -222,8 +223,16 @@ class StoreWriter:
         tmp = self.shards_path / f".tmp-{shard_dirname(shard_id)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         files = {INDEX_FILE: write_npy(tmp / INDEX_FILE, np.stack([sent, word], axis=1).astype(np.int32))}
+        overflow: dict[str, int] = {}
         for s in self.sites:
-            files[site_filename(s)] = write_npy(tmp / site_filename(s), to_storage(activations[s], self.dtype))
+            stored = to_storage(activations[s], self.dtype)
+            if self.dtype == "fp16":  # values beyond fp16's range become inf: count and report them
+                n_inf = int(np.count_nonzero(np.isinf(stored)))
+                if n_inf:
+                    n_inf -= int(np.count_nonzero(np.isinf(np.asarray(activations[s]))))
+                    if n_inf:
+                        overflow[s] = n_inf
+            files[site_filename(s)] = write_npy(tmp / site_filename(s), stored)
         meta = {
             "shard_id": int(shard_id),
             "rows": int(n),
@@ -231,6 +240,12 @@ class StoreWriter:
             "last_sentence": int(sent[-1]) if n else None,
             "files": files,
         }
+        if overflow:
+            meta["fp16_overflow"] = overflow
+            log.warning(
+                "shard %d: %d activations beyond the fp16 range (|x| > 65504) stored as inf (%s); "
+                "use extract.dtype=bf16 or fp32 to keep them", shard_id, sum(overflow.values()), overflow,
+            )
         write_json_atomic(tmp / SHARD_META, meta)
         _fsync_dir(tmp)
         os.rename(tmp, final)
@@ -254,6 +269,9 @@ class StoreWriter:
             start += rows
         if meta:
             self.meta.update(_jsonable(dict(meta)))
+        over = sum(sum(done[i].get("fp16_overflow", {}).values()) for i in range(n))
+        if over:
+            self.meta["fp16_overflow"] = int(over)
         write_json_atomic(self.manifest_path, self._manifest(complete=True, shards=shards, num_tokens=start))
         self.complete = True
         return ActivationStore.open(self.path)
@@ -311,6 +329,8 @@ class ActivationStore:
         self.shards: list[dict] = manifest["shards"]
         self._starts = np.array([s["start"] for s in self.shards] + [self.num_tokens], dtype=np.int64)
         self._mmaps: dict[tuple[int, str], np.ndarray] = {}
+        self._headers: dict[tuple[int, str], tuple[int, np.dtype]] = {}
+        self._buf: np.ndarray | None = None
         self._index: np.ndarray | None = None
 
     # -- opening -----------------------------------------------------------------------------
@@ -415,59 +435,134 @@ class ActivationStore:
             self._mmaps[key] = m
         return m
 
-    def read(self, rows: slice | Sequence[int] | np.ndarray, sites: Sequence[str] | None = None) -> np.ndarray:
+    def _header(self, shard: int, site: str) -> tuple[int, np.dtype]:
+        """(data offset, dtype) of a shard file, from its .npy header (cached; the data is not read)."""
+        key = (shard, site)
+        got = self._headers.get(key)
+        if got is None:
+            f = self._file(shard, site_filename(site))
+            try:
+                with open(f, "rb") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    else:
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    offset = fh.tell()
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{f}: cannot read shard file ({e})") from None
+            expect = (int(self.shards[shard]["rows"]), self.neurons_per_site[site])
+            if tuple(shape) != expect or fortran or dtype != np.dtype(DTYPES[self.dtype]):
+                raise StoreError(f"{f}: array of shape {tuple(shape)} ({dtype}), manifest says {expect} ({self.dtype})")
+            size = f.stat().st_size
+            if size < offset + expect[0] * expect[1] * dtype.itemsize:
+                raise StoreError(f"{f}: truncated ({size} bytes)")
+            got = self._headers[key] = (offset, dtype)
+        return got
+
+    @staticmethod
+    def _out(out: np.ndarray | None, rows: int, cols: int) -> np.ndarray:
+        if out is None:
+            return np.empty((rows, cols), dtype=np.float32)
+        if out.dtype != np.float32 or out.shape != (rows, cols) or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(
+                f"out must be a writable C-contiguous float32 array of shape {(rows, cols)}, got {out.dtype} {out.shape}"
+            )
+        return out
+
+    def _scratch(self, nbytes: int) -> np.ndarray:
+        if self._buf is None or self._buf.nbytes < nbytes:
+            self._buf = np.empty(max(nbytes, 1 << 16), dtype=np.uint8)
+        return self._buf[:nbytes]
+
+    def _pread(self, shard: int, site: str, a: int, b: int) -> np.ndarray:
+        """Rows a..b-1 (shard-local) of one site in the storage dtype, read with pread (no mmap).
+
+        The result lives in a scratch buffer that the next call reuses.
+        """
+        offset, dtype = self._header(shard, site)
+        w = self.neurons_per_site[site]
+        row_bytes = w * dtype.itemsize
+        buf = self._scratch((b - a) * row_bytes)
+        f = self._file(shard, site_filename(site))
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            mv, pos, at = memoryview(buf), offset + a * row_bytes, 0
+            while at < len(mv):
+                n = os.preadv(fd, [mv[at:]], pos + at)
+                if n <= 0:
+                    raise StoreError(f"{f}: truncated (read {at} of {len(mv)} bytes at offset {pos})")
+                at += n
+        finally:
+            os.close(fd)
+        return buf.view(dtype).reshape(b - a, w)
+
+    def read(
+        self, rows: slice | Sequence[int] | np.ndarray, sites: Sequence[str] | None = None, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Rows × the concatenated units of ``sites`` as a new float32 array.
 
         ``rows`` is a slice (step 1) or an integer index array (any order, repeats allowed).
+        Slices are read with ``pread`` (memory stays bounded by the result); index arrays through
+        memory maps of the shard files. ``out``: a C-contiguous float32 array of the result's shape
+        to fill and return instead of a new one (reusing it saves the page faults of fresh memory
+        in a streaming loop).
         """
         sites = self._check_sites(sites)
         widths = [self.neurons_per_site[s] for s in sites]
         if isinstance(rows, slice):
             start, stop, step = rows.indices(self.num_tokens)
             if step != 1:
-                return self.read(np.arange(start, stop, step), sites)
-            out = np.empty((max(stop - start, 0), sum(widths)), dtype=np.float32)
+                return self.read(np.arange(start, stop, step), sites, out=out)
+            out = self._out(out, max(stop - start, 0), sum(widths))
             if stop <= start:
                 return out
-            first = int(np.searchsorted(self._starts, start, side="right") - 1)
+            sh = int(np.searchsorted(self._starts, start, side="right") - 1)
             r = start
             while r < stop:
-                s0 = int(self._starts[first])
-                s1 = int(self._starts[first + 1])
+                s0, s1 = int(self._starts[sh]), int(self._starts[sh + 1])
                 a, b = r - s0, min(stop, s1) - s0
-                self._fill(out, r - start, first, slice(a, b), sites, widths)
+                c = 0
+                for s, w in zip(sites, widths):
+                    convert_into(out[r - start : r - start + b - a, c : c + w], self._pread(sh, s, a, b), self.dtype)
+                    c += w
                 r = s0 + b
-                first += 1
+                sh += 1
             return out
-        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_tokens):
-            raise IndexError(f"row index out of range [0, {self.num_tokens})")
-        out = np.empty((idx.size, sum(widths)), dtype=np.float32)
+        idx = np.asarray(rows).reshape(-1)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"row indices must be integers, got {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        out = self._out(out, idx.size, sum(widths))
         if idx.size == 0:
             return out
-        shard_of = np.searchsorted(self._starts, idx, side="right") - 1
-        order = np.argsort(shard_of, kind="stable")
-        bounds = np.flatnonzero(np.diff(shard_of[order])) + 1
-        for grp in np.split(order, bounds):
-            sh = int(shard_of[grp[0]])
-            local = idx[grp] - self._starts[sh]
-            # memmap fancy indexing is fastest on sorted indices
-            srt = np.argsort(local, kind="stable")
-            block = np.empty((len(grp), sum(widths)), dtype=np.float32)
-            self._fill(block, 0, sh, local[srt], sites, widths)
-            out[grp[srt]] = block
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= self.num_tokens:
+            raise IndexError(f"row index out of range [0, {self.num_tokens})")
+        ascending = bool(np.all(idx[1:] >= idx[:-1]))
+        if ascending and hi - lo + 1 == idx.size:  # a contiguous run: read it as a slice
+            return self.read(slice(lo, hi + 1), sites, out=out)
+        if ascending:
+            order, srt, dst = None, idx, out
+        else:
+            order = np.argsort(idx, kind="stable")
+            srt = idx[order]
+            dst = np.empty_like(out)
+        first = int(np.searchsorted(self._starts, srt[0], side="right") - 1)
+        last = int(np.searchsorted(self._starts, srt[-1], side="right") - 1)
+        bounds = np.searchsorted(srt, self._starts[first : last + 2], side="left")
+        for k, sh in enumerate(range(first, last + 1)):
+            p, q = int(bounds[k]), int(bounds[k + 1])
+            if q <= p:
+                continue
+            local = srt[p:q] - self._starts[sh]
+            c = 0
+            for s, w in zip(sites, widths):
+                convert_into(dst[p:q, c : c + w], self._mmap(sh, s)[local], self.dtype)
+                c += w
+        if order is not None:
+            out[order] = dst
         return out
-
-    def _fill(self, out: np.ndarray, at: int, shard: int, local, sites, widths) -> None:
-        c = 0
-        for s, w in zip(sites, widths):
-            part = self._mmap(shard, s)[local]
-            n = part.shape[0]
-            if self.dtype == "bf16":
-                out[at : at + n, c : c + w] = from_storage(part, "bf16")
-            else:
-                out[at : at + n, c : c + w] = part
-            c += w
 
     def iter_chunks(
         self, sites: Sequence[str] | None = None, chunk_rows: int | None = None, rows: slice | None = None

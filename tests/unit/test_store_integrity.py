@@ -191,3 +191,13 @@ def test_info_summary(store):
     data_bytes = 30 * 10 * 2 + 30 * 2 * 4  # fp16 activations + int32 index
     assert data_bytes < info["bytes_on_disk"] < data_bytes + 4 * 3 * 256  # plus .npy headers
     json.dumps(info)
+
+
+def test_fp16_overflow_is_counted_and_reported(tmp_path, caplog):
+    a = np.array([[1.0, 7e4], [-1e5, np.inf], [3.0, 4.0]], dtype=np.float32)
+    with caplog.at_level("WARNING", logger="neurolab.store"):
+        s = write_store(tmp_path / "o", {"x": a}, [0, 0, 1], [0, 1, 0], dtype="fp16", shard_size=2)
+    assert s.meta["fp16_overflow"] == 2  # the inf that was already there is not an overflow
+    assert any("fp16 range" in r.message for r in caplog.records)
+    np.testing.assert_array_equal(s.read(slice(None)), [[1.0, np.inf], [-np.inf, np.inf], [3.0, 4.0]])
+    assert "fp16_overflow" not in write_store(tmp_path / "b", {"x": a}, [0, 0, 1], [0, 1, 0], dtype="bf16").meta

@@ -16,7 +16,7 @@ WIDTHS = {"embeddings": 5, "layers.0": 7, "layers.0.mlp": 11, "layers.1": 3}
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    sent, word = random_corpus_ids(rng, 40)
+    sent, word = random_corpus_ids(rng, 30)
     acts = random_activations(rng, len(sent), WIDTHS)
     return acts, sent, word
 
@@ -28,7 +28,7 @@ def stores(data, tmp_path_factory):
     base = tmp_path_factory.mktemp("stores")
     return {
         size: write_store(base / f"s{size}", acts, sent, word, {"model": "synthetic"}, dtype="fp32", shard_size=size)
-        for size in (100000, 7, 1)
+        for size in (100000, 7, 2)
     }
 
 
@@ -46,13 +46,13 @@ def test_metadata(stores, data):
     assert len(s.shards) == -(-len(sent) // 7)
     np.testing.assert_array_equal(s.sentence_ids, sent)
     np.testing.assert_array_equal(s.word_ids, word)
-    assert s.num_sentences == 40
+    assert s.num_sentences == 30
     assert s.column_ranges(["layers.1", "embeddings"]) == {"layers.1": (0, 3), "embeddings": (3, 8)}
     assert s.neuron_names(["layers.1"]) == ["layers.1:0", "layers.1:1", "layers.1:2"]
     assert s.num_neurons() == sum(WIDTHS.values())
 
 
-@pytest.mark.parametrize("size", [100000, 7, 1])
+@pytest.mark.parametrize("size", [100000, 7, 2])
 @pytest.mark.parametrize(
     "rows", [slice(None), slice(0, 1), slice(5, 23), slice(6, 8), slice(-9, None), slice(3, 3), slice(20, 10), slice(1, 30, 4)]
 )
@@ -64,7 +64,7 @@ def test_fp32_slices_exact(stores, data, size, rows, sites):
     np.testing.assert_array_equal(got, ref(acts, rows, sites))
 
 
-@pytest.mark.parametrize("size", [100000, 7, 1])
+@pytest.mark.parametrize("size", [100000, 7, 2])
 @pytest.mark.parametrize("kind", ["list", "int32", "int64", "reversed", "repeats", "empty", "single"])
 def test_fp32_index_arrays_exact(stores, data, size, kind):
     acts, sent, _ = data
@@ -91,7 +91,7 @@ def test_read_returns_a_fresh_writable_array(stores, data):
 
 
 def test_many_small_shards_equal_one_shard(stores):
-    one, seven, single = stores[100000], stores[7], stores[1]
+    one, seven, single = stores[100000], stores[7], stores[2]
     rng = np.random.default_rng(2)
     idx = rng.integers(0, one.num_tokens, 200)
     for rows in (slice(None), slice(13, 101), idx):
@@ -119,7 +119,7 @@ def test_random_index_arrays_across_shards(stores, data, draw):
     n = len(sent)
     idx = draw.draw(st.lists(st.integers(0, n - 1), min_size=0, max_size=80))
     sites = draw.draw(st.lists(st.sampled_from(list(WIDTHS)), min_size=1, max_size=4))
-    size = draw.draw(st.sampled_from([100000, 7, 1]))
+    size = draw.draw(st.sampled_from([100000, 7, 2]))
     got = stores[size].read(np.asarray(idx, dtype=np.int64), sites)
     np.testing.assert_array_equal(got, ref(acts, np.asarray(idx, dtype=np.int64), sites))
 
@@ -200,3 +200,46 @@ def test_empty_sentences_ids_and_large_ids(tmp_path):
     s = write_store(tmp_path / "e", {"x": a}, sent, word, shard_size=2)
     np.testing.assert_array_equal(s.sentence_ids, sent)
     np.testing.assert_array_equal(s.read([4, 0]), a[[4, 0]])
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_large_reads_all_conversion_paths(tmp_path, dtype):
+    """Blocks big enough for the vectorised conversion, and small ones, agree with the references."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    acts = {"a": (rng.standard_normal((n, 24)) * 50).astype(np.float32), "b": rng.standard_normal((n, 3)).astype(np.float32)}
+    acts["a"][:5, 0] = [np.inf, -np.inf, 1e-7, 60000.0, -0.0]  # inf, fp16 subnormal, near the fp16 maximum
+    sent = np.arange(n) // 10
+    s = write_store(tmp_path / dtype, acts, sent, np.arange(n) % 10, dtype=dtype, shard_size=2500)
+
+    def conv(x):
+        if dtype == "fp16":
+            with np.errstate(over="ignore"):
+                return x.astype(np.float16).astype(np.float32)
+        if dtype == "bf16":
+            return torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+        return x
+
+    full = np.concatenate([conv(acts["a"]), conv(acts["b"])], axis=1)
+    np.testing.assert_array_equal(s.read(slice(None)), full)
+    np.testing.assert_array_equal(s.read(slice(2400, 5100), ["b", "a"]), full[2400:5100][:, list(range(24, 27)) + list(range(24))])
+    idx = rng.integers(0, n, 4000)
+    np.testing.assert_array_equal(s.read(idx), full[idx])
+    np.testing.assert_array_equal(s.read(np.sort(idx)), full[np.sort(idx)])
+    np.testing.assert_array_equal(s.read(np.arange(100, 5000)), full[100:5000])
+    np.testing.assert_array_equal(s.read(idx[:3]), full[idx[:3]])
+
+
+def test_read_into_out(stores, data):
+    acts = data[0]
+    s = stores[7]
+    buf = np.full((9, WIDTHS["layers.1"] + WIDTHS["embeddings"]), np.nan, np.float32)
+    assert s.read(slice(4, 13), ["layers.1", "embeddings"], out=buf) is buf
+    np.testing.assert_array_equal(buf, ref(acts, slice(4, 13), ["layers.1", "embeddings"]))
+    idx = np.array([20, 3, 3, 11, 0, 7, 8, 9, 1])
+    assert s.read(idx, ["layers.1", "embeddings"], out=buf) is buf
+    np.testing.assert_array_equal(buf, ref(acts, idx, ["layers.1", "embeddings"]))
+    with pytest.raises(ValueError, match="out must be"):
+        s.read(slice(0, 3), ["layers.1"], out=np.empty((3, 2), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        s.read(slice(0, 3), ["layers.1"], out=np.empty((3, 3), np.float64))
