@@ -40,10 +40,24 @@ def with_label_column(corpus: Corpus) -> Corpus:
     return Corpus([Sentence(s.words, dict(s.annotations, label=s.annotations["upos"]), label=s.label) for s in corpus], name="x")
 
 
-@pytest.mark.parametrize("name", CONCEPTS)
-def test_every_concept_config_instantiates(name, demo, tmp_path):
-    cfg = compose("probe", [f"concept={name}"] + EXTRA.get(name, []), run_dir=tmp_path)
+def test_concept_configs_compose(demo, tmp_path):
+    cfg = compose("probe", ["concept=feats.Tense", "concept.value=Past"], run_dir=tmp_path)
     concept = instantiate(cfg.concept)
+    assert concept.name == "feats.Tense=Past"
+    assert {x for l in concept.labels(demo) for x in l} == {"Past", "rest", None}
+    cfg = compose("probe", ["concept=lexical.suffix_ing"], run_dir=tmp_path)
+    assert instantiate(cfg.concept).name == "lexical.suffix_ing"
+
+
+@pytest.mark.parametrize("name", CONCEPTS)
+def test_every_concept_config_instantiates(name, demo):
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(Path(config_dir()) / "concept" / f"{name}.yaml")
+    for ov in EXTRA.get(name, []):
+        k, v = ov.split("=", 1)
+        OmegaConf.update(node, k.split(".", 1)[1], v.strip("'"))
+    concept = instantiate(node)
     corpus = with_label_column(with_sentence_labels(demo))
     labels = concept.labels(corpus)
     assert len(labels) == len(corpus)
