@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+
+from tests.helpers.probes import one_thread as _one_thread
 import torch
 
 from neurolab.errors import ConfigError
@@ -158,3 +160,9 @@ def test_regression_probe(tmp_path):
     ref = r2_score(yte, LinearRegression().fit(*dm.arrays("train")).predict(Xte))
     assert met["test/r2"] == pytest.approx(ref, abs=0.02)
     assert ranking.indices[:2].tolist() == [4, 1]
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    yield from _one_thread()
+
