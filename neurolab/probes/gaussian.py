@@ -163,8 +163,8 @@ class GaussianProbe(pl.LightningModule):
         nu0_offset: float = 2.0,
         prior_scale: float = 1.0,
         class_alpha: float = 1.0,
-        score_dtype: str = "float64",
-        block_size: int = 32,
+        score_dtype: str = "float32",
+        block_size: int = 256,
     ):
         super().__init__()
         if kappa0 <= 0 or prior_scale <= 0 or class_alpha < 0:

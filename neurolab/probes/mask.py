@@ -7,7 +7,9 @@ gamma) + gamma, 0, 1)``; ``z`` is exactly 0 or 1 with positive probability and d
 - beta log(-gamma / zeta))``. Following De Cao, Schlichtkrull, Aziz & Titov (2020) the gates minimise
 the expected L0 (the expected number of open gates) subject to a divergence staying within ``eps``, through
 the Lagrangian ``L0 + lambda (divergence - eps)``: the gates descend it and the multiplier
-``lambda >= 0`` ascends it (it grows while the constraint is violated and shrinks once it holds).
+``lambda = exp(log_lambda) > 0`` ascends it (it grows while the constraint is violated and shrinks
+once it holds; the log-parametrisation makes its updates multiplicative, so it adapts to divergences
+of any scale).
 
 Two modes:
 
@@ -109,13 +111,13 @@ class NeuronMask(pl.LightningModule):
     """
 
     def __init__(self, num_gates: int, *, eps: float = 0.05, beta: float = 2.0 / 3.0, gamma: float = -0.1,
-                 zeta: float = 1.1, init_open: float = 0.9, lr: float = 0.05, lambda_lr: float = 0.05,
-                 lambda_init: float = 1.0):
+                 zeta: float = 1.1, init_open: float = 0.9, lr: float = 0.1, lambda_lr: float = 0.01,
+                 lambda_init: float = 10.0):
         super().__init__()
         if eps < 0:
             raise ConfigError(f"probe.module.eps must be >= 0, got {eps}")
-        if lr <= 0 or lambda_lr <= 0 or lambda_init < 0:
-            raise ConfigError(f"probe.module: lr and lambda_lr must be > 0 and lambda_init >= 0, "
+        if lr <= 0 or lambda_lr <= 0 or lambda_init <= 0:
+            raise ConfigError(f"probe.module: lr, lambda_lr and lambda_init must be > 0, "
                               f"got lr={lr}, lambda_lr={lambda_lr}, lambda_init={lambda_init}")
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -123,7 +125,8 @@ class NeuronMask(pl.LightningModule):
         self.eps = float(eps)
         self.lr, self.lambda_lr = float(lr), float(lambda_lr)
         self.gates = HardConcreteGates(self.num_gates, beta=beta, gamma=gamma, zeta=zeta, init_open=init_open)
-        self.lagrange = torch.nn.Parameter(torch.tensor(float(lambda_init)))
+        # lambda = exp(log_lambda) > 0: multiplicative updates adapt to any scale of the divergence
+        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(float(lambda_init))))
         self.probe: torch.nn.Module | None = None
         self.path_: list[dict[str, float]] = []
         self._epoch: dict[str, list[float]] = {}
@@ -165,7 +168,7 @@ class NeuronMask(pl.LightningModule):
     # -- training ----------------------------------------------------------------------------
     def configure_optimizers(self):
         opt_g = torch.optim.Adam(self.gates.parameters(), lr=self.lr)
-        opt_l = torch.optim.Adam([self.lagrange], lr=self.lambda_lr, maximize=True)
+        opt_l = torch.optim.Adam([self.log_lambda], lr=self.lambda_lr, maximize=True)
         return [opt_g, opt_l]
 
     def training_step(self, batch, batch_idx):
@@ -174,17 +177,16 @@ class NeuronMask(pl.LightningModule):
         div, extra = self.divergence(batch, z)
         l0 = self.gates.expected_l0()
         l0_frac = l0 / self.num_gates
-        lagr = l0 + self.lagrange * (div - self.eps)
+        lam = self.log_lambda.exp()
+        lagr = l0 + lam * (div - self.eps)
         opt_g.zero_grad()
         opt_l.zero_grad()
         self.manual_backward(lagr)
         opt_g.step()
         opt_l.step()
-        with torch.no_grad():
-            self.lagrange.clamp_(min=0.0)
         bs = self.batch_size_of(batch)
         vals = {"train/l0": l0.detach(), "train/l0_frac": l0_frac.detach(), "train/divergence": div.detach(),
-                "train/lambda": self.lagrange.detach().clone()}
+                "train/lambda": lam.detach()}
         vals.update({f"train/{k}": v for k, v in extra.items()})
         self.log_dict(vals, on_step=True, on_epoch=False, batch_size=bs, sync_dist=False)
         for k in ("train/l0", "train/divergence", "train/lambda"):
