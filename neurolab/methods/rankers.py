@@ -228,8 +228,9 @@ class IoURanker(CorpusRanker):
     A neuron is *active* on a word when its activation is at least its threshold ``T`` with
     ``P(a >= T) ≈ 1 - quantile``, estimated from a ``bins``-bin histogram over the neuron's range
     (``thresholds_`` holds ``T``, the lower edge of the chosen bin: the smallest edge whose tail holds
-    at most ``(1 - quantile) * n`` words, at least the top bin). The score of class ``c`` is
-    ``|active ∩ c| / |active ∪ c|``. Two passes (range, histogram).
+    at most ``max((1 - quantile) * n, 1)`` words). A neuron whose top bin alone holds more words than
+    that (ties at its maximum, e.g. a dead unit) is never active (``T = inf``, IoU 0). The score of
+    class ``c`` is ``|active ∩ c| / |active ∪ c|``. Two passes (range, histogram).
 
     ``compositional`` (a mapping, see ``conf/method/iou.yaml``) configures
     :meth:`explain` — beam search over AND / OR / AND NOT formulas (run by ``neurolab rank``).
@@ -255,20 +256,26 @@ class IoURanker(CorpusRanker):
         total = h.sum(0, dtype=np.int64)  # [F, B]
         tail = np.cumsum(total[:, ::-1], axis=1)[:, ::-1]  # tail[f, k] = #(bin >= k)
         n = int(stats.count.sum())
-        budget = (1.0 - float(self.quantile)) * n
-        k = np.minimum((tail > budget).sum(1), stats.histogram.bins - 1)  # first bin whose tail fits
-        self.threshold_bins_ = k.astype(np.int64)
-        self.thresholds_ = stats.histogram.edges(k)
-        active = np.take_along_axis(tail, k[:, None], 1)[:, 0].astype(np.float64)
+        B = stats.histogram.bins
+        budget = max((1.0 - float(self.quantile)) * n, 1.0)
+        k = (tail > budget).sum(1)  # the first bin whose tail fits the budget (tail is non-increasing)
+        silent = k >= B  # ties: the top bin alone holds more words than the budget -> never active
+        k = np.minimum(k, B - 1)
+        self.threshold_bins_ = np.where(silent, B, k).astype(np.int64)
+        self.thresholds_ = np.where(silent, np.inf, stats.histogram.edges(k))
+        active = np.where(silent, 0, np.take_along_axis(tail, k[:, None], 1)[:, 0]).astype(np.float64)
         self.active_counts_ = active.astype(np.int64)
         self.n_fit_rows_ = n
+        if silent.any():
+            log.info("IoU: %d neurons tie more than %.3g%% of the words at their maximum; they are never active",
+                     int(silent.sum()), 100 * (1 - float(self.quantile)))
         out = np.full((stats.num_classes, stats.num_features), np.nan)
         for c in range(stats.num_classes):
             cnt = float(stats.count[c])
             if cnt == 0:
                 continue
             ctail = np.cumsum(h[c][:, ::-1], axis=1, dtype=np.int64)[:, ::-1]
-            inter = np.take_along_axis(ctail, k[:, None], 1)[:, 0].astype(np.float64)
+            inter = np.where(silent, 0, np.take_along_axis(ctail, k[:, None], 1)[:, 0]).astype(np.float64)
             union = active + cnt - inter
             out[c] = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
         return out

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 RANKING_FILE = "ranking.json"
 EXPLANATIONS_FILE = "explanations.json"
 
-__all__ = ["rank", "rank_pipeline", "build_ranker", "RankResult"]
+__all__ = ["rank", "rank_pipeline", "build_ranker", "method_config", "model_label", "RankResult"]
 
 
 @dataclass
@@ -49,16 +49,45 @@ class RankResult:
     dm: Any = None
 
 
+def method_config(name: str) -> DictConfig:
+    """The ``conf/method/<name>.yaml`` option as a config node (for callers without a ``method`` group)."""
+    from ..config import config_dir
+
+    path = Path(config_dir()) / "method" / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (Path(config_dir()) / "method").glob("*.yaml"))
+        raise ConfigError(f"method={name!r}: no such method; expected one of {known}")
+    return OmegaConf.load(path)
+
+
 def build_ranker(method_cfg: Any, concept: Any = None):
-    """Instantiate ``cfg.method``; a binary concept (``concept.value=X``) sets the positive class."""
+    """Instantiate ``cfg.method`` (a config node, or a method name such as ``"probeless"``); a binary
+    concept (``concept.value=X``) sets the positive class."""
     from hydra.utils import instantiate
 
+    if isinstance(method_cfg, str):
+        method_cfg = method_config(method_cfg)
     if method_cfg is None or not method_cfg.get("_target_"):
         raise ConfigError("method is not set (method=probeless | iou | ap | selectivity)")
     ranker = instantiate(method_cfg, _convert_="all")
     if getattr(ranker, "positive", None) is None and concept is not None and getattr(concept, "is_binary", False):
         ranker.positive = concept.positive
     return ranker
+
+
+def model_label(cfg: DictConfig | None, store) -> str:
+    """A short model name for rankings: the store's recorded model (its ``name`` when it is a record),
+    else ``cfg.model.name_or_path``."""
+    for src in (getattr(store, "identity", None) or {}, getattr(store, "meta", None) or {}):
+        v = src.get("model") if isinstance(src, dict) else None
+        if isinstance(v, dict):
+            v = v.get("name") or v.get("name_or_path")
+        if v:
+            return str(v)
+    try:
+        return str(cfg.model.name_or_path)
+    except Exception:
+        return ""
 
 
 def _enabled(node: Any, key: str = "enabled", default: bool = True) -> bool:
@@ -72,7 +101,7 @@ def _enabled(node: Any, key: str = "enabled", default: bool = True) -> bool:
 
 def rank_pipeline(cfg: DictConfig, store, run_dir: str | Path, logger=None, *, method_cfg: Any = None, prefix: str = "",
                   dm=None, pages: bool | None = None, evaluate: bool | None = None) -> RankResult:
-    """Rank with ``method_cfg`` (default ``cfg.method``) and write ``<prefix>ranking.json``, evaluation
+    """Rank with ``method_cfg`` (default ``cfg.method``; a node or a name) and write ``<prefix>ranking.json``, evaluation
     metrics (named with ``prefix``) and pages (``pages/`` or ``<prefix>pages/``) into ``run_dir``.
 
     ``neurolab run`` calls this once per corpus-based method, passing its DataModule ``dm`` (reused
@@ -83,7 +112,7 @@ def rank_pipeline(cfg: DictConfig, store, run_dir: str | Path, logger=None, *, m
     from ..corpus import load_corpus
     from ..data.sites import select_sites
     from ..methods import AnnotationTable, ChunkSource, IoURanker, row_labels, rows_of_sentences
-    from .probe import _model_name, log_to_tracker, make_plots
+    from .probe import log_to_tracker, make_plots
 
     run_dir = Path(run_dir)
     method_cfg = cfg.get("method") if method_cfg is None else method_cfg
@@ -103,7 +132,7 @@ def rank_pipeline(cfg: DictConfig, store, run_dir: str | Path, logger=None, *, m
         raise ConfigError(f"rank_split={split!r} holds no store rows (corpus split {list(cfg.corpus.get('split', []))})")
     labels = row_labels(store, concept.labels(corpus), what=f"concept {concept.name}")
     source = ChunkSource.from_store(store, labels, sites=sites, rows=rows, chunk_rows=int(getattr(ranker, "chunk_rows", 8192)))
-    ranker.fit(source, concept=concept.name, model=_model_name(cfg, store))
+    ranker.fit(source, concept=concept.name, model=model_label(cfg, store))
     ranking: NeuronRanking = ranker.ranking_
     metrics: dict[str, float] = {
         f"{prefix}rank/rows": float(ranker.n_rows_),
@@ -141,7 +170,7 @@ def rank_pipeline(cfg: DictConfig, store, run_dir: str | Path, logger=None, *, m
     tracker = Tracker(logger)
     viz = cfg.get("viz")
     out_pages: dict[str, Any] = {}
-    if (pages if pages is not None else _enabled(viz)):
+    if (pages if pages is not None else (viz is None or _enabled(viz))):
         from ..viz.html import write_pages
 
         v = viz or {}

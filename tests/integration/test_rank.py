@@ -74,3 +74,34 @@ def test_rank_multiclass_and_errors(tmp_path, planted_store):
     with pytest.raises(ConfigError, match="word-level classification"):
         rank(compose("rank", [f"store.dir={planted_store}", "concept=sentence.length", "~evaluation"],
                      run_dir=tmp_path / "bad2"))
+
+
+@pytest.mark.slow
+def test_rank_real_minilm_on_demo_corpus(tmp_path, minilm_dir):
+    """The whole verb on a real model: extraction (reused store), AP for NOUN, pages; no retraining."""
+    from neurolab.tasks.rank import rank
+
+    run = tmp_path / "real"
+    over = [f"model.name_or_path={minilm_dir}", f"store.dir={tmp_path / 'store'}", "method=ap", "concept.value=NOUN",
+            "~evaluation", "viz.top_neurons=3"]
+    metrics = rank(compose("rank", over, run_dir=run))
+    r = json.loads((run / "ranking.json").read_text())
+    assert len(r["neurons"]) == 2688 and r["concept"] == "upos=NOUN" and isinstance(r["model"], str)
+    assert r["neurons"][0]["score"] > 0.6  # some MiniLM neuron detects nouns well (base rate ~0.2)
+    assert metrics["rank/rows"] > 2000
+    assert len(list((run / "pages").glob("neuron_*.html"))) == 3
+
+
+def test_rank_pipeline_by_method_name_with_prefix(tmp_path, planted_store):
+    """How `neurolab run` calls it: a method name, a metrics prefix, outputs beside the probe's."""
+    from neurolab.store import ActivationStore
+    from neurolab.tasks.rank import method_config, rank_pipeline
+
+    cfg = compose("run", [f"store.dir={planted_store}", "concept.value=NOUN", "logger=none"], run_dir=tmp_path / "r")
+    res = rank_pipeline(cfg, ActivationStore.open(planted_store), tmp_path / "r", method_cfg="selectivity",
+                        prefix="selectivity/", evaluate=False)
+    assert res.ranking.indices[0] == 17 and "selectivity/rank/rows" in res.metrics
+    assert (tmp_path / "r" / "selectivity_ranking.json").exists()
+    assert (tmp_path / "r" / "selectivity" / "pages" / "index.html").exists()
+    with pytest.raises(ConfigError, match="no such method"):
+        method_config("nope")

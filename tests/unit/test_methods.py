@@ -200,3 +200,13 @@ def test_sklearn_contract():
     X, y = _data(n=300)
     assert r.fit(X, y) is r and hasattr(r, "ranking_") and r.scores_.shape == (3, X.shape[1])
     assert r.ranking_.to_dict()["neurons"][0]["index"] == int(np.nanargmax(r.score_))
+
+
+def test_iou_neuron_tied_at_its_maximum_is_never_active():
+    rng = np.random.default_rng(3)
+    y = rng.choice(["a", "b"], size=1000)
+    X = rng.normal(size=(1000, 3)).astype(np.float32)
+    X[:, 1] = np.where(rng.random(1000) < 0.3, 1.0, 0.0)  # 30% of the words tie at the maximum
+    r = IoURanker(quantile=0.99, positive="a").fit(X, y)
+    assert np.isinf(r.thresholds_[1]) and r.score_[1] == 0.0 and r.active_counts_[1] == 0
+    assert r.active_counts_[0] <= 10 and r.active_counts_[2] <= 10
