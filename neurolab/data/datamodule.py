@@ -166,6 +166,7 @@ class _StreamDataset(IterableDataset):
         super().__init__()
         self.source, self.ex, self.chunks = source, ex, chunks
         self.mean, self.std = mean, std
+        self.inv_std = None if std is None else (1.0 / std.astype(np.float64)).astype(np.float32)
         self.batch_size, self.shuffle, self.seed, self.task = int(batch_size), bool(shuffle), int(seed), task
         self.epoch, self.rank, self.world = 0, 0, 1
 
@@ -188,7 +189,7 @@ class _StreamDataset(IterableDataset):
             X = self.source.load(self.ex, idx)
             if self.mean is not None and self.source.memory is None:
                 X -= self.mean
-                X /= self.std
+                X *= self.inv_std
             Y = self.ex.y[idx]
             for b in range(b0, b1):
                 s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
@@ -692,7 +693,7 @@ class ActivationDataModule(pl.LightningDataModule):
             X = self._memory[_split_name(split)]
             step = int(chunk_rows) if chunk_rows else self.chunk_rows
             for a in range(0, len(ex), step):
-                yield np.arange(a, min(a + step, len(ex))), X[a:a + step]
+                yield np.arange(a, min(a + step, len(ex))), X[a:a + step].copy()
             return
         for idx, block in self._raw_chunks(ex, chunk_rows):
             if normalize and m32 is not None:
