@@ -105,3 +105,20 @@ def test_rank_pipeline_by_method_name_with_prefix(tmp_path, planted_store):
     assert (tmp_path / "r" / "selectivity" / "pages" / "index.html").exists()
     with pytest.raises(ConfigError, match="no such method"):
         method_config("nope")
+
+
+@pytest.mark.slow
+def test_rank_logs_pages_tables_and_images_to_wandb_offline(tmp_path, planted_store, monkeypatch):
+    from neurolab.tasks.rank import rank
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "wb"
+    rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "concept.value=NOUN", "~evaluation",
+                          "logger=wandb", "viz.top_neurons=2"], run_dir=run))
+    media = list((run / "wandb").glob("offline-run-*/files/media"))
+    assert media, "no offline W&B run with media"
+    names = [p.name for p in media[0].rglob("*") if p.is_file()]
+    assert any(n.startswith("concept_") and n.endswith(".html") for n in names)
+    assert any(n.startswith("layers.0:5") and n.endswith(".html") for n in names)
+    assert any(n.startswith("concept_search") and n.endswith(".table.json") for n in names)
+    assert any(n.startswith("scores") and n.endswith(".png") for n in names)

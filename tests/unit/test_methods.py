@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 
 from neurolab.errors import ConfigError
 from neurolab.methods import (
-    APRanker, ChunkSource, ClassMoments, ConceptSearch, IoURanker, ProbelessRanker, RANKERS, SelectivityRanker,
+    APRanker, ChunkSource, ClassHistogram, ClassMoments, ConceptSearch, IoURanker, ProbelessRanker, RANKERS, SelectivityRanker,
     TopActivations, compute_stats, fit_rankers, row_labels,
 )
 from neurolab.store import ActivationStore, write_store
@@ -155,6 +155,15 @@ def test_moments_merge_across_shards_like_ddp():
     a.merge_state(b)
     for k in ("count", "sum", "min", "max"):
         torch.testing.assert_close(getattr(a, k), getattr(whole, k))
+    h1, h2, hw = (ClassHistogram(3, whole.min.numpy(), whole.max.numpy(), 64) for _ in range(3))
+    h1.update(torch.from_numpy(X[:400]), torch.from_numpy(codes[:400]))
+    h2.update(torch.from_numpy(X[400:]), torch.from_numpy(codes[400:]))
+    hw.update(torch.from_numpy(X), torch.from_numpy(codes))
+    h1.merge_state(h2)
+    torch.testing.assert_close(h1.hist, hw.hist)
+    ref = np.stack([np.stack([np.histogram(X[codes == c, f], bins=64, range=(X[:, f].min(), X[:, f].max()))[0]
+                              for f in range(X.shape[1])]) for c in range(3)])
+    assert np.abs(hw.hist.numpy() - ref).sum() <= 2 * 3 * X.shape[1]  # numpy differs at most at bin edges
     t1, t2 = TopActivations(X.shape[1], 7), TopActivations(X.shape[1], 7)
     t1.update(torch.from_numpy(X[:600]), torch.arange(600))
     t2.update(torch.from_numpy(X[600:]), torch.arange(600, 1000))
