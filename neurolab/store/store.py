@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ActivationStore", "StoreWriter", "write_store"]
 
+#: scratch buffers of a store are kept for reuse between reads up to this size
+_KEEP_BYTES = 128 << 20
+
 
 def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     keys = sorted(set(old) | set(new))
@@ -331,6 +334,7 @@ class ActivationStore:
         self._mmaps: dict[tuple[int, str], np.ndarray] = {}
         self._headers: dict[tuple[int, str], tuple[int, np.dtype]] = {}
         self._buf: np.ndarray | None = None
+        self._gather: np.ndarray | None = None
         self._index: np.ndarray | None = None
 
     # -- opening -----------------------------------------------------------------------------
@@ -360,6 +364,12 @@ class ActivationStore:
             if problems:
                 raise StoreError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
         return store
+
+    def __getstate__(self) -> dict:
+        """Pickle (e.g. into DataLoader workers) without memory maps or scratch buffers."""
+        d = dict(self.__dict__)
+        d.update(_mmaps={}, _buf=None, _gather=None)
+        return d
 
     def __repr__(self) -> str:
         return (
@@ -471,6 +481,9 @@ class ActivationStore:
         return out
 
     def _scratch(self, nbytes: int) -> np.ndarray:
+        """A reused byte buffer (kept between calls only up to ``_KEEP_BYTES``)."""
+        if nbytes > _KEEP_BYTES:
+            return np.empty(nbytes, dtype=np.uint8)
         if self._buf is None or self._buf.nbytes < nbytes:
             self._buf = np.empty(max(nbytes, 1 << 16), dtype=np.uint8)
         return self._buf[:nbytes]
@@ -547,7 +560,13 @@ class ActivationStore:
         else:
             order = np.argsort(idx, kind="stable")
             srt = idx[order]
-            dst = np.empty_like(out)
+            # rows in sorted order go to a reused buffer, then one scatter into out
+            if out.size * 4 > _KEEP_BYTES:
+                dst = np.empty_like(out)
+            else:
+                if self._gather is None or self._gather.size < out.size:
+                    self._gather = np.empty(out.size, dtype=np.float32)
+                dst = self._gather[: out.size].reshape(out.shape)
         first = int(np.searchsorted(self._starts, srt[0], side="right") - 1)
         last = int(np.searchsorted(self._starts, srt[-1], side="right") - 1)
         bounds = np.searchsorted(srt, self._starts[first : last + 2], side="left")

@@ -243,3 +243,15 @@ def test_read_into_out(stores, data):
         s.read(slice(0, 3), ["layers.1"], out=np.empty((3, 2), np.float32))
     with pytest.raises(ValueError, match="out must be"):
         s.read(slice(0, 3), ["layers.1"], out=np.empty((3, 3), np.float64))
+
+
+def test_store_copies_without_its_maps(stores, data):
+    """What DataLoader workers receive (__getstate__): no memory maps, no scratch buffers."""
+    import copy
+
+    s = ActivationStore.open(stores[7].path)
+    s.read(np.array([5, 1, 30]))  # fills memory maps and buffers
+    assert s._mmaps
+    t = copy.deepcopy(s)
+    assert t._mmaps == {} and t._buf is None and t._gather is None
+    np.testing.assert_array_equal(t.read(np.array([5, 1, 30])), ref(data[0], [5, 1, 30]))
