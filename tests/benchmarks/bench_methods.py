@@ -141,6 +141,11 @@ def main() -> None:
         "top10": {r.name: r.ranking_.names[:10] for r in rankers},
         "top10_sites_10pct": {r.name: r.ranking_.by_site("10%") for r in rankers},
     }
+    t, cpu = time.perf_counter(), time.process_time()
+    alone = ProbelessRanker().fit(source, concept="upos")
+    out["neurolab"]["probeless_alone_s"] = round(time.perf_counter() - t, 2)
+    out["neurolab"]["probeless_alone_cpu_s"] = round(time.process_time() - cpu, 2)
+    assert alone.ranking_.indices.tolist() == rankers[0].ranking_.indices.tolist()
     cls = stats.class_names
     noun = cls.index("NOUN")
     out["neurolab"]["noun_top5"] = {r.name: [r.ranking_.names_of([int(i)])[0] for i in
