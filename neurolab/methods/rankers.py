@@ -27,8 +27,8 @@ Example::
     >>> rng = np.random.default_rng(0)
     >>> y = rng.choice(["NOUN", "VERB"], size=500)
     >>> X = rng.normal(size=(500, 8)).astype(np.float32); X[:, 5] += 3 * (y == "NOUN")
-    >>> APRanker(positive="NOUN").fit(X, y).ranking_.indices[0]
-    5
+    >>> APRanker(positive="NOUN").fit(X, y).ranking_.names[0]
+    'x:5'
 """
 from __future__ import annotations
 
