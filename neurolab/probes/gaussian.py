@@ -175,6 +175,7 @@ class GaussianProbe(pl.LightningModule):
         if score_dtype not in ("float64", "float32"):
             raise ConfigError(f"probe.module.score_dtype must be float64 or float32, got {score_dtype!r}")
         self.save_hyperparameters()
+        self.automatic_optimization = False  # no optimiser: training_step only accumulates statistics
         self.kappa0 = float(kappa0)
         self.nu0_offset = float(nu0_offset)
         self.prior_scale = float(prior_scale)
