@@ -123,6 +123,8 @@ class CorpusRanker:
             "num_rows": self.n_rows_,
         }
         extra.update(self._extra())
+        order = np.lexsort((np.arange(len(self.score_)), -np.nan_to_num(self.score_, nan=-np.inf)))[:100]
+        extra["best_class_top100"] = [self.classes_[int(self.best_class_[i])] for i in order]
         self.ranking_ = NeuronRanking.from_scores(
             self.score_, sites=stats.sites, neurons_per_site=stats.neurons_per_site, concept=concept or self._concept_name(),
             method=self.name, model=stats.model if model is None else model, extra=extra)

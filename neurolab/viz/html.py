@@ -165,12 +165,16 @@ def concept_page(ranking: NeuronRanking, *, top: int = 20, descriptions: Mapping
     head = (f"<h1>{html.escape(ranking.concept or 'concept')}</h1><div class=sub>method {html.escape(ranking.method)}"
             f" · model {html.escape(ranking.model or '?')} · {ranking.total} neurons in {len(ranking.sites)} sites</div>")
     neurons = ranking.neurons[:top]
+    best = list((ranking.extra or {}).get("best_class_top100") or [])
+    show_best = bool(best) and len(set(best)) > 1
     smax = max([abs(n.score) for n in neurons if math.isfinite(n.score)] or [1.0]) or 1.0
     rows = []
     for r, n in enumerate(neurons):
         nm = html.escape(n.name)
         cell = f'<a href="{html.escape(links[n.index])}">{nm}</a>' if n.index in links else nm
         d = " ".join(f'<span class="tag">{html.escape(x.label)}</span>' for x in list(descriptions.get(n.index, []))[:3])
+        if show_best and r < len(best):
+            d = f"<div>best class <b>{html.escape(str(best[r]))}</b></div>" + d
         e = explanations.get(n.index)
         if e is not None and getattr(e, "formula", ""):
             d += f'<div class=sub>{html.escape(e.formula)} (IoU {e.iou:.2f})</div>'
