@@ -37,7 +37,6 @@ from .format import (
     StoreError,
     StoreMismatchError,
     convert_into,
-    from_storage,
     normalize_dtype,
     read_json,
     sha256_file,

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from neurolab.store import ActivationStore, StoreError, write_store
+from neurolab.store import StoreError, write_store
 from neurolab.store.importers import (
     export_neurox_hdf5,
     export_numpy,
