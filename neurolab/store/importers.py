@@ -26,7 +26,7 @@ mismatch is an error that names the sentence (``on_mismatch="skip"`` leaves such
 Example::
 
     >>> from neurolab.store.importers import import_neurox_hdf5  # doctest: +SKIP
-    >>> store = import_neurox_hdf5("acts.hdf5", "sentences.txt", "stores/acts", model="bert-base-cased")
+    >>> store = import_neurox_hdf5("acts.hdf5", "sentences.txt", "stores/acts", model="bert-base-cased")  # doctest: +SKIP
 """
 from __future__ import annotations
 
