@@ -21,8 +21,9 @@ class TensorBatches:
     """Iterable of ``(x, y, n_global)`` batches over in-memory tensors.
 
     ``epoch_fn`` gives the current epoch (for reshuffling); ``rank``/``world`` shard every global
-    batch. A final global batch smaller than ``world`` rows is merged into the previous one so that
-    every rank gets rows in every step.
+    batch. The batch plan does not depend on ``world``: a final batch smaller than a quarter of
+    ``batch_size`` is merged into the previous one (no one-row steps); a rank whose share of a batch
+    is empty still takes part in the step (with zero rows).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -38,9 +39,9 @@ class TensorBatches:
         self._bounds = self._plan(len(x))
 
     def _plan(self, n: int) -> list[tuple[int, int]]:
-        b = max(self.batch_size, self.world)
+        b = self.batch_size
         bounds = [(i, min(i + b, n)) for i in range(0, n, b)]
-        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < self.world:
+        if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < max(1, b // 4):
             last = bounds.pop()
             bounds[-1] = (bounds[-1][0], last[1])
         return bounds
