@@ -6,7 +6,9 @@ Store layout: word rows go to ``store_dir``; with ``extract.sentence_rows`` set,
 Shards are planned up front from the corpus and the config only (contiguous sentence ranges ending at
 sentence boundaries, about ``shard_size`` rows each). A rerun after a kill skips the finished shards;
 since every shard is computed from the same batches, the final store is identical (same checksums) to
-an uninterrupted run's. A complete store with the same identity is reused without recomputation.
+an uninterrupted run's (keep ``extract.batch_tokens`` unchanged between the runs: other batch shapes
+can change the last bits of the floating-point results). A complete store with the same identity is
+reused without recomputation; asking for sentence rows later adds the sentence store next to it.
 """
 from __future__ import annotations
 
@@ -42,7 +44,6 @@ def store_identity(extractor: Extractor, plan: Plan, corpus, model_identity: Map
         "window": {"max_length": plan.max_length, "stride": plan.stride},
         "shard_plan": plan.fingerprint(),
         "num_shards": len(plan.shards),
-        "sentence_rows": extractor.sentence_rows,
     }
 
 
@@ -85,7 +86,7 @@ def make_writers(extractor: Extractor, path: Path, identity: dict, meta: dict, o
                          identity=identity, meta=meta, overwrite=overwrite)
     sent_writer = None
     if extractor.sentence_rows:
-        sid = dict(identity, level="sentence")
+        sid = dict(identity, level="sentence", sentence_rows=extractor.sentence_rows)
         smeta = dict(meta, level="sentence", word_ids="always 0 (one row per sentence)")
         sent_writer = StoreWriter(path / SENTENCE_STORE, sites=extractor.site_names, neurons_per_site=units,
                                   dtype=extractor.dtype, identity=sid, meta=smeta, overwrite=overwrite)

@@ -235,3 +235,11 @@ def test_default_store_dir_under_store_root(tmp_path, model_dirs, corpus_file):
     s = extract_store(cfg)
     assert s.path.parent == tmp_path / "root"
     assert s.path.name.startswith(model_dirs["bert"].name)
+
+
+def test_sentence_rows_added_to_existing_store(tmp_path, model_dirs, corpus_file):
+    s1 = extract_store(_cfg(tmp_path, model_dirs["bert"], corpus_file, "sites=[layers.1]"))
+    checks = s1.manifest["shards"]
+    extract_store(_cfg(tmp_path, model_dirs["bert"], corpus_file, "sites=[layers.1]", "extract.sentence_rows=last"))
+    assert ActivationStore.open(tmp_path / "store").manifest["shards"] == checks
+    assert ActivationStore.open(tmp_path / "store" / "sentences").num_tokens == len(SENTS)
