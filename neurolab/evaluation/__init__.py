@@ -6,9 +6,9 @@ control task, the minimal neuron set, neurons per site, and the choice of λ on 
 """
 from .lambda_search import choose_lambda, select_lambda, with_lambda
 from .masking import masked_accuracies, masked_accuracy, probe_weights
-from .suite import EVAL_DEFAULTS, Size, evaluate_ranking, minimal_neuron_set, sizes_from_config
+from .suite import EVAL_DEFAULTS, Size, evaluate_ranking, minimal_neuron_set, remember_probe, sizes_from_config
 
 __all__ = [
-    "evaluate_ranking", "minimal_neuron_set", "sizes_from_config", "Size", "EVAL_DEFAULTS",
+    "evaluate_ranking", "remember_probe", "minimal_neuron_set", "sizes_from_config", "Size", "EVAL_DEFAULTS",
     "choose_lambda", "select_lambda", "with_lambda", "masked_accuracies", "masked_accuracy", "probe_weights",
 ]

@@ -40,7 +40,7 @@ from .masking import masked_accuracies, probe_weights
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_ranking", "Size", "sizes_from_config", "minimal_neuron_set", "EVAL_DEFAULTS"]
+__all__ = ["evaluate_ranking", "remember_probe", "Size", "sizes_from_config", "minimal_neuron_set", "EVAL_DEFAULTS"]
 
 EVAL_DEFAULTS: dict[str, Any] = {
     "percentages": [1, 5, 10],
@@ -244,6 +244,19 @@ def _labels(dm, split: str) -> np.ndarray:
 
 # -- the suite --------------------------------------------------------------------------------
 
+ALL_PROBE_ATTR = "_neurolab_all_probe"
+
+
+def remember_probe(dm, probe) -> None:
+    """Attach the all-neuron probe trained on ``dm`` to it, so that later evaluations of other
+    rankings on the same data reuse it for masking instead of training another."""
+    if probe is not None:
+        try:
+            setattr(dm, ALL_PROBE_ATTR, probe)
+        except Exception:  # pragma: no cover - a read-only data object
+            pass
+
+
 def evaluate_ranking(
     ranking: NeuronRanking,
     dm,
@@ -270,6 +283,8 @@ def evaluate_ranking(
     ecfg = _ecfg(cfg)
     if hasattr(dm, "setup") and getattr(dm, "columns", None) is None:
         dm.setup()
+    if probe is None:  # the all-neuron probe a pipeline trained on this very data (see remember_probe)
+        probe = getattr(dm, ALL_PROBE_ATTR, None)
     total = int(dm.num_features)
     if ranking.total != total:
         raise ConfigError(
@@ -293,7 +308,7 @@ def evaluate_ranking(
     need_all = probe is None and (ecfg["mask"] or key not in base)
     if need_all:
         jobs.append(("all", None, False))
-    if do_control and (not prefix or "control/acc" not in base) and "control/acc" not in base:
+    if do_control and not prefix and "control/acc" not in base:  # shared: once per run, unprefixed
         jobs.append(("control", None, True))
     if ecfg["retrain"]:
         for s in sizes:
@@ -312,11 +327,18 @@ def evaluate_ranking(
         if bank is not None and tr.can_bank:
             k_all = [j[0] for j in jobs].index("all")
             probe = _BankProbe(bank.weight_matrix(k_all), bank.bias(k_all))
+    if key not in base and probe is not None and task != "regression":
+        # the given all-neuron probe, evaluated as it is (no retraining)
+        w, b = probe_weights(probe)
+        base[key] = masked_accuracies(w, b, _chunks(tr.dm, split), [np.arange(total)], task)[0]
     full = float(base[key])
-    out[key] = full
-    for k in ("val/acc", "val/f1_macro", "test/f1_macro", "val/loss", "test/loss"):
-        if isinstance(base.get(k), (int, float)):
-            out[k] = float(base[k])
+    # the all-neuron figures are shared by all rankings of a run: unprefixed; a prefixed evaluation
+    # records the all-neuron accuracy it compared against under its prefix
+    out[f"{prefix}{key}" if prefix else key] = full
+    if not prefix:
+        for k in ("val/acc", "val/f1_macro", "test/f1_macro", "val/loss", "test/loss"):
+            if isinstance(base.get(k), (int, float)):
+                out[k] = float(base[k])
 
     known: dict[int, float] = {}  # top-k accuracies by k (for the minimal-set search)
     if ecfg["retrain"]:
@@ -341,7 +363,7 @@ def evaluate_ranking(
 
     # -- control task and selectivity (Hewitt & Liang 2019) ------------------------------------------
     if do_control:
-        if "control" in res or "control/acc" in base:
+        if not prefix and ("control" in res or "control/acc" in base):
             c_all = float(base["control/acc"]) if "control/acc" in base else res["control"][0]
             out["control/acc"] = c_all
             out["selectivity"] = full - c_all

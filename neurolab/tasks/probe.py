@@ -65,6 +65,8 @@ def _model_name(cfg: DictConfig, store) -> str:
     meta = getattr(store, "meta", None) or {}
     ident = getattr(store, "identity", None) or {}
     for v in (ident.get("model") if isinstance(ident, dict) else None, meta.get("model") if isinstance(meta, dict) else None):
+        if isinstance(v, dict):  # a model identity record
+            v = v.get("name") or v.get("name_or_path")
         if v:
             return str(v)
     try:
@@ -114,6 +116,9 @@ def probe_pipeline(cfg: DictConfig, store, run_dir: Path, logger=None) -> ProbeR
     metrics.update(m)
     if module is None:
         module = _saved_probe(cfg, run_dir)
+    from ..evaluation import remember_probe
+
+    remember_probe(dm, module)
     ranking.model = _model_name(cfg, store)  # the store knows which model made the activations
     ranking.to_json(Path(run_dir) / RANKING_FILE)
     ev = evaluate_ranking(ranking, dm, cfg, logger=None, probe=module, base_metrics=metrics)

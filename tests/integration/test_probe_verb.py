@@ -90,3 +90,25 @@ def test_evaluate_refuses_mismatched_ranking(data, tmp_path):
                                *FAST], run_dir=tmp_path / "eval")
     with pytest.raises(NeurolabError, match="layers.0"):
         evaluate(cfg)
+
+
+def test_multirun_over_two_seeds(data, tmp_path, monkeypatch):
+    """`neurolab probe -m seed=1,2 ...` through the CLI entry point: one run directory per job."""
+    from neurolab.cli import main
+
+    conllu, store, _ = data
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "multi"
+    argv = ["probe", "-m", "seed=1,2", f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false",
+            *FAST, "evaluation.percentages=[25]", "evaluation.random_seeds=[0]", "evaluation.minimal_set.enabled=false",
+            f"hydra.sweep.dir={sweep}"]
+    assert main(argv) == 0
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert [p.name for p in jobs] == ["0", "1"]
+    seeds = []
+    for p in jobs:
+        assert (p / "ranking.json").exists()
+        cfg = (p / "config.yaml").read_text()
+        seeds.append([ln for ln in cfg.splitlines() if ln.startswith("seed:")][0])
+        assert "top/acc@25%" in json.loads((p / "metrics.json").read_text())
+    assert seeds == ["seed: 1", "seed: 2"]

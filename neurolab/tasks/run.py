@@ -1,0 +1,125 @@
+"""``neurolab run``: the whole pipeline in one run directory.
+
+extract (reusing a matching store) → probe + ranking → corpus-based rankings (``run.rank_methods``,
+e.g. probeless) → evaluation of every ranking → ``metrics.json``, ``ranking.json`` (the probe's;
+``<method>_ranking.json`` for the others), plots (PNG), ``report.html`` (self-contained) and, with
+``logger=wandb`` (the default, offline), a W&B run carrying the same tables and images.
+
+With no overrides it runs the bundled demo corpus through all-MiniLM-L6-v2::
+
+    neurolab run
+    neurolab run corpus=ewt_dev concept=xpos sites=layers run.rank_methods=[probeless,iou]
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from ..config import config_dir, output_dir
+from ..errors import ConfigError
+from ..tracking import Tracker, make_logger
+from .common import task
+from .probe import headline, probe_pipeline
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+
+
+def method_config(name: str) -> DictConfig:
+    """``conf/method/<name>.yaml`` (a corpus-based ranker)."""
+    path = Path(config_dir()) / "method" / f"{name}.yaml"
+    if not path.exists():
+        have = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"run.rank_methods: unknown method {name!r}; expected one of {have}")
+    return OmegaConf.load(path)
+
+
+def _methods_eval_cfg(cfg: DictConfig) -> DictConfig:
+    """The config the corpus-based rankings are evaluated with: as the probe's, except
+    ``run.methods_minimal_set`` (default false: the minimal-set search is the costliest part)."""
+    rcfg = cfg.get("run") or {}
+    if rcfg.get("methods_minimal_set", False) or cfg.get("evaluation") is None:
+        return cfg
+    new = copy.deepcopy(cfg)
+    with open_dict(new):
+        if new.evaluation.get("minimal_set") is not None:
+            new.evaluation.minimal_set.enabled = False
+    return new
+
+
+@task("run")
+def run(cfg: DictConfig) -> dict:
+    """extract → probe → rank → evaluate → report (see the module docstring)."""
+    from .extract import extract_store
+
+    run_dir = output_dir(cfg)
+    metrics: dict[str, float] = {}
+    t0 = time.perf_counter()
+    stats: dict = {}
+    store = extract_store(cfg, stats=stats)
+    if store is None:  # a non-zero rank of a data-parallel extraction
+        return {}
+    metrics["time/extract_s"] = round(time.perf_counter() - t0, 3)
+    metrics["extract/reused"] = int(bool(stats.get("reused", 0)))
+    metrics["extract/rows"] = int(store.num_tokens)
+    logger = make_logger(cfg, run_dir)
+    tracker = Tracker(logger)
+
+    t = time.perf_counter()
+    res = probe_pipeline(cfg, store, run_dir, logger)
+    metrics.update(res.metrics)
+    metrics["time/probe_and_evaluate_s"] = round(time.perf_counter() - t, 3)
+    rankings = {res.ranking.method or "probe": res.ranking}
+    images = list(res.images)
+
+    rcfg = cfg.get("run") or {}
+    methods = list(rcfg.get("rank_methods") or [])
+    if methods:
+        from .rank import rank_pipeline
+
+        mcfg = _methods_eval_cfg(res.cfg or cfg)
+        for name in methods:
+            t = time.perf_counter()
+            rr = rank_pipeline(mcfg, store, run_dir, logger, method_cfg=method_config(str(name)),
+                               prefix=f"{name}/", dm=res.dm, pages=bool(rcfg.get("pages", False)))
+            metrics.update(rr.metrics)
+            rankings[str(name)] = rr.ranking
+            images.extend(rr.images)
+            metrics[f"{name}/time/rank_and_evaluate_s"] = round(time.perf_counter() - t, 3)
+
+    if rcfg.get("report", True):
+        from ..viz.report import write_report
+
+        info = {
+            "model": res.ranking.model,
+            "corpus": str(cfg.corpus.get("path", "")),
+            "concept": res.ranking.concept,
+            "sites": ", ".join(res.ranking.sites),
+            "neurons": str(res.ranking.total),
+            "store": str(store.path),
+            "probe": f"{cfg.probe.get('name', '')}, regularization {cfg.regularization.get('name', '')} "
+                     f"(λ1={cfg.regularization.get('lambda_l1', 0)}, λ2={cfg.regularization.get('lambda_l2', 0)})",
+            "seed": str(cfg.get("seed")),
+            "run directory": str(run_dir),
+        }
+        report = write_report(run_dir / REPORT_FILE, metrics, rankings, images,
+                              title=f"neurolab run: {res.ranking.concept} in {res.ranking.model}", info=info)
+        try:
+            tracker.log_html("report", report)
+        except Exception as e:  # tracking must not break the science
+            log.warning("could not log the report: %s", e)
+    log.info("run finished in %.1f s; run directory %s", time.perf_counter() - t0, run_dir)
+    log.info("  %s", headline(metrics))
+    for name in methods:
+        k = f"{name}/top/acc@1%"
+        if k in metrics:
+            log.info("  %s: top/acc@1%% %.4f, random %.4f, bottom %.4f", name, metrics[k],
+                     metrics.get(f"{name}/random/acc@1%", float("nan")), metrics.get(f"{name}/bottom/acc@1%", float("nan")))
+    if (run_dir / REPORT_FILE).exists():
+        log.info("  report: %s", run_dir / REPORT_FILE)
+    return metrics
