@@ -33,8 +33,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 

@@ -12,7 +12,10 @@
 The corpus is synthetic (``parallel`` format files: 20-word sentences, UPOS-like labels, a
 5,000-word vocabulary) and is read by the child with ``neurolab.corpus.load_corpus``, as a run would.
 
-    python tests/benchmarks/bench_datamodule.py [--rows 200000] [--scale 8] [--workdir DIR] [--keep]
+    python tests/benchmarks/bench_datamodule.py [--rows 200000] [--scale 8] [--workdir DIR] [--keep] [--with-cli]
+
+``--with-cli`` adds the peak RSS of ``neurolab probe`` itself (one epoch, streaming forced, the
+evaluation's retraining off) on both stores. ``--workdir`` keeps and reuses the stores.
 """
 from __future__ import annotations
 
@@ -158,6 +161,25 @@ def run_child(mode: str, d: Path, workers: int) -> tuple[dict, float]:
     return res, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "sys.stderr.write(r.stderr[-3000:]) if r.returncode else None; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if r.returncode == 0 else -1)")
+
+
+def cli_probe_rss(d: Path, tmp: Path) -> float:
+    """Peak RSS (MB) of ``neurolab probe`` on the store of ``d`` (streaming forced, one epoch, the
+    evaluation's retraining off), measured by a fresh intermediate process's RUSAGE_CHILDREN."""
+    cmd = [sys.executable, "-m", "neurolab.cli", "probe", "corpus=parallel",
+           f"corpus.path={d / 'corpus' / 'sentences.txt'}", f"corpus.labels={d / 'corpus' / 'labels.txt'}",
+           "concept=label", f"store.dir={d / 'store'}", "data.memory_budget_mb=0", "probe.in_memory=false",
+           "logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "evaluation.retrain=false",
+           "evaluation.control=false", "evaluation.mask=false", "evaluation.minimal_set.enabled=false",
+           "evaluation.plots=false", f"hydra.run.dir={tmp}"]
+    out = subprocess.run([sys.executable, "-c", PEAK] + cmd, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="disabled"))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
@@ -166,6 +188,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--with-cli", action="store_true", help="also the peak RSS of `neurolab probe` x1 and xN")
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
     if args.child:
@@ -211,6 +234,12 @@ def main() -> None:
             "rss_ratio": round(rss8["peak_rss_mb_self"] / rss1["peak_rss_mb_self"], 3),
             "rss_target": 1.2,
         }
+        if args.with_cli:
+            c1 = cli_probe_rss(d1, root / "run_x1")
+            c8 = cli_probe_rss(d8, root / f"run_x{args.scale}")
+            res.update({"neurolab_probe_peak_rss_mb_x1": round(c1, 1),
+                        f"neurolab_probe_peak_rss_mb_x{args.scale}": round(c8, 1),
+                        "neurolab_probe_rss_ratio": round(c8 / c1, 3) if c1 > 0 else None})
         print(json.dumps(res))
     finally:
         if not args.keep and args.workdir is None:

@@ -1,7 +1,6 @@
 """UD English EWT: reader counts and a DataModule over a store of the whole file."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from neurolab.config import compose

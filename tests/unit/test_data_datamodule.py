@@ -1,7 +1,6 @@
 """ActivationDataModule against references computed another way (brute force, numpy)."""
 from __future__ import annotations
 
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -241,7 +240,6 @@ def test_sentence_level_mean_pooling(setup_small):
         test = np.sort(splits["test"])
         ref = np.stack([full[sid == i].mean(0) for i in test])
         np.testing.assert_allclose(X, ref, rtol=1e-5, atol=1e-5)
-        exp = [concept.classes_index if False else None for _ in test]  # noqa: F841 (labels checked below)
         labs = concept.labels(corpus)
         assert [dm.class_names[k] for k in y] == [labs[i] for i in test]
         xb = torch.cat([x for x, _ in dm.train_dataloader()])
