@@ -2,7 +2,7 @@
 
 Each probe has its own feature columns (e.g. one layer's neurons), regularizer (a λ grid) and label
 head (one of several concepts labelling the same rows). Probes sharing a column set are stacked in
-one weight tensor ``[K_g, F_g, C_max]``; logits of classes a head does not have are masked out.
+one weight tensor ``[F_g, K_g, C_max]`` (one GEMM per group); logits of classes a head does not have are masked out.
 Every probe's loss is exactly the loss of a separate :class:`~neurolab.probes.LinearProbe` (mean
 cross entropy over the global batch + its own penalty), the probes' parameters are disjoint and
 Adam is elementwise, so with the same (zero) initialisation, seed and batches each probe follows
@@ -157,11 +157,17 @@ class ProbeBank(pl.LightningModule):
         self.groups = groups
         self.W = torch.nn.ParameterList()
         self.b = torch.nn.ParameterList()
+        self._ranges: list[tuple[int, int] | None] = []
         for g, members in enumerate(groups):
             fg = self.num_features if cols[g] is None else len(cols[g])
-            self.W.append(torch.nn.Parameter(torch.zeros(len(members), fg, self.Cmax)))
+            # [F_g, K_g, C]: one GEMM x_g [B, F_g] @ W_g [F_g, K_g*C] gives every probe of the group
+            self.W.append(torch.nn.Parameter(torch.zeros(fg, len(members), self.Cmax)))
             self.b.append(torch.nn.Parameter(torch.zeros(len(members), self.Cmax)))
             self.register_buffer(f"cols_{g}", None if cols[g] is None else torch.as_tensor(cols[g]), persistent=False)
+            c = cols[g]
+            # a contiguous column range is read as a view (no gather)
+            self._ranges.append((int(c[0]), int(c[-1]) + 1) if c is not None and len(c) and
+                                np.array_equal(c, np.arange(c[0], c[-1] + 1)) else None)
             m = torch.tensor([self.specs[k].head for k in members])
             self.register_buffer(f"heads_{g}", m, persistent=False)
             mask = torch.zeros(len(members), self.Cmax)
@@ -198,30 +204,32 @@ class ProbeBank(pl.LightningModule):
         return getattr(self, f"{name}_{g}")
 
     def group_logits(self, x: torch.Tensor, g: int) -> torch.Tensor:
-        """``[K_g, B, C_max]`` logits of group ``g`` (masked classes at -inf)."""
+        """``[B, K_g, C_max]`` logits of group ``g`` (masked classes at -inf)."""
+        r = self._ranges[g]
         cols = self._buf("cols", g)
-        xg = x if cols is None else x.index_select(1, cols)
-        out = torch.einsum("bf,kfc->kbc", xg, self.W[g]) + self.b[g][:, None, :]
-        return out + self._buf("mask", g)[:, None, :]
+        xg = x if cols is None else (x[:, r[0]:r[1]] if r is not None else x.index_select(1, cols))
+        W = self.W[g]
+        out = (xg @ W.reshape(W.shape[0], -1)).view(x.shape[0], W.shape[1], W.shape[2])
+        return out + (self.b[g] + self._buf("mask", g))[None, :, :]
 
-    def _group_ce(self, x: torch.Tensor, y: torch.Tensor, g: int):
+    def _group_ce(self, x: torch.Tensor, y: torch.Tensor, g: int, need_correct: bool = True):
         """Per-probe summed (class-weighted) CE ``[K_g]``, correct counts and labelled rows."""
-        logits = self.group_logits(x, g)
-        t = y[:, self._buf("heads", g)].T if y.ndim == 2 else y[None, :].expand(logits.shape[0], -1)  # [K_g, B]
+        logits = self.group_logits(x, g)  # [B, K_g, C]
+        t = y[:, self._buf("heads", g)] if y.ndim == 2 else y[:, None].expand(-1, logits.shape[1])  # [B, K_g]
         lab = t >= 0
         tt = t.clamp_min(0)
         ce = F.cross_entropy(logits.reshape(-1, self.Cmax), tt.reshape(-1), reduction="none").view_as(tt)
-        w = torch.gather(self._buf("cw", g), 1, tt) * lab
-        correct = ((logits.argmax(-1) == tt) & lab).sum(1)
-        return (ce * w).sum(1), correct, lab.sum(1)
+        w = torch.gather(self._buf("cw", g)[None, :, :].expand(len(tt), -1, -1), 2, tt[:, :, None])[:, :, 0] * lab
+        correct = ((logits.argmax(-1) == tt) & lab).sum(0) if need_correct else torch.zeros_like(ce[0])
+        return (ce * w).sum(0), correct, lab.sum(0)
 
     def training_step(self, batch, batch_idx):
         x, y, n_global = batch if len(batch) == 3 else (*batch, len(batch[1]))
         world = self.trainer.world_size if self._trainer is not None else 1
         total = x.new_zeros(())
         for g, members in enumerate(self.groups):
-            ce, correct, n = self._group_ce(x, y, g)
-            pen = batched_penalty(self.W[g], self._buf("l1", g), self._buf("l2", g), self._buf("sq", g))
+            ce, correct, n = self._group_ce(x, y, g, need_correct=False)  # train accuracy: not tracked
+            pen = batched_penalty(self.W[g].transpose(0, 1), self._buf("l1", g), self._buf("l2", g), self._buf("sq", g))
             total = total + (ce * (world / n_global)).sum() + pen.sum()
             self.train_stats.update(_scatter(ce.detach(), members, self.K), _scatter(correct, members, self.K),
                                     _scatter(n, members, self.K))
@@ -230,7 +238,7 @@ class ProbeBank(pl.LightningModule):
     def on_train_epoch_end(self):
         loss, acc = self.train_stats.compute()
         self.train_stats.reset()
-        self.log_dict({"train/loss_mean": float(loss.mean()), "train/acc_mean": float(acc.mean())},
+        self.log_dict({"train/loss_mean": float(loss.mean())},
                       on_epoch=True, sync_dist=False)
 
     def validation_step(self, batch, batch_idx):
@@ -257,7 +265,7 @@ class ProbeBank(pl.LightningModule):
                 if v < float(self.best_loss[k]):  # best-on-dev weights (as BestWeights)
                     self.best_loss[k] = v
                     self.best_epoch[k] = epoch
-                    self.best_W[g][j] = self.W[g].detach()[j].clone()
+                    self.best_W[g][:, j] = self.W[g].detach()[:, j].clone()
                     self.best_b[g][j] = self.b[g].detach()[j].clone()
                 if self.es_enabled:  # as Lightning's EarlyStopping (mode=min)
                     if v + self.min_delta < float(self.es_best[k]):
@@ -296,7 +304,7 @@ class ProbeBank(pl.LightningModule):
         """Probe ``k``'s weights ``[C_k, F_k]`` (the layout of ``LinearProbe.weight_matrix``)."""
         g, j = self._where(k)
         c = self.num_classes[self.specs[k].head]
-        return self.W[g].detach()[j, :, :c].T.cpu().double().numpy().copy()
+        return self.W[g].detach()[:, j, :c].T.cpu().double().numpy().copy()
 
     def bias(self, k: int) -> np.ndarray:
         g, j = self._where(k)
@@ -327,7 +335,7 @@ class ProbeBank(pl.LightningModule):
                     if not bool(lab.any()):
                         continue
                     c = self.num_classes[h]
-                    lg = logits[j][lab][:, :c]
+                    lg = logits[:, j][lab][:, :c]
                     cw = self._buf("cw", g)[j, :c]
                     loss[k] += float(F.cross_entropy(lg, t[lab], weight=cw, reduction="sum"))
                     n[k] += int(lab.sum())

@@ -77,9 +77,9 @@ def batched_penalty(weight: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, sq
 
     ``l1``, ``l2`` are ``[K]`` lambdas, ``squared`` a ``[K]`` bool tensor (squared or plain Frobenius).
     """
-    flat = weight.reshape(weight.shape[0], -1)
-    a = flat.abs().sum(dim=1)
-    sq = flat.pow(2).sum(dim=1)
+    dims = tuple(range(1, weight.ndim))
+    a = weight.abs().sum(dim=dims)
+    sq = weight.pow(2).sum(dim=dims)
     # sqrt(0) has an infinite derivative: guard it (the penalty's subgradient at 0 is 0)
     root = _safe_sqrt(sq)
     r2 = torch.where(squared, sq, root)

