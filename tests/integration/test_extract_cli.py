@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from neurolab.store import ActivationStore
-from tests.helpers.extraction import save_tiny_model, write_conllu
+from tests.helpers.extraction import save_tiny_model
 
 ENV = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 

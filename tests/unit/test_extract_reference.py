@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from neurolab.config import compose
-from neurolab.corpus import read_conllu
 from neurolab.store import ActivationStore
 from neurolab.tasks.extract import extract, extract_store
 from tests.helpers.extraction import load_saved, reference_rows, save_tiny_model, write_conllu
