@@ -376,10 +376,14 @@ def _in_memory(dm, cfg: DictConfig) -> bool:
 
 
 def resolve_batch_size(spec: Any, n_train: int) -> int:
-    """``probe.batch_size``: an int, or ``auto`` = about 20 steps per epoch, between 32 and 1024 rows
-    (1024 on EWT dev's 20k training words; ~140 on the 2.8k-word demo)."""
+    """``probe.batch_size``: an int, or ``auto`` = about 80 steps per epoch, between 32 and 256 rows
+    (256 on EWT dev's 20k training words; 35 on the 2.8k-word demo). Fewer, larger steps train
+    faster but rank worse: the elastic-net penalty acts per step, and the cumulative-mass ranking
+    needs the weights of uninformative neurons driven towards 0 (on EWT dev / UPOS: batch 1024 gives
+    accuracy 0.944 but a top-1% set that is no better than a random one; 256 gives 0.941 and a clearly
+    better top-1% set)."""
     if spec is None or str(spec).lower() == "auto":
-        return int(max(32, min(1024, math.ceil(max(n_train, 1) / 20))))
+        return int(max(32, min(256, math.ceil(max(n_train, 1) / 80))))
     try:
         b = int(spec)
     except (TypeError, ValueError):

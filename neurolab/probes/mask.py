@@ -112,7 +112,7 @@ class NeuronMask(pl.LightningModule):
 
     def __init__(self, num_gates: int, *, eps: float = 0.05, beta: float = 2.0 / 3.0, gamma: float = -0.1,
                  zeta: float = 1.1, init_open: float = 0.9, lr: float = 0.1, lambda_lr: float = 0.01,
-                 lambda_init: float = 10.0):
+                 lambda_init: float = 10.0, gate_samples: int | None = 32):
         super().__init__()
         if eps < 0:
             raise ConfigError(f"probe.module.eps must be >= 0, got {eps}")
@@ -123,6 +123,8 @@ class NeuronMask(pl.LightningModule):
         self.automatic_optimization = False
         self.num_gates = int(num_gates)
         self.eps = float(eps)
+        # distinct gate draws per batch (rows share them cyclically); None: one draw per row
+        self.gate_samples = None if gate_samples is None else max(1, int(gate_samples))
         self.lr, self.lambda_lr = float(lr), float(lambda_lr)
         self.gates = HardConcreteGates(self.num_gates, beta=beta, gamma=gamma, zeta=zeta, init_open=init_open)
         # lambda = exp(log_lambda) > 0: multiplicative updates adapt to any scale of the divergence
@@ -171,9 +173,17 @@ class NeuronMask(pl.LightningModule):
         opt_l = torch.optim.Adam([self.log_lambda], lr=self.lambda_lr, maximize=True)
         return [opt_g, opt_l]
 
+    def _draw(self, b: int) -> torch.Tensor:
+        """Gates ``[b, n]``: ``gate_samples`` independent draws repeated over the rows (cheaper than one
+        draw per row for wide layers; the gradient estimate stays unbiased)."""
+        if self.gate_samples is None or self.gate_samples >= b:
+            return self.gates.sample(b)
+        z = self.gates.sample(self.gate_samples)
+        return z.repeat((b + self.gate_samples - 1) // self.gate_samples, 1)[:b]
+
     def training_step(self, batch, batch_idx):
         opt_g, opt_l = self.optimizers()
-        z = self.gates.sample(self.batch_size_of(batch))
+        z = self._draw(self.batch_size_of(batch))
         div, extra = self.divergence(batch, z)
         l0 = self.gates.expected_l0()
         l0_frac = l0 / self.num_gates

@@ -38,6 +38,10 @@ def _overrides(store: str, epochs: int) -> list[str]:
 
 
 def child_store(store: str) -> dict:
+    if (Path(store) / "manifest.json").exists():  # an existing store (e.g. from `neurolab extract`) is used as is
+        from neurolab.store import ActivationStore
+
+        return {"store_s": 0.0, "rows": int(ActivationStore.open(store).num_tokens), "reused": True}
     from neurolab.config import compose
     from neurolab.tasks.extract import extract_store
 
