@@ -110,8 +110,13 @@ def _run_rank(cfg, extractor, plan, writer, sent_writer, todo: list[int], rank: 
     accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="cpu") or "cpu")
     if accel == "auto":
         accel = "gpu" if torch.cuda.is_available() else "cpu"
-    if accel == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    if accel == "cpu":  # as Lightning's own launchers do: split the cores unless OMP_NUM_THREADS is set
+        try:
+            from lightning_fabric.utilities.distributed import _set_num_threads_if_needed
+
+            _set_num_threads_if_needed(num_processes=world)
+        except ImportError:  # pragma: no cover
+            pass
     mine = todo[rank::world]
     module, cb = _make_module_and_writer(extractor, plan, mine, writer, sent_writer)
     trainer = pl.Trainer(
