@@ -1,0 +1,127 @@
+"""Gaussian probe / neuron mask benchmark: prints ONE JSON object.
+
+* ``gaussian_fit_s``: one streaming pass of per-class statistics (float64) over the training rows;
+* ``gaussian_select_s``: greedy selection of ``--k`` (50) neurons out of all (2,688 for MiniLM's 7
+  hidden-state sites), every candidate scored at every step, MI on the dev rows;
+* ``mask_train_s``: the neuron mask's training in probe mode (``--epochs`` epochs, batch 512, Lightning)
+  in front of a linear probe trained beforehand (not timed).
+
+Data: EWT dev / all-MiniLM-L6-v2 / UPOS through neurolab's DataModule when ``--store`` names a store of
+that corpus (e.g. one built by ``neurolab probe corpus=ewt_dev store.dir=...``), else synthetic arrays
+of the same size (20,117 training rows, 2,515 dev rows, 2,688 neurons, 17 classes); ``data`` says which.
+
+    python tests/benchmarks/bench_gaussmask.py [--store DIR] [--k 50] [--epochs 30] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _arrays(store_dir: str | None, seed: int = 0):
+    import numpy as np
+
+    if store_dir and (Path(store_dir) / "manifest.json").exists():
+        from neurolab.config import compose
+        from neurolab.data import build_datamodule
+
+        cfg = compose("probe", ["corpus=ewt_dev", f"store.dir={store_dir}", "extract_if_missing=false", "logger=none"])
+        dm = build_datamodule(cfg)
+        dm.setup("fit")
+        (Xtr, ytr), (Xva, yva) = dm.arrays("train"), dm.arrays("val")
+        return Xtr, ytr.astype(np.int64), Xva, yva.astype(np.int64), int(dm.num_classes), f"store:{store_dir}"
+    rng = np.random.default_rng(seed)
+    C, D = 17, 2688
+    W = rng.normal(size=(C, D)).astype(np.float32) * 0.3
+    def draw(n):
+        y = rng.integers(0, C, n)
+        return (rng.normal(size=(n, D)).astype(np.float32) + W[y]), y
+    Xtr, ytr = draw(20117)
+    Xva, yva = draw(2515)
+    return Xtr, ytr, Xva, yva, C, "synthetic 20117x2688, 17 classes"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store", default=None)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--score-dtype", default="float32")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import numpy as np
+    import pytorch_lightning as pl
+    import torch
+
+    from neurolab.probes.batches import TensorDataModule
+    from neurolab.probes.gaussian import GaussianProbe
+    from neurolab.probes.mask import NeuronMask
+
+    Xtr, ytr, Xva, yva, C, data = _arrays(args.store)
+    D = Xtr.shape[1]
+    out = {"data": data, "rows_train": int(len(ytr)), "rows_dev": int(len(yva)), "neurons": int(D), "classes": C,
+           "device": args.device, "torch_threads": torch.get_num_threads(), "k": args.k}
+    dev = torch.device(args.device)
+    probe = GaussianProbe(C, D, score_dtype=args.score_dtype).to(dev)
+    probe.stats.to(dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    Xt = torch.from_numpy(np.ascontiguousarray(Xtr))
+    yt = torch.from_numpy(ytr)
+    for a in range(0, len(yt), 8192):
+        probe.stats.update(Xt[a:a + 8192].to(dev), yt[a:a + 8192].to(dev))
+    probe.finalize()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out["gaussian_fit_s"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    res = probe.select(Xva, yva, k=args.k, criterion="mi")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out["gaussian_select_s"] = round(time.perf_counter() - t0, 3)
+    out["gaussian_select_s_per_step"] = round(out["gaussian_select_s"] / max(1, len(res.selected)), 4)
+    out["gaussian_mi_bits_at_k"] = round(res.path[-1]["select_mi_bits"], 4)
+    out["gaussian_dev_acc_at_k"] = round(res.path[-1]["select_acc"], 4)
+    del probe, res
+    # linear probe (not timed), then the mask
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
+    Ztr, Zva = (Xtr - mu) / sd, (Xva - mu) / sd
+    lin = torch.nn.Linear(D, C)
+    opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
+    tz, ty = torch.from_numpy(Ztr.astype(np.float32)), torch.from_numpy(ytr)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        perm = torch.randperm(len(ty), generator=g)
+        for a in range(0, len(ty), 128):
+            idx = perm[a:a + 128]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(tz[idx]), ty[idx]).backward()
+            opt.step()
+    pl.seed_everything(0, verbose=False)
+    mask = NeuronMask(D, eps=0.05).set_probe(lin)
+    dm = TensorDataModule((tz, ty), (torch.from_numpy(Zva.astype(np.float32)), torch.from_numpy(yva)), 512, 8192, 0)
+    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    t0 = time.perf_counter()
+    trainer.fit(mask, datamodule=dm)
+    out["mask_train_s"] = round(time.perf_counter() - t0, 3)
+    out["mask_epochs"] = args.epochs
+    out["mask_kept"] = int(len(mask.kept()))
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
