@@ -440,4 +440,5 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
                               [[r.get("epoch"), r.get("l0"), r.get("divergence"), r.get("lambda"), r.get("kept")]
                                for r in mask.path_])
     log.info("neuron mask: kept %d of %d neurons (eps %.3g) in %.1f s", len(kept), F_, mask.eps, fit_s)
+    metrics["_module"] = probe  # the all-neuron probe, for the evaluation's masking (popped by the probe task)
     return ranking, metrics

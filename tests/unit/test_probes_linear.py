@@ -69,6 +69,18 @@ def test_nonsquared_l2_has_finite_gradient_at_zero():
     assert torch.isfinite(m.linear.weight.grad).all()
 
 
+@pytest.mark.parametrize("option", ["none", "l1", "l2", "elasticnet"])
+def test_every_regularization_option_builds_a_probe(option, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = probe_cfg(tmp_path, f"regularization={option}")
+    reg = Regularization.from_cfg(cfg.regularization)
+    assert reg.name == option and (reg.lambda_l1 > 0) == (option in ("l1", "elasticnet"))
+    assert (reg.lambda_l2 > 0) == (option in ("l2", "elasticnet"))
+    m = instantiate(cfg.probe.module)(num_features=3, num_classes=2, regularization=cfg.regularization)
+    assert isinstance(m, LinearProbe) and m.reg == reg
+
+
 def test_bad_config_is_refused():
     with pytest.raises(ConfigError, match="lambda_l1"):
         Regularization(-1.0)

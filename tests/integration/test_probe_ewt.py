@@ -1,0 +1,35 @@
+"""Real data: EWT dev, all-MiniLM-L6-v2, all 7 hidden-state sites, UPOS, default split (slow)."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ewt_dm(ewt_dev, minilm_dir, tmp_path_factory):
+    from neurolab.config import compose
+    from neurolab.data import build_datamodule
+
+    run = tmp_path_factory.mktemp("ewt_probe")
+    cfg = compose("probe", [f"corpus.path={ewt_dev}", "corpus.name=ewt_dev", f"model.name_or_path={minilm_dir}",
+                            f"store.dir={run / 'store'}", "sites=all_layers", "concept=upos", "logger=none",
+                            "trainer.enable_progress_bar=false", "extract.progress=false"], run_dir=run)
+    dm = build_datamodule(cfg)  # extracts the store (about a minute on 2 cores)
+    dm.setup()
+    return dm, cfg
+
+
+def test_all_neuron_accuracy_and_identical_rerun(ewt_dm, tmp_path):
+    from neurolab.probes import run_linear
+
+    dm, cfg = ewt_dm
+    assert dm.num_features == 2688 and dm.num_classes == 17
+    r1, m1 = run_linear(dm, cfg)
+    assert m1["test/acc"] >= 0.94, m1
+    r2, m2 = run_linear(dm, cfg)
+    r1.to_json(tmp_path / "a.json")
+    r2.to_json(tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert m2["test/acc"] == m1["test/acc"]
+    assert len(r1) == 2688 and r1.sites[0] == "embeddings"
