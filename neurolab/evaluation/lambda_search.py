@@ -87,14 +87,31 @@ def choose_lambda(
 
 
 def _bank_scores(dm, cfg, grid, metric):
-    """Dev scores of all λ from one ProbeBank pass, when PROBE's ProbeBank offers a λ grid."""
+    """Dev scores of all λ from one :class:`~neurolab.probes.ProbeBank` pass (the probes share all
+    columns, so they are one stacked weight tensor); None when a bank cannot be used here."""
     try:
-        from ..probes import fit_lambda_grid  # type: ignore[attr-defined]
+        from ..probes import ProbeSpec, fit_probe_bank
+        from ..probes.regularization import Regularization
     except ImportError:
         return None
-    try:
-        res = fit_lambda_grid(dm, cfg, grid)
-    except (NotImplementedError, TypeError) as e:
-        log.debug("ProbeBank λ grid unavailable (%s); training one probe per λ", e)
+    if getattr(dm, "task", "classification") != "classification":
         return None
-    return {float(lam): float(m[metric]) for lam, m in zip(grid, res)}
+    if hasattr(dm, "in_memory"):
+        try:
+            if not dm.in_memory:
+                return None
+        except Exception:
+            return None
+    specs = []
+    for lam in grid:
+        reg = Regularization.from_cfg(with_lambda(cfg, lam).regularization)
+        specs.append(ProbeSpec(f"lambda={lam:g}", None, reg.lambda_l1, reg.lambda_l2, reg.l2_squared))
+    _, per = fit_probe_bank(dm, cfg, specs)
+    out = {}
+    for lam, spec in zip(grid, specs):
+        m = per[spec.name]
+        if metric not in m:
+            raise KeyError(f"the probe bank returned no {metric!r} (got {sorted(m)})")
+        out[float(lam)] = float(m[metric])
+        log.info("λ=%g: %s %.4f", lam, metric, out[float(lam)])
+    return out

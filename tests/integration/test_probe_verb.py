@@ -112,3 +112,11 @@ def test_multirun_over_two_seeds(data, tmp_path, monkeypatch):
         seeds.append([ln for ln in cfg.splitlines() if ln.startswith("seed:")][0])
         assert "top/acc@25%" in json.loads((p / "metrics.json").read_text())
     assert seeds == ["seed: 1", "seed: 2"]
+
+
+def test_probe_with_lambda_chosen_on_dev(data, tmp_path):
+    m = _probe(data, tmp_path / "lam", "evaluation.lambda_search.enabled=true", "evaluation.lambda_search.grid=[0,0.001,10]",
+               "evaluation.retrain=false", "evaluation.minimal_set.enabled=false", "evaluation.control=false")
+    assert m["lambda/chosen"] in (0.0, 0.001)  # λ=10 zeroes every weight: far below the best on dev
+    assert m["lambda/acc@10"] < m["lambda/acc@0"] - 0.2
+    assert "test/acc" in m and (tmp_path / "lam" / "ranking.json").exists()

@@ -117,3 +117,18 @@ def test_select_lambda_largest_within_tolerance():
     scores = {0.0: 0.90, 1e-4: 0.905, 1e-3: 0.901, 1e-2: 0.85}
     assert select_lambda(scores, 0.005) == 1e-3
     assert select_lambda(scores, 0.0) == 1e-4
+
+
+def test_choose_lambda_on_dev(planted, tmp_path):
+    from neurolab.evaluation import choose_lambda, with_lambda
+
+    dm, _ = planted
+    cfg = _cfg(tmp_path)
+    lam, m = choose_lambda(dm, cfg, grid=[0.0, 1e-3, 1.0], tolerance=0.01)
+    # a huge penalty ruins dev accuracy; the choice is the largest λ within the tolerance of the best
+    assert m["lambda/acc@1"] < max(m["lambda/acc@0"], m["lambda/acc@0.001"]) - 0.1
+    best = max(m[f"lambda/acc@{g:g}"] for g in (0.0, 1e-3, 1.0))
+    assert lam == max(g for g in (0.0, 1e-3, 1.0) if m[f"lambda/acc@{g:g}"] >= best - 0.01)
+    assert m["lambda/chosen"] == lam
+    c = with_lambda(cfg, 0.5)
+    assert c.regularization.lambda_l1 == 0.5 and c.regularization.lambda_l2 == 0.5 and cfg.regularization.lambda_l1 != 0.5
