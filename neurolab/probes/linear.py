@@ -153,6 +153,8 @@ class LinearProbe(pl.LightningModule):
         out = self(x)
         summed = self.data_loss(out, y, "sum")
         world = self.trainer.world_size if self._trainer is not None else 1
+        if len(batch) == 2:  # a DataLoader's (x, y): equal shards of the global batch on every rank
+            n_global = len(y) * world
         # mean over the *global* batch; DDP averages gradients over ranks, hence the factor `world`
         loss = summed * (world / n_global) + self.reg(self.linear.weight)
         with torch.no_grad():

@@ -147,6 +147,15 @@ def test_columns_prefix_and_regularization_options(planted, tmp_path):
     assert np.abs(strong.weight_matrix[:, 0]).sum() < np.abs(none.weight_matrix[:, 0]).sum()
 
 
+def test_streaming_datamodule(tmp_path):
+    """Data that does not fit the memory budget is trained from the DataModule's streaming loaders."""
+    dm = planted_datamodule(tmp_path, memory_budget_mb=0)
+    assert not dm.in_memory
+    ranking, met = run_linear(dm, probe_cfg(tmp_path))
+    assert set(ranking.indices[:4].tolist()) == {planted_index(*v) for v in PLANTED.values()}
+    assert met["test/acc"] > 0.75
+
+
 def test_early_stopping_and_scheduler(planted, tmp_path):
     cfg = probe_cfg(tmp_path, "trainer.max_epochs=40", "probe.early_stopping.patience=1",
                     "probe.early_stopping.min_delta=0.05",
