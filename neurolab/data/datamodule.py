@@ -133,6 +133,19 @@ class _Source:
     def __init__(self, reader: RowReader | None, memory: np.ndarray | None, pooled: bool):
         self.reader, self.memory, self.pooled = reader, memory, pooled
 
+    def load_indirect(self, ex: _Examples, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(block, pos)`` with the features of example ``idx[i]`` in ``block[pos[i]]`` (no reordering copy)."""
+        if self.memory is not None:
+            return self.memory, idx
+        if ex.length is not None:
+            return self.load(ex, idx), np.arange(len(idx))
+        starts = ex.start[idx]
+        order = np.argsort(starts, kind="stable")
+        block = self.reader.read_rows(starts[order])
+        pos = np.empty(len(idx), dtype=np.int64)
+        pos[order] = np.arange(len(idx))
+        return block, pos
+
     def load(self, ex: _Examples, idx: np.ndarray) -> np.ndarray:
         """float32 ``[len(idx), F]`` raw (memory: already normalised) features of examples ``idx``."""
         if self.memory is not None:
@@ -184,14 +197,17 @@ class _StreamDataset(IterableDataset):
             b0, b1 = int(p.units[u]), int(p.units[u + 1])
             a, z = int(p.batches[b0]), int(p.batches[b1])
             idx = p.order[a:z]
-            X = self.source.load(self.ex, idx)
-            if self.mean is not None and self.source.memory is None:
-                X -= self.mean
-                X *= self.inv_std
+            block, pos = self.source.load_indirect(self.ex, idx)
+            norm = self.mean is not None and self.source.memory is None
             Y = self.ex.y[idx]
             for b in range(b0, b1):
                 s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
-                yield torch.from_numpy(np.ascontiguousarray(X[s:e])), torch.as_tensor(Y[s:e], dtype=ydt)
+                xb = block[pos[s:e]]  # a new array: the batch's rows in visiting order
+                if norm:
+                    xb -= self.mean
+                    xb *= self.inv_std
+                yield torch.from_numpy(xb), torch.as_tensor(Y[s:e], dtype=ydt)
+            del block
 
 
 class _EpochLoader(DataLoader):
