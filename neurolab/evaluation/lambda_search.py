@@ -60,6 +60,9 @@ def choose_lambda(
 ) -> tuple[float, dict[str, float]]:
     """Choose λ on dev (see the module docstring). Returns ``(λ, metrics)`` with metrics
     ``lambda/chosen`` and ``lambda/val_acc@<λ>`` for each grid value."""
+    from .suite import linear_probe_cfg
+
+    cfg = linear_probe_cfg(cfg)
     ls = cfg.get("evaluation", {}).get("lambda_search", {}) if cfg.get("evaluation") is not None else {}
     grid = [float(x) for x in (grid if grid is not None else ls.get("grid", [0.0, 1e-5, 1e-4, 1e-3, 1e-2]))]
     tolerance = float(tolerance if tolerance is not None else ls.get("tolerance", 0.005))

@@ -113,6 +113,29 @@ def _fit_probe():
     return fit_probe
 
 
+def linear_probe_cfg(cfg: DictConfig) -> DictConfig:
+    """``cfg`` whose ``probe`` is the linear probe's config: the retrained probes of an evaluation are
+    linear probes whatever method made the ranking (``probe=gaussian`` / ``neuron_mask`` runs keep
+    their own settings for ranking; ``probe.linear`` in their config may override linear settings)."""
+    p = cfg.get("probe") if cfg is not None else None
+    if p is None or str(p.get("name", "linear")) == "linear":
+        return cfg
+    from pathlib import Path
+
+    from omegaconf import open_dict
+
+    from ..config import config_dir
+
+    base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
+    extra = p.get("linear")
+    if extra:
+        base = OmegaConf.merge(base, extra)
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(new):
+        new.probe = base
+    return new
+
+
 def _in_memory(dm, budget_mb: float | None):
     """An in-memory copy of ``dm`` (``ArrayData``: same columns, labels, classes and normalisation)
     when its three splits fit in ``budget_mb``; otherwise ``dm`` itself (retrained probes then
@@ -146,7 +169,7 @@ class _Trainer:
     when it fits the memory budget (``data.memory_budget_mb``)."""
 
     def __init__(self, dm, cfg, logger=None, split: str = "test"):
-        self.orig, self.cfg, self.logger, self.split = dm, cfg, logger, split
+        self.orig, self.cfg, self.logger, self.split = dm, linear_probe_cfg(cfg), logger, split
         budget = None
         try:
             budget = cfg.get("data", {}).get("memory_budget_mb", 2048)

@@ -23,11 +23,11 @@ def data(tmp_path_factory):
     return conllu, store, planted
 
 
-def _probe(data, run_dir, *extra):
+def _probe(data, run_dir, *extra, fast=FAST):
     from neurolab.tasks.probe import probe
 
     conllu, store, _ = data
-    cfg = compose("probe", [f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false", *FAST,
+    cfg = compose("probe", [f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false", *fast,
                             *extra], run_dir=run_dir)
     return probe(cfg)
 
@@ -120,3 +120,15 @@ def test_probe_with_lambda_chosen_on_dev(data, tmp_path):
     assert m["lambda/chosen"] in (0.0, 0.001)  # λ=10 zeroes every weight: far below the best on dev
     assert m["lambda/acc@10"] < m["lambda/acc@0"] - 0.2
     assert "test/acc" in m and (tmp_path / "lam" / "ranking.json").exists()
+
+
+def test_other_probes_are_evaluated_with_linear_retraining(data, tmp_path):
+    """probe=gaussian ranks with its own method; the evaluation retrains *linear* probes, so the
+    ranking-independent figures (control task) equal the linear run's."""
+    over = ["evaluation.minimal_set.enabled=false", "evaluation.percentages=[25]", "evaluation.random_seeds=[0]"]
+    lin = _probe(data, tmp_path / "lin", *over)
+    fast = [f.replace("probe.", "+probe.linear.") if f.startswith("probe.") else f for f in FAST]
+    gau = _probe(data, tmp_path / "gau", "probe=gaussian", *over, fast=fast)
+    assert json.loads((tmp_path / "gau" / "ranking.json").read_text())["method"] != "linear"
+    assert gau["control/acc"] == pytest.approx(lin["control/acc"], abs=1e-6)
+    assert gau["random/acc@25%"] == pytest.approx(lin["random/acc@25%"], abs=1e-6)
