@@ -362,3 +362,20 @@ def test_lightning_fit_uses_the_datamodule(setup_small, tmp_path):
     for ep in seen:
         assert sorted(ep) == sorted(dm.targets("train").tolist())
     assert seen[0] != seen[1]
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_reader_matches_store_read_for_every_dtype(tmp_path, dtype):
+    """RowReader (pread) against the store's own memory-mapped read, sparse and dense rows, column subsets."""
+    from neurolab.data import RowReader
+
+    corpus = random_corpus(40, seed=5)
+    store, _ = store_for(corpus, tmp_path / "s", dtype=dtype, shard_size=33)
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(store.num_tokens, size=store.num_tokens // 3, replace=False))
+    for cols in (None, np.array([14, 0, 3, 9, 10]), np.arange(6, 10)):
+        r = RowReader(store, SITES, cols)
+        ref = store.read(rows, SITES)
+        ref = ref if cols is None else ref[:, cols]
+        np.testing.assert_array_equal(r.read_rows(rows), ref)
+        np.testing.assert_array_equal(r.read_range(5, 120), store.read(slice(5, 120), SITES)[:, cols if cols is not None else slice(None)])
