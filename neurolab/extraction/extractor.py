@@ -235,19 +235,28 @@ class Extractor:
             T = ids.shape[1]
             flat = np.concatenate([w.pos + b * T for b, w in enumerate(batch)])
             grow = np.concatenate([w.row for w in batch])
-            uniq, inv = np.unique(grow, return_inverse=True)
-            cnt = np.bincount(inv, minlength=len(uniq)).astype(np.float32)
-            is_split = split_idx[uniq] >= 0
-            direct = np.flatnonzero(~is_split)
             acts = self._run(self.to_device(ids), self.to_device(mask))
+            if len(flat) == 0:
+                continue
+            # the tokens of a word are contiguous in this order: one segment per (window, word)
+            cut = np.flatnonzero(np.diff(grow)) + 1
+            seg_start = np.concatenate([[0], cut]).astype(np.int64)
+            seg_len = np.diff(np.concatenate([seg_start, [len(grow)]])).astype(np.int64)
+            seg_row = grow[seg_start]
+            is_split = split_idx[seg_row] >= 0
+            direct = np.flatnonzero(~is_split)
+            all_direct = len(direct) == len(seg_row)
+            single = bool(np.all(seg_len == 1))
             flat_t = torch.as_tensor(flat, device=dev)
-            inv_t = torch.as_tensor(inv, device=dev)
-            one_per_group = self.aggregation in ("first", "last") and len(uniq) == len(flat)
+            len_t = torch.as_tensor(seg_len, device=dev)
             direct_t = torch.as_tensor(direct, device=dev)
-            rows_direct = torch.as_tensor(uniq[direct])
-            cnt_t = torch.as_tensor(cnt, device=dev)
+            rows_direct = torch.as_tensor(seg_row[direct])
+            if not all_direct:
+                sp = torch.as_tensor(np.flatnonzero(is_split), device=dev)
+                sp_i = torch.as_tensor(split_idx[seg_row[is_split]], device=dev)
+                acc_cnt.index_add_(0, sp_i, len_t.index_select(0, sp).float())
             if sent_acc is not None and srows == "mean":
-                sent_of_direct = torch.as_tensor(row_sent[uniq[direct]], device=dev)
+                sent_of_direct = torch.as_tensor(row_sent[seg_row[direct]], device=dev)
             if sent_acc is not None and srows in ("first", "last"):
                 sel = [(b, w) for b, w in enumerate(batch) if (w.first if srows == "first" else w.last)]
                 s_flat = torch.as_tensor(
@@ -261,35 +270,26 @@ class Extractor:
                 x = a2.index_select(0, flat_t)
                 if x.dtype != torch.float32:
                     x = x.float()
-                if one_per_group:
-                    v = torch.empty((len(uniq), H), device=dev).index_copy_(0, inv_t, x)  # one token per group
+                if single:  # first / last, or every word a single subword: nothing to reduce
+                    v = x
                 elif self.aggregation == "max":
-                    v = torch.full((len(uniq), H), float("-inf"), device=dev)
-                    v.scatter_reduce_(0, inv_t[:, None].expand(-1, H), x, reduce="amax", include_self=True)
-                else:
-                    v = torch.zeros((len(uniq), H), device=dev).index_add_(0, inv_t, x)
-                    if self.aggregation == "mean" or self.aggregation in ("first", "last"):
-                        # first/last with a token per group only reach here for split rows
-                        pass
-                if len(split_rows) and is_split.any():
-                    sp = torch.as_tensor(np.flatnonzero(is_split), device=dev)
-                    sp_i = torch.as_tensor(split_idx[uniq[is_split]], device=dev)
+                    v = torch.segment_reduce(x, "max", lengths=len_t)
+                else:  # segment sums (mean divides below; split words accumulate sums and counts)
+                    v = torch.segment_reduce(x, "sum", lengths=len_t)
+                if not all_direct:
                     if self.aggregation == "max":
                         acc[s]["max"][sp_i] = torch.maximum(acc[s]["max"][sp_i], v.index_select(0, sp))
                     else:
                         acc[s]["sum"].index_add_(0, sp_i, v.index_select(0, sp))
-                vd = v.index_select(0, direct_t) if len(direct) != len(uniq) else v
-                if self.aggregation == "mean" or (self.aggregation in ("first", "last") and not one_per_group):
-                    vd = vd / cnt_t.index_select(0, direct_t)[:, None] if len(direct) != len(uniq) else vd / cnt_t[:, None]
+                vd = v if all_direct else v.index_select(0, direct_t)
+                if self.aggregation == "mean" and not single:
+                    vd = vd / (len_t if all_direct else len_t.index_select(0, direct_t))[:, None].to(vd.dtype)
                 buf[s].index_copy_(0, rows_direct, vd.to(self._buffer_dtype).cpu())
                 if sent_acc is not None:
                     if srows == "mean":
                         sent_acc[s].index_add_(0, sent_of_direct, vd)
                     elif len(s_flat):
                         sent_acc[s][s_local] = a2.index_select(0, s_flat).float()
-            if len(split_rows) and is_split.any():
-                acc_cnt.index_add_(0, torch.as_tensor(split_idx[uniq[is_split]], device=dev),
-                                   cnt_t.index_select(0, torch.as_tensor(np.flatnonzero(is_split), device=dev)))
             if bar is not None:
                 bar.update(len(direct))
         if len(split_rows):
