@@ -12,8 +12,9 @@
 How it is fast: sentences are cut into windows, sorted by length and packed into batches of at
 most ``batch_tokens`` padded tokens; one forward pass per batch; hidden-state sites come from
 ``output_hidden_states`` and the other sites from hooks that keep a reference (no copy); subword ->
-word aggregation is one ``index_select`` + ``index_add_`` (mean) / ``scatter_reduce_`` (max) per
-site on the device, and the result is cast to the storage dtype before it leaves the device.
+word aggregation is one ``index_select`` + ``segment_reduce`` (sum for mean, max) per site on the
+device over the contiguous subwords of each word, and the result is cast to the storage dtype before
+it leaves the device.
 """
 from __future__ import annotations
 
