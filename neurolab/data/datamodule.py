@@ -109,6 +109,21 @@ class _Examples:
         return self.length if idx is None else self.length[idx]
 
 
+def _is_identity(keys: np.ndarray, lens: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether the store rows are exactly the corpus words in order (checked block by block)."""
+    n = int(lens.sum())
+    if len(keys) != n:
+        return False
+    starts = np.cumsum(lens) - lens
+    for a in range(0, n, block):
+        b = min(a + block, n)
+        pos = np.arange(a, b, dtype=np.int64)
+        s = np.searchsorted(starts, pos, side="right") - 1
+        if not np.array_equal(keys[a:b], (s << 32) | (pos - starts[s])):
+            return False
+    return True
+
+
 def _store_keys(store) -> np.ndarray:
     """``sentence << 32 | word`` of every row of ``store``, shard by shard, without caching."""
     from ..store.format import INDEX_FILE, SHARDS
@@ -488,16 +503,17 @@ class ActivationDataModule(pl.LightningDataModule):
 
             codes = np.fromiter(gen(), dtype=dt, count=int(lens.sum()))
             sent_of = np.repeat(np.arange(len(corpus), dtype=np.int32), lens)
-            want = (sent_of.astype(np.int64) << 32) | (
-                np.arange(len(sent_of), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens))
-            if len(keys) == len(want) and np.array_equal(keys, want):
-                rows, have = np.arange(len(want), dtype=np.int64), np.ones(len(want), dtype=bool)
+            if _is_identity(keys, lens):
+                # one store row per corpus word, in corpus order: row i is word i (no join arrays)
+                rows, have = None, np.ones(len(sent_of), dtype=bool)
             else:
+                want = (sent_of.astype(np.int64) << 32) | (
+                    np.arange(len(sent_of), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens))
                 rows = np.searchsorted(keys, want)
                 rows_c = np.minimum(rows, max(len(keys) - 1, 0))
                 have = (rows < len(keys)) & (keys[rows_c] == want) if len(keys) else np.zeros(len(want), bool)
                 rows = rows_c
-            del want
+                del want
             length = None
         del keys
         labelled = ~np.isnan(codes) if regression else codes >= 0
@@ -527,7 +543,8 @@ class ActivationDataModule(pl.LightningDataModule):
         del ok, sent_of
 
         def make(s: np.ndarray, y: np.ndarray) -> _Examples:
-            return _Examples(rows[s].astype(np.int64), None if length is None else length[s].astype(np.int64), y)
+            start = s.astype(np.int64) if rows is None else rows[s].astype(np.int64)
+            return _Examples(start, None if length is None else length[s].astype(np.int64), y)
 
         if regression:
             self.class_names = []

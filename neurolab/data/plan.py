@@ -82,8 +82,12 @@ def make_plan(
     if shuffle:
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED])
         perm = rng.permutation(len(bounds) - 1)
-        parts = [bounds[k] + rng.permutation(bounds[k + 1] - bounds[k]) for k in perm]
-        stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        stream = np.empty(n, dtype=np.int64)
+        at = 0
+        for k in perm:
+            m = int(bounds[k + 1] - bounds[k])
+            stream[at : at + m] = bounds[k] + rng.permutation(m)
+            at += m
     else:
         stream = np.arange(n, dtype=np.int64)
     q, rem = divmod(n, world)
