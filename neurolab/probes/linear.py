@@ -37,7 +37,7 @@ import torchmetrics
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from .regularization import Regularization
+from .regularization import Regularization, proximal_l1_
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class LinearProbe(pl.LightningModule):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Full training loss on one batch: mean data loss + penalty (for checks and tests)."""
         out = self(x)
-        return self.data_loss(out, y, "sum") / len(y) + self.reg(self.linear.weight)
+        return self.data_loss(out, y, "sum") / len(y) + self.reg.penalty(self.linear.weight)
 
     # -- Lightning hooks -----------------------------------------------------------------------
     def _unpack(self, batch):
@@ -162,6 +162,14 @@ class LinearProbe(pl.LightningModule):
             run = torch.stack([summed.detach(), stat.to(summed.dtype), summed.new_tensor(float(len(y)))])
             self._run = run if self._run is None else self._run + run
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # proximal L1 (regularization.l1_mode=proximal): soft-threshold after each optimiser step
+        if self.reg.proximal:
+            opts = self.optimizers()
+            opts = opts if isinstance(opts, (list, tuple)) else [opts]
+            opt = getattr(opts[0], "optimizer", opts[0])  # unwrap Lightning's LightningOptimizer
+            proximal_l1_(self.linear.weight, opt, self.reg.lambda_l1)
 
     def on_train_epoch_end(self):
         name = "acc" if self.task == "classification" else "mse"
@@ -251,7 +259,8 @@ class LinearProbe(pl.LightningModule):
         info = {"num_features": self.num_features, "num_classes": self.num_classes, "task": self.task,
                 "class_names": self.class_names,
                 "regularization": {"name": self.reg.name, "lambda_l1": self.reg.lambda_l1,
-                                   "lambda_l2": self.reg.lambda_l2, "l2_squared": self.reg.l2_squared}}
+                                   "lambda_l2": self.reg.lambda_l2, "l2_squared": self.reg.l2_squared,
+                                   "l1_mode": self.reg.l1_mode}}
         info.update(dict(meta or {}))
         with open(path.with_suffix(".json"), "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1, default=_jsonable)
@@ -522,7 +531,34 @@ def run_linear(dm, cfg: DictConfig, logger=None):
     except Exception:
         pass
     rcfg = cfg.probe.get("ranking", {}) or {}
+    how = str(rcfg.get("method", "mass") or "mass")
+    path = None
+    if how == "path":
+        path = fit_path(dm, cfg, rcfg.get("path_lambdas") or [], metrics)
+    elif how != "mass":
+        raise ConfigError(f"probe.ranking.method must be 'mass' or 'path', got {how!r}")
     ranking = rank_from_weights(module.weight_matrix, dm=dm, concept=_concept_name(dm), model=model,
                                 method="linear", search_stride=int(rcfg.get("search_stride", 100)),
-                                class_names=module.class_names)
+                                class_names=module.class_names, path=path)
     return ranking, metrics
+
+
+def fit_path(dm, cfg: DictConfig, lambdas: Sequence[float], metrics: dict | None = None
+             ) -> tuple[list[np.ndarray], list[float]]:
+    """The regularisation path for ``probe.ranking.method=path``: one probe per ``lambda_l1`` in
+    ``lambdas`` with proximal (sparse) L1 and ``cfg.regularization``'s L2, on all of ``dm``'s neurons.
+    Adds ``path/nonzero@<lambda>`` (neurons with a non-zero weight) to ``metrics``."""
+    lams = [float(x) for x in lambdas]
+    if not lams or any(not (x > 0) for x in lams):
+        raise ConfigError(f"probe.ranking.path_lambdas must be a non-empty list of numbers > 0, got {list(lambdas)!r}")
+    base = Regularization.from_cfg(cfg.get("regularization"))
+    weights = []
+    for lam in lams:
+        reg = {"name": "elasticnet", "lambda_l1": lam, "lambda_l2": base.lambda_l2,
+               "l2_squared": base.l2_squared, "l1_mode": "proximal"}
+        m, _ = fit_probe(dm, cfg, save=False, prefix="path/", regularization=reg)
+        W = m.weight_matrix
+        weights.append(W)
+        if metrics is not None:
+            metrics[f"path/nonzero@{lam:g}"] = int((np.abs(W).max(axis=0) > 0).sum())
+    return weights, lams

@@ -10,6 +10,13 @@ selected (zero weight for every class) come last by the same key. The score of a
 entered at step ``i`` is ``1 - i / (stride + 1)`` (non-increasing along the ranking, > 0), 0 for
 neurons never selected.
 
+**Regularisation-path ranking** (:func:`path_order`, ``probe.ranking.method=path``): the elastic net is
+refitted with proximal (truly sparse) L1 at a few decreasing ``lambda_l1`` values; a neuron's score
+is the largest ``lambda_l1`` at which it has a non-zero weight for some class (the order in which
+neurons *enter* the lasso / elastic-net path, as in LARS-style variable ordering). Neurons that enter
+at the same ``lambda_l1`` are ordered by the cumulative-mass ordering of that fit's weights; neurons
+that never enter follow, by the cumulative-mass ordering of the fallback (all-neuron) probe.
+
 Example::
 
     >>> import numpy as np
@@ -25,7 +32,7 @@ import numpy as np
 
 from ..ranking import NeuronRanking
 
-__all__ = ["rank_from_weights", "cumulative_mass_order", "select_by_mass"]
+__all__ = ["rank_from_weights", "cumulative_mass_order", "select_by_mass", "path_order"]
 
 
 def _class_sorted(absw: np.ndarray) -> np.ndarray:
@@ -88,6 +95,43 @@ def cumulative_mass_order(weights: np.ndarray, search_stride: int = 100) -> tupl
     return order.astype(np.int64), scores, cutoffs
 
 
+def path_order(path_weights: Sequence[np.ndarray], lambdas: Sequence[float], fallback: np.ndarray | None = None,
+               search_stride: int = 100) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The global ordering from a regularisation path: ``path_weights[i] [C, F]`` fitted at ``lambdas[i]``.
+
+    Returns ``(order [F], scores [F], entered)``: ``scores`` are entry lambdas (the largest lambda at
+    which the neuron's weight is non-zero; 0 for neurons that never enter), ``entered[i]`` how many
+    neurons have entered at ``lambdas`` sorted decreasingly up to position ``i``.
+    """
+    if len(path_weights) != len(lambdas) or not len(lambdas):
+        raise ValueError("path_order needs one weight matrix per lambda (at least one)")
+    lam = np.asarray(lambdas, dtype=np.float64)
+    if np.any(lam <= 0):
+        raise ValueError(f"path lambdas must be > 0, got {lam.tolist()}")
+    Ws = [np.atleast_2d(np.abs(np.asarray(w, dtype=np.float64))) for w in path_weights]
+    Fn = Ws[0].shape[1]
+    if any(w.shape[1] != Fn for w in Ws):
+        raise ValueError("path weights must all have the same number of columns")
+    placed = np.zeros(Fn, dtype=bool)
+    order: list[int] = []
+    scores: list[float] = []
+    entered: list[int] = []
+    for i in np.argsort(-lam, kind="stable"):
+        o, _, _ = cumulative_mass_order(Ws[i], search_stride)
+        nz = Ws[i].max(axis=0) > 0
+        new = o[nz[o] & ~placed[o]]
+        placed[new] = True
+        order.extend(new.tolist())
+        scores.extend([float(lam[i])] * len(new))
+        entered.append(len(order))
+    rest_src = Ws[int(np.argmin(lam))] if fallback is None else np.abs(np.atleast_2d(fallback))
+    o, _, _ = cumulative_mass_order(rest_src, search_stride)
+    rest = o[~placed[o]]
+    order.extend(rest.tolist())
+    scores.extend([0.0] * len(rest))
+    return np.asarray(order, dtype=np.int64), np.asarray(scores, dtype=np.float64), entered
+
+
 def rank_from_weights(
     weights: np.ndarray,
     dm=None,
@@ -100,12 +144,14 @@ def rank_from_weights(
     method: str = "linear",
     search_stride: int = 100,
     class_names: Sequence[str] | None = None,
+    path: tuple[Sequence[np.ndarray], Sequence[float]] | None = None,
 ) -> NeuronRanking:
     """A :class:`NeuronRanking` of the probe's input neurons from its weights ``[C, F]``.
 
     The sites come from ``dm`` (``sites``, ``neurons_per_site``, ``columns``) or are given; column
     ``j`` of ``weights`` is neuron ``columns[j]`` of the concatenation of ``sites`` (all of them in
-    order when ``columns`` is None).
+    order when ``columns`` is None). ``path=(weights_per_lambda, lambdas)`` ranks by the regularisation
+    path instead (:func:`path_order`; ``weights`` orders the neurons that never enter).
     """
     W = np.asarray(weights, dtype=np.float64)
     if W.ndim == 1:
@@ -124,8 +170,13 @@ def rank_from_weights(
     cols = np.arange(total, dtype=np.int64) if columns is None else np.asarray(columns, dtype=np.int64)
     if W.shape[1] != len(cols):
         raise ValueError(f"weights have {W.shape[1]} columns but {len(cols)} neurons are selected")
-    local, scores, cutoffs = cumulative_mass_order(W, search_stride)
-    extra = {"search_stride": int(search_stride), "cutoffs": cutoffs}
+    if path is not None:
+        local, scores, entered = path_order(path[0], path[1], fallback=W, search_stride=search_stride)
+        extra = {"search_stride": int(search_stride), "ordering": "path",
+                 "path_lambdas": sorted((float(x) for x in path[1]), reverse=True), "path_entered": entered}
+    else:
+        local, scores, cutoffs = cumulative_mass_order(W, search_stride)
+        extra = {"search_stride": int(search_stride), "cutoffs": cutoffs}
     if class_names is not None:
         extra["class_names"] = [str(c) for c in class_names]
     return NeuronRanking.from_order(cols[local], scores, sites=list(sites), neurons_per_site=neurons_per_site,
