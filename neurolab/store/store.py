@@ -132,6 +132,9 @@ class StoreWriter:
             else:
                 self.complete = bool(old.get("complete"))
                 if self.complete:
+                    if clean:  # a writer killed while rewriting the manifest of a finished store
+                        for p in self.path.glob(f".{MANIFEST}.tmp-*"):
+                            p.unlink(missing_ok=True)
                     return self
         elif self.path.exists() and any(not self._writer_leftover(p) for p in self.path.iterdir()):
             if not self.overwrite:
