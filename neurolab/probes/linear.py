@@ -521,7 +521,10 @@ def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.n
 
 
 def run_linear(dm, cfg: DictConfig, logger=None):
-    """``RUNNERS["linear"]``: fit a probe on ``dm`` and rank its neurons by weight mass."""
+    """``RUNNERS["linear"]``: fit a probe on ``dm`` (its metrics are the returned ones) and rank its
+    neurons: ``probe.ranking.method=path`` (default) by entry on a proximal-L1 elastic-net path
+    (:func:`fit_path`, :func:`neurolab.probes.ranking.path_order`), ``mass`` by the probe's cumulative
+    weight mass (the older toolkit's ordering)."""
     from .ranking import rank_from_weights
 
     module, metrics = fit_probe(dm, cfg, logger=logger)
