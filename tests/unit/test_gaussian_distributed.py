@@ -46,12 +46,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         sel = probe.select(X[:300], y[:300], k=3).selected
         np.savez(f"{out}/rank{rank}.npz", counts=counts.numpy(), sums=sums.numpy(), outer=outer.numpy(),
                  sel=np.array(sel))
+        dist.barrier()  # nobody tears the group down while a peer still talks to it
     finally:
         dist.destroy_process_group()
 
 
 def test_statistics_are_summed_across_two_processes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # fork: children leave through os._exit, so no C++ destructor races the process-group threads at exit
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
     X, y = _data()
     X64 = X.astype(np.float64)
     for rank in range(2):
