@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..store.format import SHARDS, StoreError, from_storage, site_filename
+from ..store.format import SHARDS, StoreError, from_storage, read_npy_header, site_filename
 
 __all__ = ["RowReader"]
 
@@ -83,16 +83,7 @@ class RowReader:
         if got is not None:
             return got
         f = self.root / SHARDS / self.shard_dirs[shard] / site_filename(site)
-        try:
-            with open(f, "rb") as fh:
-                version = np.lib.format.read_magic(fh)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                offset = fh.tell()
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{f}: cannot read shard file ({e})") from None
+        shape, fortran, dtype, offset = read_npy_header(f)
         if fortran or tuple(shape) != (int(self.shard_rows[shard]), units) or dtype.hasobject:
             raise StoreError(f"{f}: array {shape} ({dtype}, fortran={fortran}); the manifest says "
                              f"({int(self.shard_rows[shard])}, {units})")

@@ -145,6 +145,23 @@ def _torch():
 _CONVERT_BLOCK = 32768
 
 
+def read_npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data_offset)`` of a ``.npy`` file; the data is not read.
+
+    Raises :class:`StoreError` naming the file when it cannot be read.
+    """
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            return tuple(shape), bool(fortran), dtype, fh.tell()
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{path}: cannot read shard file ({e})") from None
+
+
 def convert_into(dst: np.ndarray, src: np.ndarray, dtype: str) -> None:
     """``dst[...] = float32(src)`` for ``src`` in the storage representation of ``dtype``.
 

@@ -39,6 +39,7 @@ from .format import (
     convert_into,
     normalize_dtype,
     read_json,
+    read_npy_header,
     sha256_file,
     shard_dirname,
     site_filename,
@@ -453,16 +454,7 @@ class ActivationStore:
         got = self._headers.get(key)
         if got is None:
             f = self._file(shard, site_filename(site))
-            try:
-                with open(f, "rb") as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-                    offset = fh.tell()
-            except (OSError, ValueError) as e:
-                raise StoreError(f"{f}: cannot read shard file ({e})") from None
+            shape, fortran, dtype, offset = read_npy_header(f)
             expect = (int(self.shards[shard]["rows"]), self.neurons_per_site[site])
             if tuple(shape) != expect or fortran or dtype != np.dtype(DTYPES[self.dtype]):
                 raise StoreError(f"{f}: array of shape {tuple(shape)} ({dtype}), manifest says {expect} ({self.dtype})")

@@ -139,9 +139,9 @@ def main() -> int:
         blocks.append(sentence_to_conllu(doc, f"demo-{n:04d}", text))
     DST.write_text("\n".join(blocks) + "\n", encoding="utf-8")
     stats = validate(DST, len(texts))
-    print(f"wrote {DST.name}: {stats['sentences']} sentences, {stats['words']} words, "
-          f"{len(stats['xpos'])} XPOS tags, {stats['past']} sentences with Tense=Past")
-    print("UPOS:", dict(stats["upos"].most_common()))
+    sys.stdout.write(f"wrote {DST.name}: {stats['sentences']} sentences, {stats['words']} words, "
+                     f"{len(stats['xpos'])} XPOS tags, {stats['past']} sentences with Tense=Past\n")
+    sys.stdout.write(f"UPOS: {dict(stats['upos'].most_common())}\n")
     return 0
 
 
