@@ -22,6 +22,21 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NEUROLAB_CACHE", str(tmp_path_factory.getbasetemp() / "neurolab-cache"))
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test, restored afterwards. Tiny probes run many times
+    faster that way on a busy 2-core machine (two threads spin-wait on microsecond-sized ops).
+    Tests only: library code never sets the thread count."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def ewt_dev() -> Path:
     p = UD_DIR / "en_ewt-ud-dev.conllu"

@@ -18,7 +18,7 @@ import copy
 import logging
 from typing import Sequence
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from ..errors import ConfigError
 
@@ -60,7 +60,7 @@ def choose_lambda(
 ) -> tuple[float, dict[str, float]]:
     """Choose λ on dev (see the module docstring). Returns ``(λ, metrics)`` with metrics
     ``lambda/chosen`` and ``lambda/val_acc@<λ>`` for each grid value."""
-    from .suite import linear_probe_cfg
+    from ..probes.linear import linear_probe_cfg
 
     cfg = linear_probe_cfg(cfg)
     ls = cfg.get("evaluation", {}).get("lambda_search", {}) if cfg.get("evaluation") is not None else {}

@@ -26,7 +26,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, NeurolabError
+from ..probes.linear import linear_probe_cfg
 from ..ranking import NeuronRanking, resolve_count
 from .masking import masked_accuracies, probe_weights
 
@@ -111,29 +111,6 @@ def _fit_probe():
     except ImportError as e:  # pragma: no cover - PROBE's code is part of the package
         raise ImportError("neurolab.probes.fit_probe is needed to retrain probes") from e
     return fit_probe
-
-
-def linear_probe_cfg(cfg: DictConfig) -> DictConfig:
-    """``cfg`` whose ``probe`` is the linear probe's config: the retrained probes of an evaluation are
-    linear probes whatever method made the ranking (``probe=gaussian`` / ``neuron_mask`` runs keep
-    their own settings for ranking; ``probe.linear`` in their config may override linear settings)."""
-    p = cfg.get("probe") if cfg is not None else None
-    if p is None or str(p.get("name", "linear")) == "linear":
-        return cfg
-    from pathlib import Path
-
-    from omegaconf import open_dict
-
-    from ..config import config_dir
-
-    base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
-    extra = p.get("linear")
-    if extra:
-        base = OmegaConf.merge(base, extra)
-    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    with open_dict(new):
-        new.probe = base
-    return new
 
 
 def _in_memory(dm, budget_mb: float | None):
@@ -221,7 +198,6 @@ class _Trainer:
         if not self.use_bank or getattr(self.dm, "task", "classification") != "classification":
             return False
         try:
-            from ..probes import fit_probe_bank  # noqa: F401
             from ..probes import ArrayData
         except ImportError:
             return False

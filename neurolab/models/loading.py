@@ -68,7 +68,7 @@ def _looks_local(name: str) -> bool:
 
 def load_model(model_cfg: Any, device: str | torch.device | None = None):
     """Load ``(model, tokenizer)`` as configured by ``model_cfg`` (see the module docstring)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     name = _get(model_cfg, "name_or_path")
     if not name:

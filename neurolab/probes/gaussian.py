@@ -349,7 +349,6 @@ class GaussianProbe(pl.LightningModule):
         self._ensure()
         t0 = time.perf_counter()
         dev = self.psi_.device
-        dt = self.score_dtype
         C, D = self.mean_.shape
         k = resolve_count(k, D)
         Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)

@@ -565,3 +565,24 @@ def fit_path(dm, cfg: DictConfig, lambdas: Sequence[float], metrics: dict | None
         if metrics is not None:
             metrics[f"path/nonzero@{lam:g}"] = int((np.abs(W).max(axis=0) > 0).sum())
     return weights, lams
+
+
+def linear_probe_cfg(cfg: DictConfig) -> DictConfig:
+    """``cfg`` whose ``probe`` is the linear probe's config: the retrained probes of an evaluation are
+    linear probes whatever method made the ranking (``probe=gaussian`` / ``neuron_mask`` runs keep
+    their own settings for ranking; ``probe.linear`` in their config may override linear settings)."""
+    p = cfg.get("probe") if cfg is not None else None
+    if p is None or str(p.get("name", "linear")) == "linear":
+        return cfg
+    from omegaconf import open_dict
+
+    from ..config import config_dir
+
+    base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
+    extra = p.get("linear")
+    if extra:
+        base = OmegaConf.merge(base, extra)
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(new):
+        new.probe = base
+    return new

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..ranking import NeuronRanking
+from .linear import linear_probe_cfg
 
 log = logging.getLogger(__name__)
 
@@ -341,25 +342,6 @@ class ModelMask(NeuronMask):
 
 
 # -- runner ----------------------------------------------------------------------------------------
-def _linear_cfg(cfg):
-    """``cfg`` with ``probe`` replaced by the linear probe's config (``conf/probe/linear.yaml``), merged
-    with ``cfg.probe.linear`` overrides, for training the probe the mask sits in front of."""
-    from pathlib import Path
-
-    from omegaconf import OmegaConf, open_dict
-
-    from ..config import config_dir
-
-    base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
-    extra = cfg.probe.get("linear") if hasattr(cfg.probe, "get") else None
-    if extra:
-        base = OmegaConf.merge(base, extra)
-    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    with open_dict(new):
-        new.probe = base
-    return new
-
-
 def build_mask(pcfg, num_gates: int) -> NeuronMask:
     from hydra.utils import instantiate
 
@@ -392,7 +374,7 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
                           f"(model mode needs a live model: use neurolab.probes.mask.ModelMask)")
     if getattr(dm, "task", "classification") != "classification":
         raise ConfigError("probe=neuron_mask needs a classification concept (the concept is a regression task)")
-    lcfg = _linear_cfg(cfg)
+    lcfg = linear_probe_cfg(cfg)
     probe, metrics = fit_probe(dm, lcfg, logger=logger)
     F_ = int(dm.num_features)
     mask = build_mask(pcfg, F_)

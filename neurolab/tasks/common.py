@@ -86,3 +86,18 @@ def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictCo
         return wrapper
 
     return deco
+
+
+def model_label(cfg: DictConfig | None, store) -> str:
+    """A short model name for rankings: the store's recorded model (its ``name`` when it is a record),
+    else ``cfg.model.name_or_path``."""
+    for src in (getattr(store, "identity", None) or {}, getattr(store, "meta", None) or {}):
+        v = src.get("model") if isinstance(src, dict) else None
+        if isinstance(v, dict):
+            v = v.get("name") or v.get("name_or_path")
+        if v:
+            return str(v)
+    try:
+        return str(cfg.model.name_or_path)
+    except Exception:
+        return ""

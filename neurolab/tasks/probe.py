@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from ..config import output_dir
 from ..errors import ConfigError
 from ..ranking import NeuronRanking
 from ..tracking import Tracker, make_logger
-from .common import task
+from .common import model_label, task
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +59,6 @@ def open_store(cfg: DictConfig, *, extract_if_missing: bool | None = None):
     from .extract import extract_store
 
     return extract_store(cfg)
-
-
-def _model_name(cfg: DictConfig, store) -> str:
-    meta = getattr(store, "meta", None) or {}
-    ident = getattr(store, "identity", None) or {}
-    for v in (ident.get("model") if isinstance(ident, dict) else None, meta.get("model") if isinstance(meta, dict) else None):
-        if isinstance(v, dict):  # a model identity record
-            v = v.get("name") or v.get("name_or_path")
-        if v:
-            return str(v)
-    try:
-        return str(cfg.model.name_or_path)
-    except Exception:
-        return ""
 
 
 def maybe_choose_lambda(dm, cfg: DictConfig) -> tuple[DictConfig, dict]:
@@ -119,7 +105,7 @@ def probe_pipeline(cfg: DictConfig, store, run_dir: Path, logger=None) -> ProbeR
     from ..evaluation import remember_probe
 
     remember_probe(dm, module)
-    ranking.model = _model_name(cfg, store)  # the store knows which model made the activations
+    ranking.model = model_label(cfg, store)  # the store knows which model made the activations
     ranking.to_json(Path(run_dir) / RANKING_FILE)
     ev = evaluate_ranking(ranking, dm, cfg, logger=None, probe=module, base_metrics=metrics)
     metrics.update(ev)

@@ -28,7 +28,7 @@ from ..config import output_dir
 from ..errors import ConfigError
 from ..ranking import NeuronRanking
 from ..tracking import Tracker, make_logger
-from .common import task
+from .common import model_label, task
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +73,6 @@ def build_ranker(method_cfg: Any, concept: Any = None):
     if getattr(ranker, "positive", None) is None and concept is not None and getattr(concept, "is_binary", False):
         ranker.positive = concept.positive
     return ranker
-
-
-def model_label(cfg: DictConfig | None, store) -> str:
-    """A short model name for rankings: the store's recorded model (its ``name`` when it is a record),
-    else ``cfg.model.name_or_path``."""
-    for src in (getattr(store, "identity", None) or {}, getattr(store, "meta", None) or {}):
-        v = src.get("model") if isinstance(src, dict) else None
-        if isinstance(v, dict):
-            v = v.get("name") or v.get("name_or_path")
-        if v:
-            return str(v)
-    try:
-        return str(cfg.model.name_or_path)
-    except Exception:
-        return ""
 
 
 def _enabled(node: Any, key: str = "enabled", default: bool = True) -> bool:

@@ -140,7 +140,7 @@ def neuron_page(name: str, contexts: Sequence[Any], *, descriptions: Sequence[An
              "(hover a word for its activation)</p>")
     desc = "<h2>Concept alignment</h2>" + _desc_rows(descriptions)
     if descriptions:
-        desc = (f"<h2>Concept alignment</h2><p>fires on: " + " ".join(
+        desc = ("<h2>Concept alignment</h2><p>fires on: " + " ".join(
             f'<span class="tag">{html.escape(d.label)}</span>' for d in list(descriptions)[:5]) + "</p>" + _desc_rows(descriptions))
     if explanation is not None and getattr(explanation, "formula", ""):
         desc += (f"<p>best formula (IoU {explanation.iou:.3f}, active on {explanation.active} words at ≥ "

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from neurolab.store import ActivationStore, write_store  # noqa: E402
+from neurolab.store import ActivationStore  # noqa: E402
 from neurolab.store.format import DTYPES, from_storage  # noqa: E402
 
 SITES = ["embeddings"] + [f"layers.{i}" for i in range(6)]

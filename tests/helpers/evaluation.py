@@ -42,21 +42,7 @@ def planted_data(n: int = 3000, sites=("layers.0", "layers.1"), units: int = 20,
     return dm, list(planted)
 
 
-import pytest  # noqa: E402
 
-
-@pytest.fixture
-def one_thread():
-    """Tiny probes train ~10x faster on one intra-op thread on a shared 2-core machine (no thread
-    spinning); restored afterwards. Tests only: library code never sets the thread count."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 TAGS = {"NOUN": ["cat", "dog", "mat", "tree", "idea", "car"], "VERB": ["sat", "ran", "saw", "ate", "made"],

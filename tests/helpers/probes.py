@@ -62,14 +62,3 @@ def probe_cfg(run_dir, *overrides: str):
     return compose("probe", ["logger=none", "trainer.enable_progress_bar=false", *overrides], run_dir=run_dir)
 
 
-def one_thread():
-    """Generator for an autouse fixture: tiny probes run on 1 intra-op thread during the test (on a
-    shared 2-core machine, 2 threads spin-wait on each other for microsecond-sized ops)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

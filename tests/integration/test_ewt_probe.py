@@ -13,7 +13,6 @@ import json
 import pytest
 
 from neurolab.config import compose
-from tests.helpers.evaluation import one_thread  # noqa: F401
 
 # The defaults: the accuracy probe as configured, the ranking from the sparse elastic-net path
 # (probe.ranking.method=path). With the older toolkit's cumulative-mass ordering of the accuracy probe's
@@ -22,7 +21,7 @@ SETTINGS: list[str] = []
 
 
 @pytest.mark.slow
-def test_ewt_minilm_upos(ewt_dev, minilm_dir, tmp_path, one_thread):  # noqa: F811
+def test_ewt_minilm_upos(ewt_dev, minilm_dir, tmp_path, one_thread):
     from neurolab.tasks.probe import probe
 
     common = ["corpus=ewt_dev", f"corpus.path={ewt_dev}", f"model.name_or_path={minilm_dir}", "sites=all_layers",

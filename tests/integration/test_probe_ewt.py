@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,3 @@ def test_all_neuron_accuracy_and_identical_rerun(ewt_dm, tmp_path):
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert m2["test/acc"] == m1["test/acc"]
     assert len(r1) == 2688 and r1.sites[0] == "embeddings"
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    from tests.helpers.probes import one_thread
-
-    yield from one_thread()

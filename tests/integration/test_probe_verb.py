@@ -7,7 +7,7 @@ import pytest
 
 from neurolab.config import compose
 from neurolab.ranking import NeuronRanking
-from tests.helpers.evaluation import one_thread, planted_store, write_tagged_conllu  # noqa: F401
+from tests.helpers.evaluation import planted_store, write_tagged_conllu  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 from neurolab.config import compose
 from neurolab.evaluation import evaluate_ranking, masked_accuracy, minimal_neuron_set, select_lambda, sizes_from_config
 from neurolab.ranking import NeuronRanking
-from tests.helpers.evaluation import one_thread, planted_data  # noqa: F401
+from tests.helpers.evaluation import planted_data  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,6 @@ naive per-subset Cholesky log-likelihoods, an analytic two-Gaussian mutual infor
 quadrature), planted informative dimensions."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -13,13 +12,9 @@ from scipy import integrate, stats
 from neurolab.probes.gaussian import GaussianProbe, GaussianStats
 from neurolab.ranking import NeuronRanking
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _data(n=3000, D=8, C=3, seed=0):

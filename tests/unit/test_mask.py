@@ -10,13 +10,9 @@ import torch
 
 from neurolab.probes.mask import HardConcreteGates, ModelMask, NeuronMask, kl_divergence
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
 
 
 def _trainer(epochs):

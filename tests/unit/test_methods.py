@@ -13,7 +13,7 @@ from neurolab.methods import (
     APRanker, ChunkSource, ClassHistogram, ClassMoments, ConceptSearch, IoURanker, ProbelessRanker, RANKERS, SelectivityRanker,
     TopActivations, compute_stats, fit_rankers, row_labels,
 )
-from neurolab.store import ActivationStore, write_store
+from neurolab.store import write_store
 
 
 def _data(n=3000, F=24, seed=0, classes=("ADJ", "NOUN", "VERB"), planted=11):

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers.probes import one_thread as _one_thread
-
 from neurolab.errors import ConfigError
 from neurolab.probes import ProbeSpec, fit_probe, fit_probe_bank, rank_from_weights
 from neurolab.probes.bank import layer_grid
 from tests.helpers.probes import PLANTED, planted_datamodule, planted_index, probe_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 OV = ("probe.module.optimizer.lr=0.02", "trainer.max_epochs=6", "probe.early_stopping.patience=1")
 
@@ -66,8 +66,4 @@ def test_bank_of_two_concepts_equals_separate(tmp_path):
     with pytest.raises(ConfigError, match="unique"):
         fit_probe_bank(dms[0], cfg, [ProbeSpec("x"), ProbeSpec("x")])
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    yield from _one_thread()
 

@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers.probes import one_thread as _one_thread
 import torch
 
 from neurolab.errors import ConfigError
 from neurolab.probes import LinearProbe, Regularization, fit_probe, load_probe, run_linear
 from tests.helpers.probes import PLANTED, planted_datamodule, planted_index
 from tests.helpers.probes import probe_cfg as _probe_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ("probe.module.optimizer.lr=0.02", "trainer.max_epochs=20")  # small data: fewer steps per epoch
 
@@ -182,8 +183,4 @@ def test_regression_probe(tmp_path):
     assert met["test/r2"] == pytest.approx(ref, abs=0.02)
     assert ranking.indices[:2].tolist() == [4, 1]
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    yield from _one_thread()
 

@@ -20,7 +20,7 @@ def reference_order(W: np.ndarray, stride: int) -> list[int]:
         for c in range(C):
             ranked = sorted(range(F), key=lambda j: (-A[c, j], j))
             total = float(np.cumsum(A[c, ranked])[-1])
-            acc, chosen = 0.0, []
+            chosen = []
             cum = np.cumsum(A[c, ranked])
             for pos, j in enumerate(ranked):
                 chosen.append(j)

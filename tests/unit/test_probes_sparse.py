@@ -7,17 +7,16 @@ import torch
 
 from neurolab.errors import ConfigError
 from neurolab.probes import Regularization, fit_probe, run_linear
-from neurolab.probes.ranking import cumulative_mass_order, path_order
+from neurolab.probes.ranking import path_order
 from neurolab.probes.regularization import proximal_l1_, soft_threshold_
-from tests.helpers.probes import PLANTED, one_thread as _one_thread, planted_datamodule, planted_index
+from tests.helpers.probes import PLANTED, planted_datamodule, planted_index
 from tests.helpers.probes import probe_cfg as _probe_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ("probe.module.optimizer.lr=0.02", "trainer.max_epochs=20")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    yield from _one_thread()
 
 
 def probe_cfg(run_dir, *overrides):
