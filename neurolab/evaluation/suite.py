@@ -141,12 +141,31 @@ def _array_copy(dm, splits):
                      class_weights=getattr(dm, "class_weights", None))
 
 
+def retrain_cfg(cfg):
+    """The config of the retrained probes: the linear probe's (:func:`linear_probe_cfg`) with
+    ``evaluation.retrain_probe`` merged into ``probe`` (default: Adam at lr 1e-2 instead of 1e-3; a
+    probe on a few neurons is far from converged after 10 epochs at 1e-3: on EWT dev / MiniLM / UPOS
+    the 26 forward-selected neurons reach 0.790 at 1e-3 and 0.822 at 1e-2, a converged
+    scikit-learn logistic regression 0.829)."""
+    cfg = linear_probe_cfg(cfg)
+    ev = cfg.get("evaluation") if cfg is not None else None
+    extra = ev.get("retrain_probe") if ev is not None else None
+    if not extra:
+        return cfg
+    from omegaconf import OmegaConf, open_dict
+
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(new):
+        new.probe = OmegaConf.merge(new.probe, extra)
+    return new
+
+
 class _Trainer:
     """Trains (and counts) the retrained probes of one evaluation, on an in-memory copy of the data
     when it fits the memory budget (``data.memory_budget_mb``)."""
 
     def __init__(self, dm, cfg, logger=None, split: str = "test"):
-        self.orig, self.cfg, self.logger, self.split = dm, linear_probe_cfg(cfg), logger, split
+        self.orig, self.cfg, self.logger, self.split = dm, retrain_cfg(cfg), logger, split
         budget = None
         try:
             budget = cfg.get("data", {}).get("memory_budget_mb", 2048)

@@ -522,8 +522,10 @@ def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.n
 
 def run_linear(dm, cfg: DictConfig, logger=None):
     """``RUNNERS["linear"]``: fit a probe on ``dm`` (its metrics are the returned ones) and rank its
-    neurons: ``probe.ranking.method=path`` (default) by entry on a proximal-L1 elastic-net path
-    (:func:`fit_path`, :func:`neurolab.probes.ranking.path_order`), ``mass`` by the probe's cumulative
+    neurons: ``probe.ranking.method=forward`` (default) puts the first ``probe.ranking.forward.k``
+    neurons of greedy forward selection (:mod:`neurolab.probes.forward`) ahead of the ``then`` ordering
+    (``path`` or ``mass``); ``path`` orders by entry on a proximal-L1 elastic-net path
+    (:func:`fit_path`, :func:`neurolab.probes.ranking.path_order`); ``mass`` by the probe's cumulative
     weight mass (the older toolkit's ordering)."""
     from .ranking import rank_from_weights
 
@@ -535,14 +537,20 @@ def run_linear(dm, cfg: DictConfig, logger=None):
         pass
     rcfg = cfg.probe.get("ranking", {}) or {}
     how = str(rcfg.get("method", "mass") or "mass")
-    path = None
-    if how == "path":
-        path = fit_path(dm, cfg, rcfg.get("path_lambdas") or [], metrics)
-    elif how != "mass":
-        raise ConfigError(f"probe.ranking.method must be 'mass' or 'path', got {how!r}")
+    if how not in ("mass", "path", "forward"):
+        raise ConfigError(f"probe.ranking.method must be 'forward', 'path' or 'mass', got {how!r}")
+    fcfg = rcfg.get("forward") or {}
+    base = str(fcfg.get("then", "path")) if how == "forward" else how
+    if base not in ("mass", "path"):
+        raise ConfigError(f"probe.ranking.forward.then must be 'path' or 'mass', got {base!r}")
+    path = fit_path(dm, cfg, rcfg.get("path_lambdas") or [], metrics) if base == "path" else None
     ranking = rank_from_weights(module.weight_matrix, dm=dm, concept=_concept_name(dm), model=model,
                                 method="linear", search_stride=int(rcfg.get("search_stride", 100)),
                                 class_names=module.class_names, path=path)
+    if how == "forward":
+        from .forward import forward_ranking
+
+        ranking = forward_ranking(dm, fcfg, ranking, metrics, seed=_seed_of(cfg))
     return ranking, metrics
 
 
