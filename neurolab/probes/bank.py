@@ -36,7 +36,7 @@ import torchmetrics
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
-from .regularization import Regularization, batched_penalty
+from .regularization import Regularization, _safe_sqrt, proximal_l1_
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,11 @@ __all__ = ["ProbeSpec", "ProbeBank", "fit_probe_bank", "layer_grid"]
 @dataclass
 class ProbeSpec:
     """One probe of a bank: ``neurons`` (indices into the concatenation of the data's sites; None =
-    all features), its regularizer, and ``head`` (which of the bank's concepts it predicts)."""
+    all features), its regularizer, and ``head`` (which of the bank's concepts it predicts).
+
+    ``l1_mode`` is ``regularization.l1_mode`` of a :class:`~neurolab.probes.LinearProbe`:
+    ``"subgradient"`` (L1 in the loss) or ``"proximal"`` (soft-thresholding after every optimiser
+    step: exact zeros)."""
 
     name: str
     neurons: Sequence[int] | np.ndarray | None = None
@@ -55,18 +59,21 @@ class ProbeSpec:
     l2_squared: bool = True
     head: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    l1_mode: str = "subgradient"
 
     @property
     def regularization(self) -> Regularization:
-        return Regularization(self.lambda_l1, self.lambda_l2, self.l2_squared)
+        return Regularization(float(self.lambda_l1), float(self.lambda_l2), bool(self.l2_squared),
+                              l1_mode=str(self.l1_mode))
 
 
 def layer_grid(dm, lambdas: Sequence[tuple[float, float]] | Sequence[Mapping[str, float]], *,
                sites: Sequence[str] | None = None, l2_squared: bool = True, heads: Sequence[int] = (0,),
-               all_sites: bool = False) -> list[ProbeSpec]:
+               all_sites: bool = False, l1_mode: str = "subgradient") -> list[ProbeSpec]:
     """Specs for one probe per site (each sees only its site's columns) × λ pairs × heads.
 
-    ``all_sites=True`` adds an all-feature probe per λ and head (name ``all``).
+    ``all_sites=True`` adds an all-feature probe per λ and head (name ``all``); ``l1_mode`` is every
+    probe's (see :class:`ProbeSpec`).
     """
     sites = list(dm.sites) if sites is None else list(sites)
     starts = np.cumsum([0] + [int(dm.neurons_per_site[s]) for s in dm.sites])
@@ -85,7 +92,8 @@ def layer_grid(dm, lambdas: Sequence[tuple[float, float]] | Sequence[Mapping[str
             for s, neurons in groups:
                 name = f"{s}|l1={l1:g}|l2={l2:g}" + (f"|head={h}" if len(heads) > 1 else "")
                 out.append(ProbeSpec(name, neurons, float(l1), float(l2), l2_squared, int(h),
-                                     meta={"site": s, "lambda_l1": float(l1), "lambda_l2": float(l2), "head": int(h)}))
+                                     meta={"site": s, "lambda_l1": float(l1), "lambda_l2": float(l2), "head": int(h)},
+                                 l1_mode=l1_mode))
     return out
 
 
@@ -110,8 +118,39 @@ class _BankStats(torchmetrics.Metric):
         return self.loss / n, self.correct / n
 
 
+@dataclass(frozen=True)
+class _Block:
+    """``n`` column sets of width ``w``, each read by the same number ``kg`` of probes, stacked in one
+    weight tensor ``[n, w, kg, C]``; the input is ``x`` seen as ``[B, n, w]``:
+
+    * ``all``: the whole ``x`` (n = 1); ``slice``: ``x[:, start:start + w]`` (n = 1);
+    * ``strided``: ``n`` contiguous ranges ``start + i * step`` (a view, no copy; e.g. one per layer);
+    * ``gather``: any columns (``index_select`` of the concatenated column lists).
+    ``pos`` is the block's first probe in the bank's position order (block by block, then column set,
+    then probe)."""
+
+    kind: str
+    n: int
+    w: int
+    kg: int
+    pos: int
+    start: int = 0
+    step: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.n * self.kg
+
+
 class ProbeBank(pl.LightningModule):
     """K linear classification probes as one module; see the module docstring.
+
+    Probes reading the same columns form a group; groups of the same width and probe count form a
+    block, one stacked parameter ``W [n, w, kg, C_max]`` trained with one batched matmul
+    (``x.view(B, n, w)`` against ``W``: block-diagonal, no masked dense matrix). The cross entropy of
+    all probes is one ``log_softmax`` over ``[B, K, C_max]``; penalties are elementwise on the stacked
+    weights; proximal L1 (``spec.l1_mode="proximal"``) soft-thresholds each probe's weights after
+    every optimiser step with its own ``lambda_l1`` (as :class:`~neurolab.probes.LinearProbe`).
 
     Args:
         num_features: columns of the input ``x [B, F]`` (all probes read from the same matrix).
@@ -137,60 +176,102 @@ class ProbeBank(pl.LightningModule):
         self.class_names = [list(map(str, c)) for c in class_names] if class_names else \
             [[str(i) for i in range(c)] for c in self.num_classes]
         self.Cmax = max(self.num_classes)
+        regs = []
         for s in self.specs:
             if not 0 <= s.head < len(self.num_classes):
                 raise ConfigError(f"probe {s.name!r}: head {s.head} but the bank has {len(self.num_classes)} concepts")
+            regs.append(s.regularization)  # validates lambdas and l1_mode
         # group probes by identical column sets
         keys: dict[tuple, int] = {}
         groups: list[list[int]] = []
-        cols: list[np.ndarray | None] = []
+        cols: list[np.ndarray] = []
         for k, s in enumerate(self.specs):
-            c = None if s.neurons is None else np.asarray(s.neurons, dtype=np.int64)
-            if c is not None and (len(c) == 0 or c.min() < 0 or c.max() >= self.num_features):
+            c = np.arange(self.num_features) if s.neurons is None else np.asarray(s.neurons, dtype=np.int64).reshape(-1)
+            if len(c) == 0 or c.min() < 0 or c.max() >= self.num_features:
                 raise ConfigError(f"probe {s.name!r}: its columns are empty or outside [0, {self.num_features})")
-            key = ("all",) if c is None else tuple(c.tolist())
+            key = tuple(c.tolist())
             if key not in keys:
                 keys[key] = len(groups)
                 groups.append([])
                 cols.append(c)
             groups[keys[key]].append(k)
         self.groups = groups
+        self._cols = cols
+        # stack groups of the same width and probe count into blocks
+        clusters: dict[tuple[int, int], list[int]] = {}
+        for g, members in enumerate(groups):
+            clusters.setdefault((len(cols[g]), len(members)), []).append(g)
+        self.blocks: list[_Block] = []
+        order: list[int] = []  # position -> spec index
         self.W = torch.nn.ParameterList()
         self.b = torch.nn.ParameterList()
-        self._ranges: list[tuple[int, int] | None] = []
-        for g, members in enumerate(groups):
-            fg = self.num_features if cols[g] is None else len(cols[g])
-            # [F_g, K_g, C]: one GEMM x_g [B, F_g] @ W_g [F_g, K_g*C] gives every probe of the group
-            self.W.append(torch.nn.Parameter(torch.zeros(fg, len(members), self.Cmax)))
-            self.b.append(torch.nn.Parameter(torch.zeros(len(members), self.Cmax)))
-            self.register_buffer(f"cols_{g}", None if cols[g] is None else torch.as_tensor(cols[g]), persistent=False)
-            c = cols[g]
-            # a contiguous column range is read as a view (no gather)
-            self._ranges.append((int(c[0]), int(c[-1]) + 1) if c is not None and len(c) and
-                                np.array_equal(c, np.arange(c[0], c[-1] + 1)) else None)
-            m = torch.tensor([self.specs[k].head for k in members])
-            self.register_buffer(f"heads_{g}", m, persistent=False)
-            mask = torch.zeros(len(members), self.Cmax)
-            cw = torch.zeros(len(members), self.Cmax)
-            for j, k in enumerate(members):
-                h = self.specs[k].head
-                mask[j, self.num_classes[h]:] = float("-inf")
-                w = None if class_weights is None else class_weights[h]
-                cw[j, : self.num_classes[h]] = 1.0 if w is None else torch.as_tensor(w, dtype=torch.float32)
-            self.register_buffer(f"mask_{g}", mask, persistent=False)
-            self.register_buffer(f"cw_{g}", cw, persistent=False)
-            self.register_buffer(f"l1_{g}", torch.tensor([self.specs[k].lambda_l1 for k in members]), persistent=False)
-            self.register_buffer(f"l2_{g}", torch.tensor([self.specs[k].lambda_l2 for k in members]), persistent=False)
-            self.register_buffer(f"sq_{g}", torch.tensor([bool(self.specs[k].l2_squared) for k in members]),
+        for (w, kg), gids in clusters.items():
+            contiguous = all(np.array_equal(cols[g], np.arange(cols[g][0], cols[g][0] + w)) for g in gids)
+            if contiguous:
+                gids = sorted(gids, key=lambda g: int(cols[g][0]))
+            starts = [int(cols[g][0]) for g in gids]
+            pos = len(order)
+            if contiguous and len(gids) == 1:
+                kind = "all" if w == self.num_features else "slice"
+                blk = _Block(kind, 1, w, kg, pos, starts[0])
+            elif contiguous and len(set(np.diff(starts).tolist())) == 1 and starts[1] > starts[0]:
+                blk = _Block("strided", len(gids), w, kg, pos, starts[0], starts[1] - starts[0])
+            else:
+                blk = _Block("gather", len(gids), w, kg, pos)
+            self.register_buffer(f"gather_{len(self.blocks)}", torch.as_tensor(np.concatenate([cols[g] for g in gids]))
+                                 if blk.kind == "gather" else None, persistent=False)
+            self.blocks.append(blk)
+            for g in gids:
+                order.extend(groups[g])
+            self.W.append(torch.nn.Parameter(torch.zeros(blk.n, w, kg, self.Cmax)))
+            self.b.append(torch.nn.Parameter(torch.zeros(blk.n, kg, self.Cmax)))
+        self._order = order
+        spec_pos = np.empty(self.K, dtype=np.int64)
+        spec_pos[np.asarray(order)] = np.arange(self.K)
+        self._spec_pos = spec_pos
+        self.register_buffer("order_idx", torch.as_tensor(order, dtype=torch.long), persistent=False)
+        self.register_buffer("spec_pos_idx", torch.as_tensor(spec_pos), persistent=False)
+        # per-position buffers: heads, class masks and weights, penalties
+        heads = [self.specs[k].head for k in order]
+        self.register_buffer("heads_pos", torch.tensor(heads, dtype=torch.long), persistent=False)
+        mask = torch.zeros(self.K, self.Cmax)
+        for p, h in enumerate(heads):
+            mask[p, self.num_classes[h]:] = float("-inf")
+        self.register_buffer("class_mask", mask if bool(torch.isinf(mask).any()) else None, persistent=False)
+        cw = torch.ones(self.K, self.Cmax)
+        weighted = False
+        for p, h in enumerate(heads):
+            w_h = None if class_weights is None else class_weights[h]
+            if w_h is not None:
+                cw[p, : self.num_classes[h]] = torch.as_tensor(w_h, dtype=torch.float32)
+                weighted = True
+        self.register_buffer("class_w", cw if weighted else None, persistent=False)
+        rp = [regs[k] for k in order]
+        l1_loss = [0.0 if r.proximal else r.lambda_l1 for r in rp]
+        l1_prox = [r.lambda_l1 if r.proximal else 0.0 for r in rp]
+        self._pen: list[dict[str, Any]] = []
+        for bi, blk in enumerate(self.blocks):
+            sl = slice(blk.pos, blk.pos + blk.size)
+            sq = [r.l2_squared for r in rp[sl]]
+            info = {"l1": any(l1_loss[sl]), "l2": any(r.lambda_l2 for r in rp[sl]), "prox": any(l1_prox[sl]),
+                    "all_sq": all(sq), "no_sq": not any(sq)}
+            self._pen.append(info)
+            self.register_buffer(f"l1_{bi}", torch.tensor(l1_loss[sl]).view(blk.n, blk.kg), persistent=False)
+            self.register_buffer(f"prox_{bi}", torch.tensor(l1_prox[sl]).view(blk.n, 1, blk.kg, 1), persistent=False)
+            self.register_buffer(f"l2_{bi}", torch.tensor([r.lambda_l2 for r in rp[sl]]).view(blk.n, blk.kg),
                                  persistent=False)
+            self.register_buffer(f"sq_{bi}", torch.tensor(sq).view(blk.n, blk.kg), persistent=False)
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=1e-3)
         self.scheduler_factory = scheduler
         es = dict(early_stopping or {})
         self.es_enabled = bool(es.get("enabled", True))
         self.patience = int(es.get("patience", 3))
         self.min_delta = float(es.get("min_delta", 0.0))
+        # stats in position order (one update per validation batch / training epoch)
         self.val_stats = _BankStats(self.K)
         self.train_stats = _BankStats(self.K)
+        self._run: torch.Tensor | None = None  # running [2, K] (summed loss, rows) of the training epoch
+        # per-probe early stopping and best-on-dev state, in spec order
         self.best_loss = torch.full((self.K,), float("inf"), dtype=torch.float64)
         self.es_best = torch.full((self.K,), float("inf"), dtype=torch.float64)
         self.wait = torch.zeros(self.K, dtype=torch.long)
@@ -200,53 +281,121 @@ class ProbeBank(pl.LightningModule):
         self.best_b = [b.detach().clone() for b in self.b]
         self.has_val = False
 
-    def _buf(self, name: str, g: int) -> torch.Tensor:
-        return getattr(self, f"{name}_{g}")
+    def _buf(self, name: str, i: int) -> torch.Tensor:
+        return getattr(self, f"{name}_{i}")
 
-    def group_logits(self, x: torch.Tensor, g: int) -> torch.Tensor:
-        """``[B, K_g, C_max]`` logits of group ``g`` (masked classes at -inf)."""
-        r = self._ranges[g]
-        cols = self._buf("cols", g)
-        xg = x if cols is None else (x[:, r[0]:r[1]] if r is not None else x.index_select(1, cols))
-        W = self.W[g]
-        out = (xg @ W.reshape(W.shape[0], -1)).view(x.shape[0], W.shape[1], W.shape[2])
-        return out + (self.b[g] + self._buf("mask", g))[None, :, :]
+    # -- model -------------------------------------------------------------------------------------
+    def _block_logits(self, x: torch.Tensor, bi: int) -> torch.Tensor:
+        """``[B, n * kg, C_max]`` logits of block ``bi`` (bias added, classes not masked)."""
+        blk = self.blocks[bi]
+        B = x.shape[0]
+        W, b = self.W[bi], self.b[bi]
+        if blk.kind == "all":
+            xb = x
+        elif blk.kind == "slice":
+            xb = x[:, blk.start:blk.start + blk.w]
+        elif blk.kind == "strided":
+            xb = x.as_strided((B, blk.n, blk.w), (x.stride(0), blk.step, 1), x.storage_offset() + blk.start)
+        else:
+            xb = x.index_select(1, self._buf("gather", bi)).view(B, blk.n, blk.w)
+        kc = blk.kg * self.Cmax
+        if blk.n == 1:
+            out = torch.addmm(b.view(1, kc), xb.reshape(B, blk.w), W.view(blk.w, kc))
+            return out.view(B, blk.kg, self.Cmax)
+        # [n, B, w] @ [n, w, kg * C] (+ bias [n, 1, kg * C]): one batched GEMM, block-diagonal
+        out = torch.baddbmm(b.view(blk.n, 1, kc), xb.transpose(0, 1), W.view(blk.n, blk.w, kc))
+        return out.transpose(0, 1).reshape(B, blk.size, self.Cmax)
 
-    def _group_ce(self, x: torch.Tensor, y: torch.Tensor, g: int, need_correct: bool = True):
-        """Per-probe summed (class-weighted) CE ``[K_g]``, correct counts and labelled rows."""
-        logits = self.group_logits(x, g)  # [B, K_g, C]
-        t = y[:, self._buf("heads", g)] if y.ndim == 2 else y[:, None].expand(-1, logits.shape[1])  # [B, K_g]
-        lab = t >= 0
-        tt = t.clamp_min(0)
-        ce = F.cross_entropy(logits.reshape(-1, self.Cmax), tt.reshape(-1), reduction="none").view_as(tt)
-        w = torch.gather(self._buf("cw", g)[None, :, :].expand(len(tt), -1, -1), 2, tt[:, :, None])[:, :, 0] * lab
-        correct = ((logits.argmax(-1) == tt) & lab).sum(0) if need_correct else torch.zeros_like(ce[0])
-        return (ce * w).sum(0), correct, lab.sum(0)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, K, C_max]`` logits of all probes in *position* order (``self._order``); classes a
+        probe's head does not have are at -inf."""
+        if x.dtype != torch.float32:
+            x = x.float()
+        if not x.is_contiguous():
+            x = x.contiguous()
+        parts = [self._block_logits(x, bi) for bi in range(len(self.blocks))]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return out if self.class_mask is None else out + self.class_mask
 
+    def _targets(self, y: torch.Tensor, K: int):
+        """Targets ``[B, K]`` (clamped to >= 0) and the labelled-row mask (None: all rows labelled)."""
+        if y.ndim == 2:
+            t = y.index_select(1, self.heads_pos)
+            lab = t >= 0
+            return t.clamp_min(0), lab
+        return y.long()[:, None].expand(-1, K), None
+
+    def _nll(self, logits: torch.Tensor, y: torch.Tensor):
+        """Per-probe summed (class-weighted) cross entropy ``[K]``, targets, labelled mask."""
+        t, lab = self._targets(y, logits.shape[1])
+        nll = -logits.log_softmax(-1).gather(2, t.unsqueeze(2)).squeeze(2)  # [B, K]
+        if self.class_w is not None:
+            nll = nll * self.class_w.unsqueeze(0).expand(len(t), -1, -1).gather(2, t.unsqueeze(2)).squeeze(2)
+        if lab is not None:
+            nll = nll * lab
+        return nll.sum(0), t, lab
+
+    def penalty(self) -> torch.Tensor:
+        """Summed penalty in the training loss of all probes (L1 of subgradient-mode probes, L2)."""
+        total = None
+        for bi, info in enumerate(self._pen):
+            W = self.W[bi]
+            if info["l1"]:
+                v = (self._buf("l1", bi) * W.abs().sum(dim=(1, 3))).sum()
+                total = v if total is None else total + v
+            if info["l2"]:
+                sq = W.pow(2).sum(dim=(1, 3))
+                r2 = sq if info["all_sq"] else (_safe_sqrt(sq) if info["no_sq"] else
+                                                 torch.where(self._buf("sq", bi), sq, _safe_sqrt(sq)))
+                v = (self._buf("l2", bi) * r2).sum()
+                total = v if total is None else total + v
+        return total
+
+    # -- Lightning hooks ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y, n_global = batch if len(batch) == 3 else (*batch, len(batch[1]))
         world = self.trainer.world_size if self._trainer is not None else 1
-        total = x.new_zeros(())
-        for g, members in enumerate(self.groups):
-            ce, correct, n = self._group_ce(x, y, g, need_correct=False)  # train accuracy: not tracked
-            pen = batched_penalty(self.W[g].transpose(0, 1), self._buf("l1", g), self._buf("l2", g), self._buf("sq", g))
-            total = total + (ce * (world / n_global)).sum() + pen.sum()
-            self.train_stats.update(_scatter(ce.detach(), members, self.K), _scatter(correct, members, self.K),
-                                    _scatter(n, members, self.K))
-        return total
+        nll, _, lab = self._nll(self.logits(x), y)
+        loss = nll.sum() * (world / n_global)
+        pen = self.penalty()
+        if pen is not None:
+            loss = loss + pen
+        with torch.no_grad():  # running sums; fed to the epoch metric once per epoch (no per-step sync)
+            n = lab.sum(0).to(nll.dtype) if lab is not None else nll.new_full(nll.shape, float(len(y)))
+            run = torch.stack([nll.detach(), n])
+            self._run = run if self._run is None else self._run + run
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # proximal L1 (spec.l1_mode="proximal"): soft-threshold after each optimiser step, per probe
+        if not any(info["prox"] for info in self._pen):
+            return
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, (list, tuple)) else [opts]
+        opt = getattr(opts[0], "optimizer", opts[0])  # unwrap Lightning's LightningOptimizer
+        for bi, info in enumerate(self._pen):
+            if info["prox"]:
+                proximal_l1_(self.W[bi], opt, self._buf("prox", bi))
 
     def on_train_epoch_end(self):
-        loss, acc = self.train_stats.compute()
+        if self._run is not None:
+            self.train_stats.update(self._run[0], torch.zeros_like(self._run[0]), self._run[1])
+        self._run = None
+        loss, _ = self.train_stats.compute()
         self.train_stats.reset()
-        self.log_dict({"train/loss_mean": float(loss.mean())},
-                      on_epoch=True, sync_dist=False)
+        self.log_dict({"train/loss_mean": float(loss.mean())}, on_epoch=True, sync_dist=False)
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch if len(batch) == 3 else (*batch, len(batch[1]))
-        for g, members in enumerate(self.groups):
-            ce, correct, n = self._group_ce(x, y, g)
-            self.val_stats.update(_scatter(ce, members, self.K), _scatter(correct, members, self.K),
-                                  _scatter(n, members, self.K))
+        logits = self.logits(x)
+        nll, t, lab = self._nll(logits, y)
+        hit = logits.argmax(-1) == t
+        if lab is not None:
+            hit = hit & lab
+            n = lab.sum(0)
+        else:
+            n = torch.full_like(nll, float(len(y)))
+        self.val_stats.update(nll, hit.sum(0), n)
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
@@ -255,26 +404,27 @@ class ProbeBank(pl.LightningModule):
         self.has_val = True
         loss, acc = self.val_stats.compute()
         self.val_stats.reset()
-        loss, acc = loss.cpu(), acc.cpu()
+        loss, acc = loss.cpu()[self._spec_pos], acc.cpu()[self._spec_pos]  # spec order
         epoch = int(self.trainer.current_epoch)
-        for g, members in enumerate(self.groups):
-            for j, k in enumerate(members):
-                if self.stopped[k]:
-                    continue
-                v = float(loss[k])
-                if v < float(self.best_loss[k]):  # best-on-dev weights (as BestWeights)
-                    self.best_loss[k] = v
-                    self.best_epoch[k] = epoch
-                    self.best_W[g][:, j] = self.W[g].detach()[:, j].clone()
-                    self.best_b[g][j] = self.b[g].detach()[j].clone()
-                if self.es_enabled:  # as Lightning's EarlyStopping (mode=min)
-                    if v + self.min_delta < float(self.es_best[k]):
-                        self.es_best[k] = v
-                        self.wait[k] = 0
-                    else:
-                        self.wait[k] += 1
-                        if self.wait[k] >= self.patience:
-                            self.stopped[k] = True
+        active = ~self.stopped
+        improved = active & (loss < self.best_loss)  # best-on-dev weights (as BestWeights)
+        self.best_loss = torch.where(improved, loss, self.best_loss)
+        self.best_epoch = torch.where(improved, torch.full_like(self.best_epoch, epoch), self.best_epoch)
+        if bool(improved.any()):
+            imp = improved[torch.as_tensor(self._order)]  # position order
+            with torch.no_grad():
+                for bi, blk in enumerate(self.blocks):
+                    m = imp[blk.pos:blk.pos + blk.size].to(self.W[bi].device)
+                    self.best_W[bi] = torch.where(m.view(blk.n, 1, blk.kg, 1), self.W[bi].detach(),
+                                                  self.best_W[bi].to(self.W[bi].device))
+                    self.best_b[bi] = torch.where(m.view(blk.n, blk.kg, 1), self.b[bi].detach(),
+                                                  self.best_b[bi].to(self.b[bi].device))
+        if self.es_enabled:  # as Lightning's EarlyStopping (mode=min), per probe
+            better = active & (loss + self.min_delta < self.es_best)
+            worse = active & ~better
+            self.es_best = torch.where(better, loss, self.es_best)
+            self.wait = torch.where(better, torch.zeros_like(self.wait), self.wait + worse.long())
+            self.stopped = self.stopped | (worse & (self.wait >= self.patience))
         self.log_dict({"val/loss_mean": float(loss.mean()), "val/acc_mean": float(acc.mean()),
                        "bank/active": float((~self.stopped).sum())}, on_epoch=True, sync_dist=False)
         if bool(self.stopped.all()):
@@ -283,9 +433,9 @@ class ProbeBank(pl.LightningModule):
     def on_fit_end(self):
         if self.has_val:
             with torch.no_grad():
-                for g in range(len(self.groups)):
-                    self.W[g].copy_(self.best_W[g])
-                    self.b[g].copy_(self.best_b[g])
+                for bi in range(len(self.blocks)):
+                    self.W[bi].copy_(self.best_W[bi])
+                    self.b[bi].copy_(self.best_b[bi])
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())
@@ -294,26 +444,33 @@ class ProbeBank(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
 
     # -- per-probe views ------------------------------------------------------------------------
-    def _where(self, k: int) -> tuple[int, int]:
-        for g, members in enumerate(self.groups):
-            if k in members:
-                return g, members.index(k)
-        raise IndexError(k)
+    def _where(self, k: int) -> tuple[int, int, int]:
+        """(block, column set, probe) of spec ``k`` in the stacked weights."""
+        if not 0 <= k < self.K:
+            raise IndexError(k)
+        p = int(self._spec_pos[k])
+        for bi, blk in enumerate(self.blocks):
+            if blk.pos <= p < blk.pos + blk.size:
+                i, j = divmod(p - blk.pos, blk.kg)
+                return bi, i, j
+        raise IndexError(k)  # pragma: no cover
 
     def weight_matrix(self, k: int) -> np.ndarray:
         """Probe ``k``'s weights ``[C_k, F_k]`` (the layout of ``LinearProbe.weight_matrix``)."""
-        g, j = self._where(k)
+        bi, i, j = self._where(k)
         c = self.num_classes[self.specs[k].head]
-        return self.W[g].detach()[:, j, :c].T.cpu().double().numpy().copy()
+        return self.W[bi].detach()[i, :, j, :c].T.cpu().double().numpy().copy()
 
     def bias(self, k: int) -> np.ndarray:
-        g, j = self._where(k)
-        return self.b[g].detach()[j, : self.num_classes[self.specs[k].head]].cpu().double().numpy().copy()
+        bi, i, j = self._where(k)
+        return self.b[bi].detach()[i, j, : self.num_classes[self.specs[k].head]].cpu().double().numpy().copy()
 
     def local_columns(self, k: int) -> np.ndarray:
-        g, _ = self._where(k)
-        c = self._buf("cols", g)
-        return np.arange(self.num_features) if c is None else c.cpu().numpy().copy()
+        """Probe ``k``'s columns of the input (positions in ``x``)."""
+        for g, members in enumerate(self.groups):
+            if k in members:
+                return self._cols[g].copy()
+        raise IndexError(k)
 
     @torch.no_grad()
     def evaluate(self, chunks, stage: str = "test") -> list[dict[str, float]]:
@@ -324,22 +481,22 @@ class ProbeBank(pl.LightningModule):
         loss = torch.zeros(self.K, dtype=torch.float64)
         n = torch.zeros(self.K, dtype=torch.float64)
         for x, y in chunks:
-            x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            x = torch.as_tensor(x, device=self.device)
             y = torch.as_tensor(y, device=self.device)
-            for g, members in enumerate(self.groups):
-                logits = self.group_logits(x, g)
-                for j, k in enumerate(members):
-                    h = self.specs[k].head
-                    t = y[:, h] if y.ndim == 2 else y
-                    lab = t >= 0
-                    if not bool(lab.any()):
-                        continue
-                    c = self.num_classes[h]
-                    lg = logits[:, j][lab][:, :c]
-                    cw = self._buf("cw", g)[j, :c]
-                    loss[k] += float(F.cross_entropy(lg, t[lab], weight=cw, reduction="sum"))
-                    n[k] += int(lab.sum())
-                    mets[k].update(lg.argmax(-1), t[lab])
+            if not len(y):
+                continue
+            logits = self.logits(x)
+            nll, t, lab = self._nll(logits, y)
+            loss += nll.double().cpu()[self._spec_pos]
+            n += (lab.sum(0).double().cpu() if lab is not None else torch.full((self.K,), float(len(y)),
+                                                                                dtype=torch.float64))[self._spec_pos]
+            preds = logits.argmax(-1)
+            for k in range(self.K):
+                p = int(self._spec_pos[k])
+                if lab is None:
+                    mets[k].update(preds[:, p], t[:, p])
+                elif bool(lab[:, p].any()):
+                    mets[k].update(preds[lab[:, p], p], t[lab[:, p], p])
         out = []
         for k, s in enumerate(self.specs):
             if n[k] == 0:
@@ -355,10 +512,11 @@ class ProbeBank(pl.LightningModule):
         return out
 
 
-def _scatter(v: torch.Tensor, members: list[int], K: int) -> torch.Tensor:
-    out = torch.zeros(K, dtype=torch.float64, device=v.device)
-    out[torch.as_tensor(members, device=v.device)] = v.double()
-    return out
+def _features(X) -> torch.Tensor:
+    """Training features as a tensor: float16 stays float16 (half the memory; each batch is converted
+    to float32 in :meth:`ProbeBank.logits`), anything else becomes float32."""
+    X = np.asarray(X)
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float16 if X.dtype == np.float16 else np.float32))
 
 
 def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str, Any]], *, logger=None,
@@ -400,7 +558,8 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
                 local = np.array([pos[int(n)] for n in np.asarray(s.neurons).reshape(-1)], dtype=np.int64)
             except KeyError as e:
                 raise ConfigError(f"probe {s.name!r}: neuron {e.args[0]} is not among the data's columns") from None
-        local_specs.append(ProbeSpec(s.name, local, s.lambda_l1, s.lambda_l2, s.l2_squared, s.head, dict(s.meta)))
+        local_specs.append(ProbeSpec(s.name, local, s.lambda_l1, s.lambda_l2, s.l2_squared, s.head, dict(s.meta),
+                                     s.l1_mode))
 
     def stacked(split: str):
         Xs, ys = [], []
@@ -428,7 +587,7 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
     has_val = _has_rows(base, "val")
     tr = stacked("train")
     va = stacked("val") if has_val else None
-    t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)), torch.from_numpy(a[1]))
+    t = lambda a: (_features(a[0]), torch.from_numpy(a[1]))
     data = TensorDataModule(t(tr), t(va) if va is not None else None,
                             resolve_batch_size(pcfg.get("batch_size", "auto"), len(tr[1])),
                             int(pcfg.get("eval_batch_size", 8192)), seed)
