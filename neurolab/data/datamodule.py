@@ -47,7 +47,7 @@ from ..corpus.types import Corpus
 from ..errors import ConfigError
 from ..store.format import StoreMismatchError
 from .plan import chunk_ids, make_plan, num_batches_per_rank
-from .reader import RowReader
+from .reader import RowReader, raw_to_float32
 from .sites import select_sites
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,12 @@ def _store_keys(store) -> np.ndarray:
 
 
 class _Source:
-    """Produces feature blocks for example index arrays: from the shard files or from memory."""
+    """Produces feature blocks for example index arrays: from the shard files or from memory.
+
+    Blocks are in the *held* type: the store's element type (``RowReader.raw_dtype``) for one row
+    per example, float32 for pooled sentence rows; :meth:`_Norm.apply` turns them into normalised
+    float32 batch by batch.
+    """
 
     def __init__(self, reader: RowReader | None, memory: np.ndarray | None, pooled: bool):
         self.reader, self.memory, self.pooled = reader, memory, pooled
@@ -156,43 +161,73 @@ class _Source:
             return self.load(ex, idx), np.arange(len(idx))
         starts = ex.start[idx]
         order = np.argsort(starts, kind="stable")
-        block = self.reader.read_rows(starts[order])
+        block = self.reader.read_rows(starts[order], raw=True)
         pos = np.empty(len(idx), dtype=np.int64)
         pos[order] = np.arange(len(idx))
         return block, pos
 
-    def load(self, ex: _Examples, idx: np.ndarray) -> np.ndarray:
-        """float32 ``[len(idx), F]`` raw (memory: already normalised) features of examples ``idx``."""
-        if self.memory is not None:
-            return self.memory[idx]
+    def load(self, ex: _Examples, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Held-type ``[len(idx), F]`` raw features of examples ``idx`` read from the store (into
+        ``out`` when given: rows in increasing store order are read straight into it)."""
         starts, lens = ex.start[idx], ex.lengths(idx)
         if lens is None:
+            if len(starts) < 2 or bool(np.all(starts[1:] > starts[:-1])):
+                return self.reader.read_rows(starts, out=out, raw=True)
             order = np.argsort(starts, kind="stable")
-            block = self.reader.read_rows(starts[order])
-            out = np.empty_like(block)
+            block = self.reader.read_rows(starts[order], raw=True)
+            if out is None:
+                out = np.empty_like(block)
             out[order] = block
             return out
         total = int(lens.sum())
         offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         rows = np.repeat(starts, lens) + (np.arange(total, dtype=np.int64) - np.repeat(offs, lens))
         order = np.argsort(rows, kind="stable")
-        block = self.reader.read_rows(rows[order])
+        block = self.reader.read_rows(rows[order], raw=True)
         full = np.empty_like(block)
         full[order] = block
         del block
-        out = np.add.reduceat(full, offs, axis=0, dtype=np.float64) / lens[:, None]
-        return out.astype(np.float32)
+        if self.reader.dtype == "bf16":
+            full = raw_to_float32(full, "bf16")
+        pooled = np.add.reduceat(full, offs, axis=0, dtype=np.float64) / lens[:, None]
+        if out is None:
+            return pooled.astype(np.float32)
+        out[...] = pooled
+        return out
+
+
+class _Norm:
+    """Held-type rows -> normalised float32: ``(x - mean) / std`` (in-memory data, the values it held
+    when it was stored normalised) or ``(x - mean) * (1 / std)`` (streamed data)."""
+
+    def __init__(self, store_dtype: str, mean: np.ndarray | None, std: np.ndarray | None, divide: bool):
+        self.store_dtype, self.mean, self.divide = store_dtype, mean, divide
+        self.std = std
+        self.inv_std = None if std is None else (1.0 / std.astype(np.float64)).astype(np.float32)
+
+    def apply(self, block: np.ndarray, normalize: bool = True, fresh: bool = False) -> np.ndarray:
+        """A new float32 array; ``block`` is not modified unless ``fresh`` (a float32 temporary of the
+        caller's, normalised in place)."""
+        if block.dtype != np.float32:
+            x = raw_to_float32(block, self.store_dtype)
+        else:
+            x = block if fresh else block.copy()
+        if normalize and self.mean is not None:
+            x -= self.mean
+            if self.divide:
+                x /= self.std
+            else:
+                x *= self.inv_std
+        return x
 
 
 class _StreamDataset(IterableDataset):
     """Yields ready batches ``(x float32 [B, F], y)``; see :mod:`neurolab.data.plan`."""
 
-    def __init__(self, source: _Source, ex: _Examples, chunks: np.ndarray, mean, std, batch_size: int,
+    def __init__(self, source: _Source, ex: _Examples, chunks: np.ndarray, norm: _Norm, batch_size: int,
                  shuffle: bool, seed: int, task: str):
         super().__init__()
-        self.source, self.ex, self.chunks = source, ex, chunks
-        self.mean, self.std = mean, std
-        self.inv_std = None if std is None else (1.0 / std.astype(np.float64)).astype(np.float32)
+        self.source, self.ex, self.chunks, self.norm = source, ex, chunks, norm
         self.batch_size, self.shuffle, self.seed, self.task = int(batch_size), bool(shuffle), int(seed), task
         self.epoch, self.rank, self.world = 0, 0, 1
 
@@ -213,14 +248,11 @@ class _StreamDataset(IterableDataset):
             a, z = int(p.batches[b0]), int(p.batches[b1])
             idx = p.order[a:z]
             block, pos = self.source.load_indirect(self.ex, idx)
-            norm = self.mean is not None and self.source.memory is None
             Y = self.ex.y[idx]
             for b in range(b0, b1):
                 s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
-                xb = block[pos[s:e]]  # a new array: the batch's rows in visiting order
-                if norm:
-                    xb -= self.mean
-                    xb *= self.inv_std
+                # the batch's rows in visiting order (held type), then float32 and normalised
+                xb = self.norm.apply(block[pos[s:e]], fresh=True)
                 yield torch.from_numpy(xb), torch.as_tensor(Y[s:e], dtype=ydt)
             del block
 
@@ -414,7 +446,7 @@ class ActivationDataModule(pl.LightningDataModule):
         self._chunks = {k: chunk_ids(v.lengths() if v.length is not None else len(v), self.chunk_rows)
                         for k, v in self._examples.items()}
         self._reader = RowReader(store, self.sites, self.columns)
-        need = sum(v.rows if not self.pooled else len(v) for v in self._examples.values()) * len(self.columns) * 4
+        need = self._held_bytes(self._examples, len(self.columns))
         self.stats["bytes_selected"] = int(need)
         fits = self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20
         self._norm_stats(load_memory=fits)
@@ -613,8 +645,24 @@ class ActivationDataModule(pl.LightningDataModule):
         self._examples["train"] = tr.take(keep_idx)
 
     # -- normalisation and memory ---------------------------------------------------------------------
-    def _raw_chunks(self, ex: _Examples, chunk_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        src = _Source(self._reader, None, self.pooled)
+    @property
+    def _held_dtype(self) -> np.dtype:
+        """Element type of the rows held in memory or streamed: the store's (fp16, bf16 bits, fp32)
+        for one row per example, float32 for pooled sentence rows."""
+        return np.dtype(np.float32) if self.pooled else self._reader.raw_dtype
+
+    def _held_bytes(self, examples: Mapping[str, _Examples], num_columns: int) -> int:
+        """Bytes of all splits held in memory (examples x columns x the held element size)."""
+        return sum(len(v) for v in examples.values()) * num_columns * self._held_dtype.itemsize
+
+    def _raw_chunks(self, ex: _Examples, chunk_rows: int | None = None, reader: RowReader | None = None
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(idx, held-type block)`` of raw features read from the store, in example order."""
+        src = _Source(reader or self._reader, None, self.pooled)
+        for idx in self._chunk_bounds(ex, chunk_rows):
+            yield idx, src.load(ex, idx)
+
+    def _chunk_bounds(self, ex: _Examples, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
         n = len(ex)
         step = int(chunk_rows) if chunk_rows else None
         if step is None:
@@ -624,39 +672,61 @@ class ActivationDataModule(pl.LightningDataModule):
             bounds = np.concatenate([np.arange(0, n, max(step, 1)), [n]])
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
-                idx = np.arange(a, b, dtype=np.int64)
-                yield idx, src.load(ex, idx)
+                yield np.arange(a, b, dtype=np.int64)
+
+    def _load_memory(self, examples: Mapping[str, _Examples], reader: RowReader) -> dict[str, np.ndarray]:
+        """Every split read once into a preallocated array of the held type (no float32 copy, no
+        list of chunks): rows read block by block straight into their place."""
+        src = _Source(reader, None, self.pooled)
+        memory = {}
+        for split in SPLITS:
+            ex = examples[split]
+            X = np.empty((len(ex), reader.num_features), dtype=self._held_dtype)
+            for idx in self._chunk_bounds(ex):
+                src.load(ex, idx, out=X[int(idx[0]):int(idx[-1]) + 1])
+            memory[split] = X
+        return memory
+
+    def _column_groups(self, rows: int) -> list[np.ndarray]:
+        """Positions of ``columns`` in groups whose float32 block of ``rows`` rows is about 8 MiB."""
+        F = len(self.columns)
+        g = max(1, min(F, (8 << 20) // max(4 * int(rows), 1)))
+        return [np.arange(a, min(a + g, F)) for a in range(0, F, g)]
 
     def _norm_stats(self, load_memory: bool) -> None:
         F = len(self.columns)
-        memory: dict[str, np.ndarray] | None = None
-        if load_memory:
-            memory = {}
-            for split in SPLITS:
-                ex = self._examples[split] if split != "train" else self._train_full
-                X = np.empty((len(ex), F), dtype=np.float32)
-                for idx, block in self._raw_chunks(ex):
-                    X[idx] = block
-                memory[split] = X
+        full_in_memory = load_memory and len(self._examples["train"]) == len(self._train_full)
+        self._memory = self._load_memory(self._examples, self._reader) if load_memory else None
         if self.normalize == "zscore":
-            n, mean, m2 = 0, np.zeros(F), np.zeros(F)
-            blocks = ((None, memory["train"][a:a + self.chunk_rows]) for a in range(0, len(self._train_full), self.chunk_rows)) \
-                if memory is not None else self._raw_chunks(self._train_full)
-            for _, X in blocks:
-                nb = len(X)
-                if nb == 0:
-                    continue
-                mb = X.mean(axis=0, dtype=np.float64)
-                mb32 = mb.astype(np.float32)
-                d = X - mb32
-                np.square(d, out=d)
-                m2b = d.sum(axis=0, dtype=np.float64) - nb * (mb - mb32.astype(np.float64)) ** 2
-                del d
-                delta = mb - mean
-                tot = n + nb
-                mean = mean + delta * (nb / tot)
-                m2 = m2 + m2b + delta**2 * (n * nb / tot)
-                n = tot
+            # per column: the same blocks of rows (and hence the same numbers) whichever way the
+            # columns are grouped; a group's float32 block is small (see _column_groups)
+            mean, m2, n = np.zeros(F), np.zeros(F), 0
+            ex = self._train_full
+            for pos in self._column_groups(self.chunk_rows):
+                if full_in_memory:
+                    M, c0, c1 = self._memory["train"], int(pos[0]), int(pos[-1]) + 1
+                    blocks = (M[a:a + self.chunk_rows, c0:c1] for a in range(0, len(ex), self.chunk_rows))
+                else:
+                    rd = RowReader(self.store, self.sites, self.columns[pos])
+                    blocks = (blk for _, blk in self._raw_chunks(ex, reader=rd))
+                mean_g, m2_g, n = np.zeros(len(pos)), np.zeros(len(pos)), 0
+                for raw in blocks:
+                    X = raw_to_float32(np.ascontiguousarray(raw), self._reader.dtype) if raw.dtype != np.float32 else raw
+                    nb = len(X)
+                    if nb == 0:
+                        continue
+                    mb = X.mean(axis=0, dtype=np.float64)
+                    mb32 = mb.astype(np.float32)
+                    d = X - mb32
+                    np.square(d, out=d)
+                    m2b = d.sum(axis=0, dtype=np.float64) - nb * (mb - mb32.astype(np.float64)) ** 2
+                    del d, X
+                    delta = mb - mean_g
+                    tot = n + nb
+                    mean_g = mean_g + delta * (nb / tot)
+                    m2_g = m2_g + m2b + delta**2 * (n * nb / tot)
+                    n = tot
+                mean[pos], m2[pos] = mean_g, m2_g
             std = np.sqrt(np.maximum(m2 / max(n, 1), 0.0))
             const = std < 1e-12
             self.stats["constant_features"] = int(const.sum())
@@ -664,22 +734,17 @@ class ActivationDataModule(pl.LightningDataModule):
             self.mean_, self.std_ = mean, std
         else:
             self.mean_, self.std_ = None, None
-        if memory is not None:
-            if self.mean_ is not None:
-                m32, s32 = self.mean_.astype(np.float32), self.std_.astype(np.float32)
-                for X in memory.values():
-                    for a in range(0, len(X), 65536):
-                        X[a:a + 65536] -= m32
-                        X[a:a + 65536] /= s32
-            if len(self._examples["train"]) != len(self._train_full):  # undersampled
-                pos = np.searchsorted(self._train_full.start, self._examples["train"].start)
-                memory["train"] = memory["train"][pos]
-            self._memory = memory
 
     def _mean32(self):
         if self.mean_ is None:
             return None, None
         return self.mean_.astype(np.float32), self.std_.astype(np.float32)
+
+    def _norm(self, divide: bool = True) -> _Norm:
+        """Held rows -> float32 as this module's data are seen: ``(x - mean) / std`` (arrays, chunks,
+        in-memory batches) or, ``divide=False``, ``(x - mean) * (1 / std)`` (streamed batches)."""
+        m32, s32 = self._mean32()
+        return _Norm(self._reader.dtype, m32, s32, divide=divide)
 
     # -- data access --------------------------------------------------------------------------------
     def _ex(self, split: str) -> _Examples:
@@ -704,33 +769,53 @@ class ActivationDataModule(pl.LightningDataModule):
         return (k >> 32).astype(np.int64), (k & 0xFFFFFFFF).astype(np.int64)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(X float32 [n, F], y)`` of ``split`` in memory, normalised as configured.
-
-        On the in-memory path this is the data module's own array (no copy): do not modify it.
-        """
+        """``(X float32 [n, F], y)`` of ``split``, normalised as configured: a new array each call
+        (the module holds its rows in the store's element type; see :meth:`tensors` for those)."""
         split = _split_name(split)
         ex = self._ex(split)
-        if self._memory is not None:
-            return self._memory[split], ex.y.copy()
         X = np.empty((len(ex), len(self.columns)), dtype=np.float32)
+        if self._memory is not None:
+            M, norm = self._memory[split], self._norm()
+            for a in range(0, len(ex), 65536):
+                out = X[a:a + 65536]
+                raw_to_float32(M[a:a + 65536], self._reader.dtype, out=out)
+                norm.apply(out, fresh=True)
+            return X, ex.y.copy()
         for idx, block in self.iter_chunks_idx(split, None, True):
-            X[idx] = block
+            X[int(idx[0]):int(idx[-1]) + 1] = block
         return X, ex.y.copy()
 
-    def iter_chunks_idx(self, split: str, chunk_rows: int | None, normalize: bool):
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` tensors of an in-memory ``split`` without a copy: ``x`` holds the *raw* rows in
+        the store's element type (float16, bfloat16 or float32; float32 for pooled sentence rows);
+        :meth:`norm_tensors` gives the normalisation to apply to each batch."""
+        split = _split_name(split)
         ex = self._ex(split)
+        if self._memory is None:
+            raise ConfigError("tensors(): the data are streamed (not in memory); use the dataloaders or arrays()")
+        X = self._memory[split]
+        x = torch.from_numpy(X.view(np.int16)).view(torch.bfloat16) if X.dtype == np.uint16 else torch.from_numpy(X)
+        return x, torch.from_numpy(ex.y.copy())
+
+    def norm_tensors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mean, std)`` float32 tensors: a batch ``x`` of :meth:`tensors` is seen as
+        ``(x.float() - mean) / std`` (None: no normalisation)."""
+        self._need()
         m32, s32 = self._mean32()
-        if self._memory is not None and (normalize or m32 is None):
+        return None if m32 is None else (torch.from_numpy(m32), torch.from_numpy(s32))
+
+    def iter_chunks_idx(self, split: str, chunk_rows: int | None, normalize: bool):
+        """``(idx, X float32)`` blocks of ``split`` in example order; each ``X`` a new array."""
+        ex = self._ex(split)
+        norm = self._norm()
+        if self._memory is not None:
             X = self._memory[_split_name(split)]
             step = int(chunk_rows) if chunk_rows else self.chunk_rows
             for a in range(0, len(ex), step):
-                yield np.arange(a, min(a + step, len(ex))), X[a:a + step].copy()
+                yield np.arange(a, min(a + step, len(ex))), norm.apply(X[a:a + step], normalize)
             return
         for idx, block in self._raw_chunks(ex, chunk_rows):
-            if normalize and m32 is not None:
-                block -= m32
-                block /= s32
-            yield idx, block
+            yield idx, norm.apply(block, normalize, fresh=True)
 
     def iter_chunks(self, split: str, chunk_rows: int | None = None, normalize: bool = True
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -747,8 +832,7 @@ class ActivationDataModule(pl.LightningDataModule):
         ex = self._ex(split)
         mem = self._memory[split] if self._memory is not None else None
         src = _Source(self._reader, mem, self.pooled)
-        m32, s32 = self._mean32()
-        return _StreamDataset(src, ex, self._chunks[split], m32, s32, batch_size, shuffle, self.seed, self.task)
+        return _StreamDataset(src, ex, self._chunks[split], self._norm(divide=mem is not None), batch_size, shuffle, self.seed, self.task)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> _EpochLoader:
         ds = self._dataset(split, shuffle, batch_size)
@@ -799,24 +883,13 @@ class ActivationDataModule(pl.LightningDataModule):
         new._reader = RowReader(self.store, self.sites, cols)
         if self.mean_ is not None:
             new.mean_, new.std_ = self.mean_[pos], self.std_[pos]
-        need = sum(v.rows if not self.pooled else len(v) for v in self._examples.values()) * len(cols) * 4
+        need = self._held_bytes(self._examples, len(cols))
         new.stats["bytes_selected"] = int(need)
         if self._memory is not None:
             new._memory = {k: np.ascontiguousarray(v[:, pos]) for k, v in self._memory.items()}
         elif self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20:
             new._memory = None
-            mem = {}
-            m32, s32 = new._mean32()
-            for split in SPLITS:
-                ex = new._examples[split]
-                X = np.empty((len(ex), len(cols)), dtype=np.float32)
-                for idx, block in new._raw_chunks(ex):
-                    if m32 is not None:
-                        block -= m32
-                        block /= s32
-                    X[idx] = block
-                mem[split] = X
-            new._memory = mem
+            new._memory = new._load_memory(new._examples, new._reader)
         else:
             new._memory = None
         return new

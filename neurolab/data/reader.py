@@ -5,7 +5,12 @@ resident set until the map is dropped, so a long streaming pass over a large sto
 (and be accounted) as if the store were loaded. :class:`RowReader` instead copies the needed
 rows straight from the shard files into small buffers: memory stays bounded by the chunk, not the
 store. Runs of nearby rows are read with one call each (a gap of up to ``gap_rows`` unneeded rows
-is read and discarded rather than splitting the call).
+is read and discarded rather than splitting the call); a long run is read in pieces of at most
+``max_read_bytes`` per site, so the transient buffer stays small whatever the request.
+
+Rows come back as float32 (:meth:`RowReader.read_rows`) or in the store's own element type
+(``raw=True``: float16 for fp16 stores, the bf16 bit patterns as uint16, float32 for fp32 stores),
+optionally written straight into a caller's preallocated array (``out=``).
 """
 from __future__ import annotations
 
@@ -18,10 +23,40 @@ import torch
 
 from ..store.format import SHARDS, StoreError, from_storage, read_npy_header, site_filename
 
-__all__ = ["RowReader"]
+__all__ = ["RowReader", "RAW_DTYPES", "raw_dtype", "raw_to_float32"]
 
 #: elements per converting copy (below torch's internal parallel grain size of 32768)
 _GRAIN = 32000
+#: numpy element type of each storage dtype as held in memory (bf16: its bit patterns)
+RAW_DTYPES = {"fp16": np.dtype(np.float16), "bf16": np.dtype(np.uint16), "fp32": np.dtype(np.float32)}
+
+
+def raw_dtype(store_dtype: str) -> np.dtype:
+    """The numpy element type that holds values of a store's ``dtype`` without conversion."""
+    try:
+        return RAW_DTYPES[str(store_dtype)]
+    except KeyError:
+        raise StoreError(f"unknown store dtype {store_dtype!r}; expected one of {sorted(RAW_DTYPES)}") from None
+
+
+def raw_to_float32(block: np.ndarray, store_dtype: str, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 values of a raw block (exact for every storage dtype); into ``out`` when given."""
+    if out is None:
+        out = np.empty(block.shape, dtype=np.float32)
+    if block.dtype == np.float32:
+        out[...] = block
+    elif str(store_dtype) == "bf16":
+        np.left_shift(block, 16, out=out.view(np.uint32), dtype=np.uint32)
+    elif block.ndim == 2 and block.flags.c_contiguous and out.flags.c_contiguous and len(block):
+        # fp16 -> fp32: torch's converting copy is several times faster than numpy's; pieces below
+        # torch's parallel grain size keep it on this thread
+        ot, bt = torch.from_numpy(out), torch.from_numpy(block)
+        step = max(1, _GRAIN // max(block.shape[1], 1))
+        for r in range(0, len(block), step):
+            ot[r:r + step].copy_(bt[r:r + step])
+    else:
+        out[...] = block
+    return out
 
 
 class RowReader:
@@ -31,9 +66,12 @@ class RowReader:
     Picklable (file descriptors are reopened lazily in each process).
     """
 
-    def __init__(self, store, sites: Sequence[str], columns: np.ndarray | None = None, gap_rows: int = 8):
+    def __init__(self, store, sites: Sequence[str], columns: np.ndarray | None = None, gap_rows: int = 8,
+                 max_read_bytes: int = 1 << 21):
         self.root = Path(store.path)
         self.dtype = store.dtype
+        self.raw_dtype = raw_dtype(self.dtype)
+        self.max_read_bytes = max(int(max_read_bytes), 1)
         self.sites = list(sites)
         widths = [int(store.neurons_per_site[s]) for s in self.sites]
         total = int(sum(widths))
@@ -106,6 +144,11 @@ class RowReader:
 
     def _put(self, out: np.ndarray, at: int, block: np.ndarray, local, pos) -> None:
         n = block.shape[0]
+        if out.dtype == block.dtype:  # raw: a plain (strided) copy into the output's columns
+            if local is not None:
+                block = block[:, local]
+            out[at : at + n, pos] = block
+            return
         if local is None and isinstance(pos, slice) and self.dtype != "bf16":
             # fp16 -> fp32 into a column range: torch's converting copy is several times faster than
             # numpy's; blocks below torch's parallel grain size keep it on this thread
@@ -121,10 +164,16 @@ class RowReader:
         out[at : at + n, pos] = block
 
     # -- reading ----------------------------------------------------------------------------------
-    def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        """``rows``: strictly increasing int64 store rows. Returns float32 ``[len(rows), F]``."""
+    def read_rows(self, rows: np.ndarray, out: np.ndarray | None = None, raw: bool = False) -> np.ndarray:
+        """``rows``: strictly increasing int64 store rows. Returns ``[len(rows), F]``: float32, or the
+        storage element type with ``raw=True`` (see :data:`RAW_DTYPES`); written into ``out`` (C
+        contiguous, that shape and type) when given, with no intermediate copy of the whole block."""
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), self.num_features), dtype=np.float32)
+        dt = self.raw_dtype if raw else np.dtype(np.float32)
+        if out is None:
+            out = np.empty((len(rows), self.num_features), dtype=dt)
+        elif out.shape != (len(rows), self.num_features) or out.dtype != dt:
+            raise ValueError(f"out: {out.shape} {out.dtype}; expected {(len(rows), self.num_features)} {dt}")
         if len(rows) == 0:
             return out
         shard_of = np.searchsorted(self.starts, rows, side="right") - 1
@@ -134,14 +183,20 @@ class RowReader:
             local = rows[seg] - self.starts[sh]
             breaks = np.flatnonzero(np.diff(local) > self.gap_rows) + 1
             for run in np.split(np.arange(len(local)), breaks):
-                lo, hi = int(local[run[0]]), int(local[run[-1]]) + 1
-                dense = hi - lo == len(run)
-                at = int(seg[run[0]])
                 for site, units, lcols, pos in self.plan:
-                    block = self._pread(sh, site, units, lo, hi)
-                    if not dense:
-                        block = block[local[run] - lo]
-                    self._put(out, at, block, lcols, pos)
+                    # pieces of at most max_read_bytes of this site's file (the transient buffer)
+                    step = max(1, self.max_read_bytes // max(units * self.raw_dtype.itemsize, 1))
+                    a = 0
+                    while a < len(run):
+                        lo = int(local[run[a]])
+                        b = int(np.searchsorted(local[run], lo + step, side="left"))
+                        b = max(b, a + 1)
+                        hi = int(local[run[b - 1]]) + 1
+                        block = self._pread(sh, site, units, lo, hi)
+                        if hi - lo != b - a:
+                            block = block[local[run[a:b]] - lo]
+                        self._put(out, int(seg[run[a]]), block, lcols, pos)
+                        a = b
         return out
 
     def read_range(self, start: int, stop: int) -> np.ndarray:

@@ -386,12 +386,9 @@ def _in_memory(dm, cfg: DictConfig) -> bool:
     if mode is False or str(mode).lower() == "false":
         return False
     if hasattr(dm, "in_memory"):
-        return bool(dm.in_memory)
-    if not hasattr(dm, "row_ids"):
-        return True
-    budget = float(cfg.get("data", {}).get("memory_budget_mb", 2048) or 2048)
-    need = sum(len(dm.row_ids(s)) for s in ("train", "val")) * int(dm.num_features) * 4 / 2**20
-    return need <= budget
+        return bool(dm.in_memory)  # the data module's own decision (by the bytes it holds)
+    # anything else (ArrayData, ...) already holds its arrays and has no streaming loaders
+    return not hasattr(dm, "train_dataloader")
 
 
 def resolve_batch_size(spec: Any, n_train: int) -> int:
@@ -481,12 +478,18 @@ def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.n
     if in_mem:
         from .batches import TensorDataModule
 
-        train_arrays = dm.arrays("train")
-        val_arrays = dm.arrays("val") if has_val else None
-        t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
-                       torch.from_numpy(np.ascontiguousarray(a[1])))
-        data = TensorDataModule(t(train_arrays), t(val_arrays) if val_arrays is not None else None,
-                                batch_size, eval_bs, seed)
+        if hasattr(dm, "tensors") and getattr(dm, "in_memory", False):
+            # the module's own rows in the store's type, normalised batch by batch: no float32 copy
+            # of a split (validation metrics below come from dm.iter_chunks, a block at a time)
+            data = TensorDataModule(dm.tensors("train"), dm.tensors("val") if has_val else None,
+                                    batch_size, eval_bs, seed, norm=dm.norm_tensors())
+        else:
+            train_arrays = dm.arrays("train")
+            val_arrays = dm.arrays("val") if has_val else None
+            t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(a[1])))
+            data = TensorDataModule(t(train_arrays), t(val_arrays) if val_arrays is not None else None,
+                                    batch_size, eval_bs, seed)
         with quiet_lightning():
             trainer.fit(module, datamodule=data)
     else:
