@@ -238,6 +238,7 @@ class ProbeBank(pl.LightningModule):
         for p, h in enumerate(heads):
             mask[p, self.num_classes[h]:] = float("-inf")
         self.register_buffer("class_mask", mask if bool(torch.isinf(mask).any()) else None, persistent=False)
+        self._masked = [bool(torch.isinf(mask[blk.pos:blk.pos + blk.size]).any()) for blk in self.blocks]
         cw = torch.ones(self.K, self.Cmax)
         weighted = False
         for p, h in enumerate(heads):
@@ -286,85 +287,133 @@ class ProbeBank(pl.LightningModule):
 
     # -- model -------------------------------------------------------------------------------------
     def _block_logits(self, x: torch.Tensor, bi: int) -> torch.Tensor:
-        """``[B, n * kg, C_max]`` logits of block ``bi`` (bias added, classes not masked)."""
+        """``[n, B, kg, C_max]`` logits of block ``bi`` (classes a probe's head lacks at -inf)."""
         blk = self.blocks[bi]
         B = x.shape[0]
         W, b = self.W[bi], self.b[bi]
+        kc = blk.kg * self.Cmax
         if blk.kind == "all":
             xb = x
         elif blk.kind == "slice":
             xb = x[:, blk.start:blk.start + blk.w]
         elif blk.kind == "strided":
-            xb = x.as_strided((B, blk.n, blk.w), (x.stride(0), blk.step, 1), x.storage_offset() + blk.start)
+            xb = x.as_strided((blk.n, B, blk.w), (blk.step, x.stride(0), 1), x.storage_offset() + blk.start)
         else:
-            xb = x.index_select(1, self._buf("gather", bi)).view(B, blk.n, blk.w)
-        kc = blk.kg * self.Cmax
+            xb = x.index_select(1, self._buf("gather", bi)).view(B, blk.n, blk.w).transpose(0, 1)
         if blk.n == 1:
             out = torch.addmm(b.view(1, kc), xb.reshape(B, blk.w), W.view(blk.w, kc))
-            return out.view(B, blk.kg, self.Cmax)
-        # [n, B, w] @ [n, w, kg * C] (+ bias [n, 1, kg * C]): one batched GEMM, block-diagonal
-        out = torch.baddbmm(b.view(blk.n, 1, kc), xb.transpose(0, 1), W.view(blk.n, blk.w, kc))
-        return out.transpose(0, 1).reshape(B, blk.size, self.Cmax)
+        else:  # [n, B, w] @ [n, w, kg * C] + [n, 1, kg * C]: one batched GEMM, block-diagonal
+            out = torch.baddbmm(b.view(blk.n, 1, kc), xb, W.view(blk.n, blk.w, kc))
+        out = out.view(blk.n, B, blk.kg, self.Cmax)
+        if self._masked[bi]:
+            out = out + self.class_mask[blk.pos:blk.pos + blk.size].view(blk.n, 1, blk.kg, self.Cmax)
+        return out
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, K, C_max]`` logits of all probes in *position* order (``self._order``); classes a
-        probe's head does not have are at -inf."""
-        if x.dtype != torch.float32:
-            x = x.float()
-        if not x.is_contiguous():
-            x = x.contiguous()
-        parts = [self._block_logits(x, bi) for bi in range(len(self.blocks))]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return out if self.class_mask is None else out + self.class_mask
-
-    def _targets(self, y: torch.Tensor, K: int):
-        """Targets ``[B, K]`` (clamped to >= 0) and the labelled-row mask (None: all rows labelled)."""
-        if y.ndim == 2:
-            t = y.index_select(1, self.heads_pos)
+    def _block_nll(self, logits: torch.Tensor, y: torch.Tensor, bi: int):
+        """Block ``bi``'s per-probe summed (class-weighted) cross entropy ``[n * kg]`` (position
+        order), its targets ``[n, B, kg]`` and labelled-row mask (None: every row is labelled)."""
+        blk = self.blocks[bi]
+        n, B, kg, C = logits.shape
+        if y.ndim == 2:  # several concepts: each probe reads its head's column; -1 = unlabelled
+            t = y.index_select(1, self.heads_pos[blk.pos:blk.pos + blk.size]).view(B, n, kg).transpose(0, 1)
             lab = t >= 0
-            return t.clamp_min(0), lab
-        return y.long()[:, None].expand(-1, K), None
-
-    def _nll(self, logits: torch.Tensor, y: torch.Tensor):
-        """Per-probe summed (class-weighted) cross entropy ``[K]``, targets, labelled mask."""
-        t, lab = self._targets(y, logits.shape[1])
-        nll = -logits.log_softmax(-1).gather(2, t.unsqueeze(2)).squeeze(2)  # [B, K]
+            t = t.clamp_min(0)
+        else:
+            t, lab = y.long().view(1, B, 1).expand(n, B, kg), None
+        nll = -logits.log_softmax(-1).gather(3, t.unsqueeze(3)).squeeze(3)  # [n, B, kg]
         if self.class_w is not None:
-            nll = nll * self.class_w.unsqueeze(0).expand(len(t), -1, -1).gather(2, t.unsqueeze(2)).squeeze(2)
+            cw = self.class_w[blk.pos:blk.pos + blk.size].view(n, 1, kg, C).expand(n, B, kg, C)
+            nll = nll * cw.gather(3, t.unsqueeze(3)).squeeze(3)
         if lab is not None:
             nll = nll * lab
-        return nll.sum(0), t, lab
+        return nll.sum(1).reshape(-1), t, lab
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, K, C_max]`` logits of all probes in spec order (classes a probe's head lacks: -inf)."""
+        x = self._input(x)
+        parts = [self._block_logits(x, bi).permute(1, 0, 2, 3).reshape(len(x), -1, self.Cmax)
+                 for bi in range(len(self.blocks))]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return out.index_select(1, self.spec_pos_idx)
+
+    @staticmethod
+    def _input(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32:  # e.g. float16 features: converted per batch
+            x = x.float()
+        return x if x.is_contiguous() else x.contiguous()
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor, need_correct: bool):
+        """Per-probe summed loss, correct predictions (or None) and labelled rows, ``[K]`` each in
+        position order."""
+        x = self._input(x)
+        nlls, hits, ns = [], [], []
+        for bi in range(len(self.blocks)):
+            lg = self._block_logits(x, bi)
+            nll, t, lab = self._block_nll(lg, y, bi)
+            nlls.append(nll)
+            ns.append(lab.sum(1).reshape(-1).to(nll.dtype) if lab is not None else
+                      nll.new_full(nll.shape, float(len(y))))
+            if need_correct:
+                hit = lg.argmax(-1) == t
+                hits.append((hit & lab if lab is not None else hit).sum(1).reshape(-1))
+        cat = lambda v: v[0] if len(v) == 1 else torch.cat(v)
+        return cat(nlls), (cat(hits) if need_correct else None), cat(ns)
 
     def penalty(self) -> torch.Tensor:
-        """Summed penalty in the training loss of all probes (L1 of subgradient-mode probes, L2)."""
-        total = None
+        """The summed penalty of all probes in the objective (L1 of subgradient-mode probes, L2), 0-d.
+        Training adds its gradient directly (:meth:`on_before_optimizer_step`), not through the loss."""
+        total = self.W[0].new_zeros(())
         for bi, info in enumerate(self._pen):
             W = self.W[bi]
             if info["l1"]:
-                v = (self._buf("l1", bi) * W.abs().sum(dim=(1, 3))).sum()
-                total = v if total is None else total + v
+                total = total + (self._buf("l1", bi) * W.abs().sum(dim=(1, 3))).sum()
             if info["l2"]:
                 sq = W.pow(2).sum(dim=(1, 3))
-                r2 = sq if info["all_sq"] else (_safe_sqrt(sq) if info["no_sq"] else
-                                                 torch.where(self._buf("sq", bi), sq, _safe_sqrt(sq)))
-                v = (self._buf("l2", bi) * r2).sum()
-                total = v if total is None else total + v
+                total = total + (self._buf("l2", bi) * torch.where(self._buf("sq", bi), sq, _safe_sqrt(sq))).sum()
         return total
+
+    @torch.no_grad()
+    def add_penalty_grad_(self) -> None:
+        """``W.grad += d penalty / dW`` for every block, elementwise on the stacked weights:
+        ``l1 * sign(W) + c * W`` with ``c = 2 * l2`` (squared L2) or ``l2 / ||W_k||`` (plain norm; 0
+        at W_k = 0), the gradient autograd gives for :meth:`penalty`."""
+        for bi, info in enumerate(self._pen):
+            if not (info["l1"] or info["l2"]):
+                continue
+            blk = self.blocks[bi]
+            W = self.W[bi]
+            if W.grad is None:
+                W.grad = torch.zeros_like(W)
+            # [n, w, kg * C] views: coefficients per (column set, probe, class) broadcast over w
+            kc = blk.kg * self.Cmax
+            W3, G3 = W.view(blk.n, blk.w, kc), W.grad.view(blk.n, blk.w, kc)
+            per_col = lambda c: c.view(blk.n, 1, blk.kg, 1).expand(blk.n, 1, blk.kg, self.Cmax).reshape(blk.n, 1, kc)
+            if info["l1"]:
+                G3.addcmul_(W3.sign(), per_col(self._buf("l1", bi)))
+            if info["l2"]:
+                l2 = self._buf("l2", bi)
+                c = 2.0 * l2
+                if not info["all_sq"]:
+                    sq = (W3 * W3).sum(1).view(blk.n, blk.kg, self.Cmax).sum(-1)
+                    root = torch.where(sq > 0, l2 / sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), 0.0)
+                    c = torch.where(self._buf("sq", bi), c, root)
+                G3.addcmul_(W3, per_col(c))
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         x, y, n_global = batch if len(batch) == 3 else (*batch, len(batch[1]))
         world = self.trainer.world_size if self._trainer is not None else 1
-        nll, _, lab = self._nll(self.logits(x), y)
-        loss = nll.sum() * (world / n_global)
-        pen = self.penalty()
-        if pen is not None:
-            loss = loss + pen
-        with torch.no_grad():  # running sums; fed to the epoch metric once per epoch (no per-step sync)
-            n = lab.sum(0).to(nll.dtype) if lab is not None else nll.new_full(nll.shape, float(len(y)))
+        nll, _, n = self._losses(x, y, need_correct=False)  # train accuracy: not tracked
+        with torch.no_grad():  # running sums, fed to the epoch metric once per epoch (no per-step sync)
             run = torch.stack([nll.detach(), n])
             self._run = run if self._run is None else self._run + run
-        return loss
+        # mean CE over the global batch per probe; the penalties' gradient is added before the step
+        return nll.sum() * (world / n_global)
+
+    def on_before_optimizer_step(self, optimizer):
+        # after backward (and DDP's gradient averaging; AMP gradients are unscaled here): the
+        # penalty is the same on every rank, so its gradient is added once, as if it were in the loss
+        self.add_penalty_grad_()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # proximal L1 (spec.l1_mode="proximal"): soft-threshold after each optimiser step, per probe
@@ -387,15 +436,8 @@ class ProbeBank(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y, _ = batch if len(batch) == 3 else (*batch, len(batch[1]))
-        logits = self.logits(x)
-        nll, t, lab = self._nll(logits, y)
-        hit = logits.argmax(-1) == t
-        if lab is not None:
-            hit = hit & lab
-            n = lab.sum(0)
-        else:
-            n = torch.full_like(nll, float(len(y)))
-        self.val_stats.update(nll, hit.sum(0), n)
+        nll, correct, n = self._losses(x, y, need_correct=True)
+        self.val_stats.update(nll, correct, n)
 
     def on_validation_epoch_end(self):
         if self.trainer.sanity_checking:
@@ -438,7 +480,7 @@ class ProbeBank(pl.LightningModule):
                     self.b[bi].copy_(self.best_b[bi])
 
     def configure_optimizers(self):
-        opt = self.optimizer_factory(self.parameters())
+        opt = _fused(self.optimizer_factory(self.parameters()))
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
@@ -474,42 +516,70 @@ class ProbeBank(pl.LightningModule):
 
     @torch.no_grad()
     def evaluate(self, chunks, stage: str = "test") -> list[dict[str, float]]:
-        """Per-probe metrics (the names of ``LinearProbe.evaluate``) over ``(x, y)`` chunks."""
-        from .linear import _metric_collection
-
-        mets = [_metric_collection("classification", self.num_classes[s.head], sync=False) for s in self.specs]
+        """Per-probe metrics (the names and definitions of ``LinearProbe.evaluate``: loss, micro
+        accuracy, macro F1 over the classes that occur in targets or predictions, per-class accuracy)
+        over ``(x, y)`` chunks, from one confusion matrix per probe."""
+        C = self.Cmax
         loss = torch.zeros(self.K, dtype=torch.float64)
-        n = torch.zeros(self.K, dtype=torch.float64)
+        cm = torch.zeros(self.K * C * C, dtype=torch.int64)
         for x, y in chunks:
             x = torch.as_tensor(x, device=self.device)
             y = torch.as_tensor(y, device=self.device)
             if not len(y):
                 continue
-            logits = self.logits(x)
-            nll, t, lab = self._nll(logits, y)
-            loss += nll.double().cpu()[self._spec_pos]
-            n += (lab.sum(0).double().cpu() if lab is not None else torch.full((self.K,), float(len(y)),
-                                                                                dtype=torch.float64))[self._spec_pos]
-            preds = logits.argmax(-1)
-            for k in range(self.K):
-                p = int(self._spec_pos[k])
-                if lab is None:
-                    mets[k].update(preds[:, p], t[:, p])
-                elif bool(lab[:, p].any()):
-                    mets[k].update(preds[lab[:, p], p], t[lab[:, p], p])
+            logits = self.logits(x)  # [B, K, C], spec order
+            if y.ndim == 2:
+                t = y.index_select(1, self.heads_pos.index_select(0, self.spec_pos_idx))
+                lab = t >= 0
+                t = t.clamp_min(0)
+            else:
+                t, lab = y.long()[:, None].expand(-1, self.K), None
+            nll = -logits.log_softmax(-1).gather(2, t.unsqueeze(2)).squeeze(2)
+            if self.class_w is not None:
+                cw = self.class_w.index_select(0, self.spec_pos_idx)
+                nll = nll * cw.unsqueeze(0).expand(len(t), -1, -1).gather(2, t.unsqueeze(2)).squeeze(2)
+            if lab is not None:
+                nll = nll * lab
+            loss += nll.sum(0).double().cpu()
+            cell = (torch.arange(self.K, device=t.device) * C + t) * C + logits.argmax(-1)  # [B, K]
+            cm += torch.bincount(cell[lab] if lab is not None else cell.reshape(-1), minlength=self.K * C * C).cpu()
+        cm = cm.view(self.K, C, C).double()
         out = []
         for k, s in enumerate(self.specs):
-            if n[k] == 0:
+            c = self.num_classes[s.head]
+            m = cm[k, :c, :c]
+            n = float(m.sum())
+            if n == 0:
                 raise ValueError(f"probe {s.name!r}: no rows in the {stage} split")
-            res = {f"{stage}/loss": float(loss[k] / n[k]), f"{stage}/n": int(n[k])}
-            for key, v in mets[k].compute().items():
-                if key == "acc_class":
-                    for name, a in zip(self.class_names[s.head], v.tolist()):
-                        res[f"{stage}/acc/{name}"] = float(a)
-                else:
-                    res[f"{stage}/{key}"] = float(v)
+            tp = m.diagonal()
+            support, predicted = m.sum(1), m.sum(0)
+            fn, fp = support - tp, predicted - tp
+            acc_class = torch.where(support > 0, tp / support.clamp_min(1), 0.0)
+            f1 = torch.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn).clamp_min(1), 0.0)
+            present = (tp + fp + fn) > 0
+            res = {f"{stage}/loss": float(loss[k] / n), f"{stage}/n": int(n), f"{stage}/acc": float(tp.sum() / n),
+                   f"{stage}/f1_macro": float(f1[present].sum() / present.sum()) if bool(present.any()) else 0.0}
+            for name, a in zip(self.class_names[s.head], acc_class.tolist()):
+                res[f"{stage}/acc/{name}"] = float(a)
             out.append(res)
         return out
+
+
+def _fused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Adam / AdamW as their fused implementation when the configuration leaves the implementation
+    open (same update rule, one kernel per step over the stacked weights instead of about ten)."""
+    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
+        return opt
+    d = opt.defaults
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if d.get("fused") is not None or d.get("foreach") is not None or d.get("differentiable") or \
+            len(opt.param_groups) != 1 or any(p.dtype != torch.float32 or p.device.type not in ("cpu", "cuda")
+                                              for p in params):
+        return opt
+    try:
+        return type(opt)(params, **dict(d, fused=True, foreach=None))
+    except (RuntimeError, ValueError, TypeError):  # a build without fused kernels
+        return opt
 
 
 def _features(X) -> torch.Tensor:
