@@ -79,12 +79,14 @@ def _standardisation(X: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]
 def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, task: str = "classification",
                    l2: float = 1e-4, max_iter: int = 100, X_val: np.ndarray | None = None,
                    y_val: np.ndarray | None = None, class_weights=None, chunk_rows: int = 8192,
-                   callback=None) -> ForwardResult:
+                   fp32_budget_mb: float = 512, callback=None) -> ForwardResult:
     """Greedy forward selection of ``k`` columns of ``X [N, F]`` (any float dtype) for predicting ``y``.
 
     ``task``: ``classification`` (``y`` class indices in ``[0, num_classes)``, softmax cross-entropy)
     or ``regression`` (``y`` floats, squared error). ``l2``: ridge on the weights of the refits
     (``mean loss + l2 * ||W||^2``, bias free). ``callback(step, info)`` is called after each step.
+    Rows in another dtype are converted to float32 once when that copy takes at most ``fp32_budget_mb``,
+    else chunk by chunk at every step.
     """
     t0 = time.perf_counter()
     N, Fn = X.shape
@@ -128,6 +130,10 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
             r = r * (w * N / w.sum()).unsqueeze(1)
         return r
 
+    # the rows as one float32 tensor when that takes at most fp32_budget_mb (else converted per chunk, each step)
+    X32 = None
+    if N * Fn * 4 <= fp32_budget_mb * 2**20:
+        X32 = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
     selected: list[int] = []
     gains: list[float] = []
     losses: list[float] = []
@@ -144,9 +150,12 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
         R = residual(out)  # [N, C]
         G = torch.zeros(Fn, C)
         Rsum = R.sum(0)
-        for a in range(0, N, chunk_rows):
-            xc = torch.from_numpy(np.asarray(X[a:a + chunk_rows], dtype=np.float32))
-            G += xc.T @ R[a:a + chunk_rows]
+        if X32 is not None:
+            G = X32.T @ R
+        else:
+            for a in range(0, N, chunk_rows):
+                xc = torch.from_numpy(np.asarray(X[a:a + chunk_rows], dtype=np.float32))
+                G += xc.T @ R[a:a + chunk_rows]
         G = (G - mu.unsqueeze(1) * Rsum.unsqueeze(0)) * inv.unsqueeze(1) / N
         score = G.square().sum(1)
         score[taken] = -1.0
@@ -158,7 +167,8 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
         taken[j] = True
         Zs = torch.cat([Zs, z_cols(X, [j])], dim=1)
         W = torch.cat([W, torch.zeros(1, C)], dim=0)
-        W, b, loss = _refit(Zs, W, b, loss_fn, l2, max_iter)
+        with _few_threads(Zs.numel()):  # many tiny L-BFGS steps: thread hand-offs would dominate
+            W, b, loss = _refit(Zs, W, b, loss_fn, l2, max_iter)
         losses.append(loss)
         if X_val is not None and y_val is not None and len(y_val):
             ov = z_cols(X_val, selected) @ W + b
@@ -171,6 +181,22 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
                             "val_acc": val_acc[-1] if val_acc else None})
     return ForwardResult(np.asarray(selected, dtype=np.int64), np.asarray(gains), losses, val_acc,
                          time.perf_counter() - t0)
+
+
+class _few_threads:
+    """One intra-op thread for problems under ``limit`` elements (restores the previous count)."""
+
+    def __init__(self, numel: int, limit: int = 4_000_000):
+        self.on = numel < limit and torch.get_num_threads() > 1
+        self.prev = torch.get_num_threads()
+
+    def __enter__(self):
+        if self.on:
+            torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        if self.on:
+            torch.set_num_threads(self.prev)
 
 
 def fit_bias(onehot: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
