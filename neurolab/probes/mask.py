@@ -5,18 +5,28 @@ Every neuron gets a gate ``z`` drawn from a hard-concrete distribution (Louizos,
 gamma) + gamma, 0, 1)``; ``z`` is exactly 0 or 1 with positive probability and differentiable in
 ``log_alpha``. The expected number of open gates (the expected L0 norm) is ``sum_j sigmoid(log_alpha_j
 - beta log(-gamma / zeta))``. Following De Cao, Schlichtkrull, Aziz & Titov (2020) the gates minimise
-the expected L0 (the expected number of open gates) subject to a divergence staying within ``eps``, through
-the Lagrangian ``L0 + lambda (divergence - eps)``: the gates descend it and the multiplier
-``lambda = exp(log_lambda) > 0`` ascends it (it grows while the constraint is violated and shrinks
-once it holds; the log-parametrisation makes its updates multiplicative, so it adapts to divergences
-of any scale).
+the expected L0 subject to a divergence staying within ``eps`` (absolute, in nats), through the
+Lagrangian ``L0 + lambda (divergence - eps)``; the multiplier ``lambda = exp(log_lambda) > 0`` rises
+while the constraint is violated and falls once it holds (``log_lambda`` moves by at most
+``lambda_lr`` per step, in proportion to the violation relative to ``eps``, so it adapts to any scale
+within a few hundred steps and carries no momentum that would overshoot). The gates descend the
+Lagrangian divided by ``1 + lambda``: the same minimiser, but gradients of a bounded scale, so that a
+large multiplier cannot leave Adam's running moments with a scale that freezes the gates after it
+falls; ``log_alpha`` is clipped to ``[-log_alpha_clip, log_alpha_clip]`` because saturated gates have
+vanishing gradients.
 
 Two modes:
 
 - **probe** (:func:`run_neuron_mask`, ``probe=neuron_mask``): the gates multiply the (normalised)
-  activations before a frozen linear probe trained on all neurons; the divergence is the increase of
-  the probe's cross-entropy over the unmasked probe's on the same batch. A closed gate replaces a
-  neuron by 0, its training mean after z-scoring.
+  activations before a linear probe trained on all neurons; the divergence is the increase of the
+  masked probe's cross-entropy over the unmasked probe's on the same batch. A closed gate replaces a
+  neuron by 0, its training mean after z-scoring. With ``adapt_probe`` (default) a copy of the probe
+  is fine-tuned along with the gates: a probe frozen with weights spread over all neurons cannot lose
+  most of them and stay within eps (on EWT dev / MiniLM / UPOS the frozen probe restricted to its 10%
+  heaviest neurons is 0.94 nats worse), while a re-weighted probe on a few % of them can. With
+  :meth:`NeuronMask.set_dev` (the runner passes the dev split) the multiplier follows the divergence
+  on held-out rows with the test-time gates: the training loss of a probe fit on all neurons is
+  optimistic, and no sparse mask could match it on the training rows.
 - **model** (:class:`ModelMask`): gates on hook sites of the live model (through
   :func:`neurolab.models.hooks.intervene`); the divergence is ``KL(p_full || p_masked)`` of the
   model's output distribution (its ``logits``: a language model's next-token distribution or a
@@ -37,6 +47,7 @@ Example (probe mode on arrays)::
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -52,6 +63,8 @@ from ..ranking import NeuronRanking
 from .linear import linear_probe_cfg
 
 log = logging.getLogger(__name__)
+
+_LOG_LAMBDA_BOUND = 15.0
 
 __all__ = ["HardConcreteGates", "NeuronMask", "ModelMask", "run_neuron_mask", "kl_divergence"]
 
@@ -112,37 +125,76 @@ class NeuronMask(pl.LightningModule):
     """
 
     def __init__(self, num_gates: int, *, eps: float = 0.05, beta: float = 2.0 / 3.0, gamma: float = -0.1,
-                 zeta: float = 1.1, init_open: float = 0.9, lr: float = 0.1, lambda_lr: float = 0.01,
-                 lambda_init: float = 10.0, gate_samples: int | None = 32):
+                 zeta: float = 1.1, init_open: float = 0.5, lr: float = 0.05, lambda_lr: float = 0.05,
+                 lambda_init: float = 100.0, gate_samples: int | None = 32, adapt_probe: bool = True,
+                 probe_lr: float = 3e-3, log_alpha_clip: float | None = 6.0):
         super().__init__()
         if eps < 0:
             raise ConfigError(f"probe.module.eps must be >= 0, got {eps}")
-        if lr <= 0 or lambda_lr <= 0 or lambda_init <= 0:
-            raise ConfigError(f"probe.module: lr, lambda_lr and lambda_init must be > 0, "
-                              f"got lr={lr}, lambda_lr={lambda_lr}, lambda_init={lambda_init}")
+        if lr <= 0 or lambda_lr <= 0 or lambda_init <= 0 or probe_lr <= 0:
+            raise ConfigError(f"probe.module: lr, lambda_lr, lambda_init and probe_lr must be > 0, got lr={lr}, "
+                              f"lambda_lr={lambda_lr}, lambda_init={lambda_init}, probe_lr={probe_lr}")
+        if log_alpha_clip is not None and log_alpha_clip <= 0:
+            raise ConfigError(f"probe.module.log_alpha_clip must be > 0 or null, got {log_alpha_clip}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.num_gates = int(num_gates)
         self.eps = float(eps)
         # distinct gate draws per batch (rows share them cyclically); None: one draw per row
         self.gate_samples = None if gate_samples is None else max(1, int(gate_samples))
-        self.lr, self.lambda_lr = float(lr), float(lambda_lr)
+        self.lr, self.lambda_lr, self.probe_lr = float(lr), float(lambda_lr), float(probe_lr)
+        self.adapt_probe = bool(adapt_probe)
+        self.log_alpha_clip = None if log_alpha_clip is None else float(log_alpha_clip)
         self.gates = HardConcreteGates(self.num_gates, beta=beta, gamma=gamma, zeta=zeta, init_open=init_open)
-        # lambda = exp(log_lambda) > 0: multiplicative updates adapt to any scale of the divergence
-        self.log_lambda = torch.nn.Parameter(torch.tensor(math.log(float(lambda_init))))
+        # lambda = exp(log_lambda) > 0, updated by the constraint violation (not by backpropagation)
+        self.register_buffer("log_lambda", torch.tensor(math.log(float(lambda_init))))
         self.probe: torch.nn.Module | None = None
+        self.adapted: torch.nn.Module | None = None
         self.path_: list[dict[str, float]] = []
         self._epoch: dict[str, list[float]] = {}
+        self._dev: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._dev_pos = 0
 
     # -- probe mode --------------------------------------------------------------------------
     def set_probe(self, probe: torch.nn.Module) -> "NeuronMask":
-        """Gate the inputs of ``probe`` (``x -> logits``); its parameters are frozen."""
+        """Gate the inputs of ``probe`` (``x -> logits``); its parameters are frozen. With
+        ``adapt_probe`` a copy of it is trained along with the gates (the masked probe) while ``probe``
+        itself stays the unmasked reference of the constraint."""
         probe.eval()
         for p in probe.parameters():
             p.requires_grad_(False)
         # kept outside the module tree so that checkpoints and optimisers see only the gates
         object.__setattr__(self, "probe", probe)
+        if self.adapt_probe:
+            adapted = copy.deepcopy(probe)
+            for p in adapted.parameters():
+                p.requires_grad_(True)
+            self.adapted = adapted  # a submodule: optimised with the gates, moved and saved with them
         return self
+
+    def set_dev(self, X, y, batch_size: int = 256) -> "NeuronMask":
+        """Held-out rows for the constraint (probe mode): the multiplier then follows the divergence of
+        the masked probe (test-time gates) on dev batches, cycled, one per training step, instead of
+        the training batch's. The training loss of a probe fit on all neurons is optimistic (it
+        overfits), so a sparse mask cannot match it on the training rows even where it generalises
+        as well; on held-out rows the comparison is fair."""
+        x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        t = torch.as_tensor(np.asarray(y)).long()
+        self._dev = (x, t) if len(t) else None
+        self._dev_bs = max(1, int(batch_size))
+        self._dev_pos = 0
+        return self
+
+    @torch.no_grad()
+    def _dev_divergence(self) -> torch.Tensor:
+        x, t = self._dev
+        n = len(t)
+        if self._dev_pos >= n:
+            self._dev_pos = 0
+        sl = slice(self._dev_pos, min(n, self._dev_pos + self._dev_bs))
+        self._dev_pos = sl.stop
+        div, _ = self.divergence((x[sl].to(self.device), t[sl].to(self.device)), self.gates.deterministic())
+        return div
 
     def _probe(self) -> torch.nn.Module:
         if self.probe is None:
@@ -150,6 +202,9 @@ class NeuronMask(pl.LightningModule):
         if next(iter(self.probe.parameters()), torch.empty(0)).device != self.device:
             self.probe.to(self.device)
         return self.probe
+
+    def _masked_probe(self) -> torch.nn.Module:
+        return self.adapted if self.adapted is not None else self._probe()
 
     def divergence(self, batch, gates: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Divergence of the masked from the unmasked computation on ``batch`` (``gates`` ``[B, n]`` or
@@ -160,7 +215,7 @@ class NeuronMask(pl.LightningModule):
         y = y.long()
         with torch.no_grad():
             base = F.cross_entropy(probe(x), y)
-        out = probe(x * gates)
+        out = self._masked_probe()(x * gates)
         loss = F.cross_entropy(out, y)
         acc = (out.argmax(-1) == y).float().mean()
         return loss - base, {"loss": loss.detach(), "base_loss": base, "acc": acc.detach()}
@@ -170,9 +225,11 @@ class NeuronMask(pl.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def configure_optimizers(self):
-        opt_g = torch.optim.Adam(self.gates.parameters(), lr=self.lr)
-        opt_l = torch.optim.Adam([self.log_lambda], lr=self.lambda_lr, maximize=True)
-        return [opt_g, opt_l]
+        groups = [{"params": list(self.gates.parameters()), "lr": self.lr}]
+        if self.adapted is not None:
+            groups.append({"params": list(self.adapted.parameters()), "lr": self.probe_lr})
+        # beta2 0.99: the Lagrangian moves with lambda, so the second moment should forget within ~100 steps
+        return torch.optim.Adam(groups, betas=(0.9, 0.99))
 
     def _draw(self, b: int) -> torch.Tensor:
         """Gates ``[b, n]``: ``gate_samples`` independent draws repeated over the rows (cheaper than one
@@ -182,26 +239,43 @@ class NeuronMask(pl.LightningModule):
         z = self.gates.sample(self.gate_samples)
         return z.repeat((b + self.gate_samples - 1) // self.gate_samples, 1)[:b]
 
+    @torch.no_grad()
+    def update_multiplier(self, div: torch.Tensor) -> None:
+        """Ascent on ``log lambda``: up while ``div > eps``, down otherwise, by at most ``lambda_lr`` per
+        step (the violation relative to ``eps``, clipped to [-1, 1]: free of the divergence's scale)."""
+        scale = max(self.eps, 1e-3)
+        step = torch.clamp((div.detach().float() - self.eps) / scale, -1.0, 1.0) * self.lambda_lr
+        self.log_lambda.add_(step).clamp_(-_LOG_LAMBDA_BOUND, _LOG_LAMBDA_BOUND)
+
     def training_step(self, batch, batch_idx):
-        opt_g, opt_l = self.optimizers()
+        opt = self.optimizers()
         z = self._draw(self.batch_size_of(batch))
         div, extra = self.divergence(batch, z)
         l0 = self.gates.expected_l0()
         l0_frac = l0 / self.num_gates
         lam = self.log_lambda.exp()
-        lagr = l0 + lam * (div - self.eps)
-        opt_g.zero_grad()
-        opt_l.zero_grad()
+        # the Lagrangian L0 + lambda (div - eps) divided by 1 + lambda: the same minimiser, but the
+        # gates' gradients stay bounded whatever lambda, so Adam's running moments never hold a
+        # lambda-sized scale that would freeze the gates once lambda falls again
+        lagr = (l0 + lam * (div - self.eps)) / (1.0 + lam)
+        opt.zero_grad()
         self.manual_backward(lagr)
-        opt_g.step()
-        opt_l.step()
+        opt.step()
+        if self.log_alpha_clip is not None:
+            with torch.no_grad():  # saturated gates have vanishing gradients and could never close again
+                self.gates.log_alpha.clamp_(-self.log_alpha_clip, self.log_alpha_clip)
+        dev_div = None if self._dev is None else self._dev_divergence()
+        self.update_multiplier(div if dev_div is None else dev_div)
         bs = self.batch_size_of(batch)
         vals = {"train/l0": l0.detach(), "train/l0_frac": l0_frac.detach(), "train/divergence": div.detach(),
                 "train/lambda": lam.detach()}
+        if dev_div is not None:
+            vals["train/dev_divergence"] = dev_div
         vals.update({f"train/{k}": v for k, v in extra.items()})
         self.log_dict(vals, on_step=True, on_epoch=False, batch_size=bs, sync_dist=False)
-        for k in ("train/l0", "train/divergence", "train/lambda"):
-            self._epoch.setdefault(k, []).append(vals[k])
+        for k in ("train/l0", "train/divergence", "train/lambda", "train/dev_divergence"):
+            if k in vals:
+                self._epoch.setdefault(k, []).append(vals[k])
         return None
 
     def on_train_epoch_end(self) -> None:
@@ -242,7 +316,7 @@ class NeuronMask(pl.LightningModule):
         x = torch.as_tensor(np.asarray(X), dtype=torch.float32, device=self.device)
         yt = torch.as_tensor(np.asarray(y), dtype=torch.long, device=self.device)
         g = self.gates.deterministic() if gates is None else gates.to(self.device)
-        full, masked = probe(x), probe(x * g)
+        full, masked = probe(x), self._masked_probe()(x * g)
         return {"loss": float(F.cross_entropy(masked, yt)), "base_loss": float(F.cross_entropy(full, yt)),
                 "acc": float((masked.argmax(-1) == yt).float().mean()),
                 "base_acc": float((full.argmax(-1) == yt).float().mean())}
@@ -380,14 +454,16 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
     mask = build_mask(pcfg, F_)
     mask.set_probe(probe)
     seed = int(cfg.get("seed") or 0)
+    bs = int(pcfg.get("batch_size", 256))
     pl.seed_everything(seed, workers=True, verbose=False)
     Xtr, ytr = dm.arrays("train")
     val = dm.arrays("val")
     t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
                    torch.from_numpy(np.ascontiguousarray(a[1]).astype(np.int64)))
     has_val = len(val[1]) > 0
-    data = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, int(pcfg.get("batch_size", 512)),
-                            8192, seed)
+    if has_val and bool(pcfg.get("constraint_on_dev", True)):
+        mask.set_dev(val[0], val[1], batch_size=bs)
+    data = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, bs, 8192, seed)
     t0 = time.perf_counter()
     with quiet_lightning():
         trainer = trainer_from_cfg(cfg, logger=logger, max_epochs=int(pcfg.get("max_epochs", 30)),
