@@ -1,13 +1,19 @@
 """``ProbeBank``: K linear probes trained in one pass over the data as one batched module.
 
-Each probe has its own feature columns (e.g. one layer's neurons), regularizer (a λ grid) and label
-head (one of several concepts labelling the same rows). Probes sharing a column set are stacked in
-one weight tensor ``[F_g, K_g, C_max]`` (one GEMM per group); logits of classes a head does not have are masked out.
+Each probe has its own feature columns (e.g. one layer's neurons), regularizer (a λ grid; L1 by
+subgradient or proximal step) and label head (one of several concepts labelling the same rows).
+Probes sharing a column set form a group; groups of the same width and size form a block, stacked in
+one weight tensor ``[n, K_g, C_max, w]`` and trained with one batched GEMM over the input seen as
+``[B, n, w]`` (7 layer probes × 4 λ: ``x.view(B, 7, 384)`` against ``[7, 4 * C, 384]``, a strided view,
+no gather, no masked dense matrix); logits of classes a head does not have are masked out.
 Every probe's loss is exactly the loss of a separate :class:`~neurolab.probes.LinearProbe` (mean
-cross entropy over the global batch + its own penalty), the probes' parameters are disjoint and
-Adam is elementwise, so with the same (zero) initialisation, seed and batches each probe follows
-the same trajectory as when trained alone. Early stopping and best-on-dev weights are tracked per
-probe (a stopped probe keeps its best weights; the bank stops when every probe has stopped).
+cross entropy over the global batch + its own penalty, whose gradient is added elementwise on the
+stacked weights), the probes' parameters are disjoint and Adam is elementwise, so with the same
+(zero) initialisation, seed and batches each probe follows the same trajectory as when trained
+alone; ``l1_mode="proximal"`` probes are soft-thresholded after every step with their own λ, as
+``regularization.l1_mode=proximal`` does for one probe. Early stopping and best-on-dev weights are
+tracked per probe (a stopped probe keeps its best weights; the bank stops when every probe has
+stopped).
 
 Example::
 
@@ -31,7 +37,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 import torchmetrics
 from omegaconf import DictConfig
 
@@ -118,10 +123,35 @@ class _BankStats(torchmetrics.Metric):
         return self.loss / n, self.correct / n
 
 
+class _BatchedLinear(torch.autograd.Function):
+    """``out[i] = x[i] @ W[i].T + b[i]`` for ``x [n, B, w]``, ``W [n, m, w]``, ``b [n, 1, m]``, with the
+    weight gradient computed as ``g[i].T @ x[i]`` (``[m, B] @ [B, w]``, the faster GEMM orientation on
+    CPU for a few dozen outputs, and already in ``W``'s layout)."""
+
+    @staticmethod
+    def forward(ctx, x, W, b):
+        ctx.save_for_backward(x, W)
+        if x.shape[0] == 1:
+            return torch.addmm(b[0], x[0], W[0].t()).unsqueeze(0)
+        return torch.baddbmm(b, x, W.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved_tensors
+        gx = gW = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.bmm(g, W)
+        if ctx.needs_input_grad[1]:
+            gW = torch.mm(g[0].t(), x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.bmm(g.transpose(1, 2), x)
+        if ctx.needs_input_grad[2]:
+            gb = g.sum(1, keepdim=True)
+        return gx, gW, gb
+
+
 @dataclass(frozen=True)
 class _Block:
     """``n`` column sets of width ``w``, each read by the same number ``kg`` of probes, stacked in one
-    weight tensor ``[n, w, kg, C]``; the input is ``x`` seen as ``[B, n, w]``:
+    weight tensor ``[n, kg, C, w]``; the input is ``x`` seen as ``[B, n, w]``:
 
     * ``all``: the whole ``x`` (n = 1); ``slice``: ``x[:, start:start + w]`` (n = 1);
     * ``strided``: ``n`` contiguous ranges ``start + i * step`` (a view, no copy; e.g. one per layer);
@@ -146,7 +176,7 @@ class ProbeBank(pl.LightningModule):
     """K linear classification probes as one module; see the module docstring.
 
     Probes reading the same columns form a group; groups of the same width and probe count form a
-    block, one stacked parameter ``W [n, w, kg, C_max]`` trained with one batched matmul
+    block, one stacked parameter ``W [n, kg, C_max, w]`` trained with one batched matmul
     (``x.view(B, n, w)`` against ``W``: block-diagonal, no masked dense matrix). The cross entropy of
     all probes is one ``log_softmax`` over ``[B, K, C_max]``; penalties are elementwise on the stacked
     weights; proximal L1 (``spec.l1_mode="proximal"``) soft-thresholds each probe's weights after
@@ -223,7 +253,8 @@ class ProbeBank(pl.LightningModule):
             self.blocks.append(blk)
             for g in gids:
                 order.extend(groups[g])
-            self.W.append(torch.nn.Parameter(torch.zeros(blk.n, w, kg, self.Cmax)))
+            # [n, kg, C, w]: per column set and probe the [C, w] layout of nn.Linear's weight
+            self.W.append(torch.nn.Parameter(torch.zeros(blk.n, kg, self.Cmax, w)))
             self.b.append(torch.nn.Parameter(torch.zeros(blk.n, kg, self.Cmax)))
         self._order = order
         spec_pos = np.empty(self.K, dtype=np.int64)
@@ -258,7 +289,7 @@ class ProbeBank(pl.LightningModule):
                     "all_sq": all(sq), "no_sq": not any(sq)}
             self._pen.append(info)
             self.register_buffer(f"l1_{bi}", torch.tensor(l1_loss[sl]).view(blk.n, blk.kg), persistent=False)
-            self.register_buffer(f"prox_{bi}", torch.tensor(l1_prox[sl]).view(blk.n, 1, blk.kg, 1), persistent=False)
+            self.register_buffer(f"prox_{bi}", torch.tensor(l1_prox[sl]).view(blk.n, blk.kg, 1, 1), persistent=False)
             self.register_buffer(f"l2_{bi}", torch.tensor([r.lambda_l2 for r in rp[sl]]).view(blk.n, blk.kg),
                                  persistent=False)
             self.register_buffer(f"sq_{bi}", torch.tensor(sq).view(blk.n, blk.kg), persistent=False)
@@ -300,10 +331,8 @@ class ProbeBank(pl.LightningModule):
             xb = x.as_strided((blk.n, B, blk.w), (blk.step, x.stride(0), 1), x.storage_offset() + blk.start)
         else:
             xb = x.index_select(1, self._buf("gather", bi)).view(B, blk.n, blk.w).transpose(0, 1)
-        if blk.n == 1:
-            out = torch.addmm(b.view(1, kc), xb.reshape(B, blk.w), W.view(blk.w, kc))
-        else:  # [n, B, w] @ [n, w, kg * C] + [n, 1, kg * C]: one batched GEMM, block-diagonal
-            out = torch.baddbmm(b.view(blk.n, 1, kc), xb, W.view(blk.n, blk.w, kc))
+        # [n, B, w] @ [n, kg * C, w].T + [n, 1, kg * C]: one batched GEMM, block-diagonal
+        out = _BatchedLinear.apply(xb.reshape(blk.n, B, blk.w), W.view(blk.n, kc, blk.w), b.view(blk.n, 1, kc))
         out = out.view(blk.n, B, blk.kg, self.Cmax)
         if self._masked[bi]:
             out = out + self.class_mask[blk.pos:blk.pos + blk.size].view(blk.n, 1, blk.kg, self.Cmax)
@@ -366,9 +395,9 @@ class ProbeBank(pl.LightningModule):
         for bi, info in enumerate(self._pen):
             W = self.W[bi]
             if info["l1"]:
-                total = total + (self._buf("l1", bi) * W.abs().sum(dim=(1, 3))).sum()
+                total = total + (self._buf("l1", bi) * W.abs().sum(dim=(2, 3))).sum()
             if info["l2"]:
-                sq = W.pow(2).sum(dim=(1, 3))
+                sq = W.pow(2).sum(dim=(2, 3))
                 total = total + (self._buf("l2", bi) * torch.where(self._buf("sq", bi), sq, _safe_sqrt(sq))).sum()
         return total
 
@@ -384,17 +413,17 @@ class ProbeBank(pl.LightningModule):
             W = self.W[bi]
             if W.grad is None:
                 W.grad = torch.zeros_like(W)
-            # [n, w, kg * C] views: coefficients per (column set, probe, class) broadcast over w
+            # [n, kg * C, w] views: coefficients per (column set, probe, class) broadcast over w
             kc = blk.kg * self.Cmax
-            W3, G3 = W.view(blk.n, blk.w, kc), W.grad.view(blk.n, blk.w, kc)
-            per_col = lambda c: c.view(blk.n, 1, blk.kg, 1).expand(blk.n, 1, blk.kg, self.Cmax).reshape(blk.n, 1, kc)
+            W3, G3 = W.view(blk.n, kc, blk.w), W.grad.view(blk.n, kc, blk.w)
+            per_col = lambda c: c.view(blk.n, blk.kg, 1).expand(blk.n, blk.kg, self.Cmax).reshape(blk.n, kc, 1)
             if info["l1"]:
                 G3.addcmul_(W3.sign(), per_col(self._buf("l1", bi)))
             if info["l2"]:
                 l2 = self._buf("l2", bi)
                 c = 2.0 * l2
                 if not info["all_sq"]:
-                    sq = (W3 * W3).sum(1).view(blk.n, blk.kg, self.Cmax).sum(-1)
+                    sq = (W3 * W3).sum(2).view(blk.n, blk.kg, self.Cmax).sum(-1)
                     root = torch.where(sq > 0, l2 / sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), 0.0)
                     c = torch.where(self._buf("sq", bi), c, root)
                 G3.addcmul_(W3, per_col(c))
@@ -457,7 +486,7 @@ class ProbeBank(pl.LightningModule):
             with torch.no_grad():
                 for bi, blk in enumerate(self.blocks):
                     m = imp[blk.pos:blk.pos + blk.size].to(self.W[bi].device)
-                    self.best_W[bi] = torch.where(m.view(blk.n, 1, blk.kg, 1), self.W[bi].detach(),
+                    self.best_W[bi] = torch.where(m.view(blk.n, blk.kg, 1, 1), self.W[bi].detach(),
                                                   self.best_W[bi].to(self.W[bi].device))
                     self.best_b[bi] = torch.where(m.view(blk.n, blk.kg, 1), self.b[bi].detach(),
                                                   self.best_b[bi].to(self.b[bi].device))
@@ -501,7 +530,7 @@ class ProbeBank(pl.LightningModule):
         """Probe ``k``'s weights ``[C_k, F_k]`` (the layout of ``LinearProbe.weight_matrix``)."""
         bi, i, j = self._where(k)
         c = self.num_classes[self.specs[k].head]
-        return self.W[bi].detach()[i, :, j, :c].T.cpu().double().numpy().copy()
+        return self.W[bi].detach()[i, j, :c].cpu().double().numpy().copy()
 
     def bias(self, k: int) -> np.ndarray:
         bi, i, j = self._where(k)

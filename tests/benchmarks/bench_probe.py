@@ -84,7 +84,8 @@ def child_probe(store: str, epochs: int, run_dir: str) -> dict:
 def child_bank(store: str, epochs: int, run_dir: str, reps: int = 3) -> dict:
     """One process: one all-layer probe vs a ProbeBank of 7 layer probes x 4 lambda values (same
     epochs, batch size and data), both warmed up once, then ``reps`` alternating timed runs of each;
-    the ratio is of the medians."""
+    the ratio is of the medians. Wall and CPU time of this process (threads pinned by
+    ``OMP_NUM_THREADS``; on a shared machine CPU time is the less noisy of the two)."""
     import statistics
 
     from neurolab.config import compose
@@ -100,15 +101,18 @@ def child_bank(store: str, epochs: int, run_dir: str, reps: int = 3) -> dict:
     # first-call costs (imports, allocator, kernels) off the clock, for both sides
     fit_probe(dm, cfg, save=False, prefix="warmup/")
     fit_probe_bank(dm, cfg, specs)
-    one_runs, bank_runs = [], []
+    one_runs, bank_runs, one_cpu, bank_cpu = [], [], [], []
     for _ in range(max(1, int(reps))):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         _, one = fit_probe(dm, cfg, save=False)
         one_runs.append(time.perf_counter() - t)
-        t = time.perf_counter()
+        one_cpu.append(time.process_time() - c)
+        t, c = time.perf_counter(), time.process_time()
         _, per = fit_probe_bank(dm, cfg, specs)
         bank_runs.append(time.perf_counter() - t)
+        bank_cpu.append(time.process_time() - c)
     one_s, bank_s = statistics.median(one_runs), statistics.median(bank_runs)
+    med_cpu = statistics.median(bank_cpu) / statistics.median(one_cpu)
     best = {}
     acc = {}
     for s in specs:
@@ -121,6 +125,8 @@ def child_bank(store: str, epochs: int, run_dir: str, reps: int = 3) -> dict:
             "reps": len(one_runs), "one_probe_runs_s": [round(v, 3) for v in one_runs],
             "bank_runs_s": [round(v, 3) for v in bank_runs],
             "bank_over_one_runs": [round(b / o, 2) for o, b in zip(one_runs, bank_runs)],
+            "one_probe_cpu_s": [round(v, 3) for v in one_cpu], "bank_cpu_s": [round(v, 3) for v in bank_cpu],
+            "bank_over_one_cpu": round(med_cpu, 2),
             "bank_best_test_acc_per_site": best, "bank_test_acc": acc,
             "load_avg_end": round(os.getloadavg()[0], 2)}
 

@@ -155,7 +155,7 @@ def test_bank_penalty_gradient_matches_autograd():
     bank = _random_bank(24, specs, num_classes=(3,))
     with torch.no_grad():  # probe "zero": all weights 0
         bi, i, j = bank._where(5)
-        bank.W[bi][i, :, j] = 0
+        bank.W[bi][i, j] = 0
     total = sum(float(Regularization(0.0 if s.regularization.proximal else s.lambda_l1, s.lambda_l2,
                                      s.l2_squared).penalty(torch.from_numpy(bank.weight_matrix(k))))
                 for k, s in enumerate(specs))
