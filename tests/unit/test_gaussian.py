@@ -195,3 +195,82 @@ def test_bad_input_is_refused():
     with pytest.raises(ConfigError, match="criterion"):
         p.fit_arrays(np.random.default_rng(0).normal(size=(10, 3)), np.arange(10) % 2).select(
             np.zeros((2, 3)), np.array([0, 1]), k=1, criterion="bogus")
+
+
+def test_candidate_scores_on_two_threads_equal_one_thread_and_naive():
+    # blocks spread over a thread pool: every block is computed as on one thread (bitwise), and all
+    # agree with the naive per-subset Cholesky
+    X, y, _, _ = _data(n=1500, D=10, C=4, seed=5)
+    p = GaussianProbe(4, 10, score_dtype="float64", block_size=3).fit_arrays(X[:1000], y[:1000])
+    Xd, yd = X[1000:], y[1000:]
+    one = p.candidate_scores(Xd, yd, [4, 1])
+    torch.set_num_threads(2)  # the one_thread fixture restores the count
+    two = p.candidate_scores(Xd, yd, [4, 1])
+    assert torch.get_num_threads() == 2
+    for key in ("mi", "loglik", "acc"):
+        np.testing.assert_array_equal(two[key], one[key])
+    for j in (0, 7, 9):
+        assert two["mi"][j] == pytest.approx(p.evaluate(Xd, yd, [4, 1, j])["mi_bits"], abs=1e-9)
+    res1 = p.select(Xd, yd, k=4)
+    res2 = GaussianProbe(4, 10, score_dtype="float64", block_size=0).fit_arrays(X[:1000], y[:1000]).select(Xd, yd, k=4)
+    assert res1.selected == res2.selected  # block size (auto here) does not change the path
+    np.testing.assert_allclose(res1.gains, res2.gains, rtol=1e-10)
+
+
+def test_lower_triangle_strips_and_mirror(monkeypatch):
+    # small strips so that D = 11 spans several of them; reference: numpy's full products
+    import neurolab.probes.gaussian as g
+
+    monkeypatch.setattr(g, "_STRIP", 3)
+    X, y, _, _ = _data(n=900, D=11, C=3, seed=2)
+    st = GaussianStats(3, 11)
+    for a in range(0, len(X), 250):
+        st.update(torch.as_tensor(X[a:a + 250]), torch.as_tensor(y[a:a + 250]))
+    counts, sums, outer = st.compute()
+    for c in range(3):
+        Xc = X[y == c]
+        np.testing.assert_allclose(outer[c].numpy(), Xc.T @ Xc, rtol=1e-12, atol=1e-10)
+        np.testing.assert_array_equal(outer[c].numpy(), outer[c].numpy().T)
+        np.testing.assert_allclose(sums[c].numpy(), Xc.sum(0), rtol=1e-12)
+    M = torch.as_tensor(np.random.default_rng(0).normal(size=(11, 11)))
+    ref = np.tril(M.numpy()) + np.tril(M.numpy(), -1).T
+    g._mirror_lower_(M)
+    np.testing.assert_array_equal(M.numpy(), ref)
+
+
+def test_release_stats_builds_the_posterior_in_place():
+    X, y, _, _ = _data(n=1200, D=7, C=3, seed=4)
+    a = GaussianProbe(3, 7).fit_arrays(X, y)  # keeps its statistics
+    b = GaussianProbe(3, 7)
+    b.fit_stream([(X[:600], y[:600]), (X[600:], y[600:])])
+    ptr = b.stats.outer.data_ptr()
+    b.finalize(release_stats=True)
+    assert b.psi_.data_ptr() == ptr  # no second [C, D, D] buffer
+    assert b.stats.outer.numel() == 0
+    np.testing.assert_allclose(b.psi_.numpy(), a.psi_.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(b.psi_.numpy(), np.swapaxes(b.psi_.numpy(), 1, 2))
+    np.testing.assert_allclose(b.mean_.numpy(), a.mean_.numpy(), rtol=1e-12)
+    assert b.select(X[:300], y[:300], k=3).selected == a.select(X[:300], y[:300], k=3).selected
+    with pytest.raises(RuntimeError, match="released"):
+        b.stats.update(torch.as_tensor(X[:5]), torch.as_tensor(y[:5]))
+    # a's statistics are intact and can still grow
+    counts, _, outer = a.stats.compute()
+    np.testing.assert_allclose(outer[1].numpy(), X[y == 1].T @ X[y == 1], rtol=1e-12, atol=1e-10)
+    b.configure(3, 7)  # a fresh pass is possible
+    b.stats.update(torch.as_tensor(X[:5]), torch.as_tensor(y[:5]))
+
+
+def test_metric_keeps_one_dense_outer_buffer_and_resets_to_zero():
+    st = GaussianStats(4, 6)
+    default = st._defaults["outer"]
+    assert default.shape == (4, 6, 6) and default.untyped_storage().nbytes() == 8  # one float64
+    X, y, _, _ = _data(n=200, D=6, C=4, seed=1)
+    st.update(torch.as_tensor(X), torch.as_tensor(y))
+    st.reset()
+    assert st.outer.shape == (4, 6, 6) and st.outer.is_contiguous() and float(st.outer.abs().sum()) == 0.0
+    st.update(torch.as_tensor(X[:100]), torch.as_tensor(y[:100]))
+    _, _, outer = st.compute()
+    Xc = X[:100][y[:100] == 2]
+    np.testing.assert_allclose(outer[2].numpy(), Xc.T @ Xc, rtol=1e-12, atol=1e-10)
+    st.double()  # module casts leave the lean default in place
+    assert st._defaults["outer"].untyped_storage().nbytes() == 8
