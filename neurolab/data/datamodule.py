@@ -153,15 +153,17 @@ class _Source:
     def __init__(self, reader: RowReader | None, memory: np.ndarray | None, pooled: bool):
         self.reader, self.memory, self.pooled = reader, memory, pooled
 
-    def load_indirect(self, ex: _Examples, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(block, pos)`` with the features of example ``idx[i]`` in ``block[pos[i]]`` (no reordering copy)."""
+    def load_indirect(self, ex: _Examples, idx: np.ndarray, buf: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """``(block, pos)`` with the features of example ``idx[i]`` in ``block[pos[i]]`` (no reordering
+        copy); rows read from the store go into ``buf`` (held type, at least ``len(idx)`` rows) if given."""
         if self.memory is not None:
             return self.memory, idx
         if ex.length is not None:
             return self.load(ex, idx), np.arange(len(idx))
         starts = ex.start[idx]
         order = np.argsort(starts, kind="stable")
-        block = self.reader.read_rows(starts[order], raw=True)
+        block = self.reader.read_rows(starts[order], raw=True, out=None if buf is None else buf[:len(idx)])
         pos = np.empty(len(idx), dtype=np.int64)
         pos[order] = np.arange(len(idx))
         return block, pos
@@ -243,18 +245,34 @@ class _StreamDataset(IterableDataset):
         wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
         p = self.plan()
         ydt = torch.float32 if self.task == REGRESSION else torch.int64
-        for u in range(wid, p.num_units, nw):
+        src = self.source
+        units = range(wid, p.num_units, nw)
+        # one buffer for the rows of a unit, reused unit after unit (freed before the last batch)
+        rows_max = max((int(p.batches[p.units[u + 1]] - p.batches[p.units[u]]) for u in units), default=0)
+        ubuf = None
+        if src.memory is None and self.ex.length is None and rows_max:
+            ubuf = np.empty((rows_max, src.reader.num_features), dtype=src.reader.raw_dtype)
+        buf = None
+        for u in units:
             b0, b1 = int(p.units[u]), int(p.units[u + 1])
             a, z = int(p.batches[b0]), int(p.batches[b1])
             idx = p.order[a:z]
-            block, pos = self.source.load_indirect(self.ex, idx)
+            block, pos = src.load_indirect(self.ex, idx, ubuf)
             Y = self.ex.y[idx]
+            last_unit = u == units[-1]
             for b in range(b0, b1):
                 s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
-                # the batch's rows in visiting order (held type), then float32 and normalised
-                xb = self.norm.apply(block[pos[s:e]], fresh=True)
+                # the batch's rows in visiting order (held type; a narrow type is gathered into a
+                # buffer reused within the unit), then a new float32 array, normalised
+                if block.dtype == np.float32:
+                    xb = self.norm.apply(block[pos[s:e]], fresh=True)
+                else:
+                    if buf is None or len(buf) < e - s:
+                        buf = np.empty((max(e - s, self.batch_size), block.shape[1]), dtype=block.dtype)
+                    xb = self.norm.apply(np.take(block, pos[s:e], axis=0, out=buf[:e - s]))
+                if last_unit and b == b1 - 1:  # the rows are released before the last batch is handed
+                    block = buf = ubuf = None  # out (a consumer may stop after it and keep this generator)
                 yield torch.from_numpy(xb), torch.as_tensor(Y[s:e], dtype=ydt)
-            del block
 
 
 class _EpochLoader(DataLoader):
@@ -331,6 +349,7 @@ class ActivationDataModule(pl.LightningDataModule):
 
             concept = instantiate(concept)
         self.store, self.corpus, self.concept = store, corpus, concept
+        self._corpus_cfg = None  # set by build_datamodule: the corpus can be parsed again on demand
         self._splits_in = {(_split_name(k)): np.asarray(v, dtype=np.int64) for k, v in dict(splits).items()}
         self._sites_spec = sites
         self._neurons = None if neurons is None else np.asarray(neurons, dtype=np.int64).reshape(-1)
@@ -360,6 +379,19 @@ class ActivationDataModule(pl.LightningDataModule):
         self._memory: dict[str, np.ndarray] | None = None
 
     # -- public attributes --------------------------------------------------------------------------
+    @property
+    def corpus(self) -> Corpus:
+        c = self.__dict__.get("_corpus")
+        if c is None and self.__dict__.get("_corpus_cfg") is not None:
+            from ..corpus import load_corpus
+
+            c = load_corpus(self._corpus_cfg)[0]  # released after setup's join (see setup)
+        return c
+
+    @corpus.setter
+    def corpus(self, value: Corpus | None) -> None:
+        self.__dict__["_corpus"] = value
+
     @property
     def task(self) -> str:
         return getattr(self.concept, "task", CLASSIFICATION)
@@ -437,7 +469,11 @@ class ActivationDataModule(pl.LightningDataModule):
                                   f"{level}-level {self.task}")
             labels = control_task(corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
         self._examples = self._join_encode(labels, level, keys)
-        del labels, keys
+        del labels, keys, corpus
+        if self._corpus_cfg is not None:
+            # the parsed corpus (Python objects, ~1 kB per word) is not needed after the join; a
+            # reloadable one is dropped before the rows are read and parsed again if asked for
+            self.corpus = None
         self.pooled = level == SENTENCE and self.sentence_pooling == "mean"
         for name in SPLITS:
             self.stats[f"examples/{name}"] = len(self._examples[name])
@@ -814,8 +850,16 @@ class ActivationDataModule(pl.LightningDataModule):
             for a in range(0, len(ex), step):
                 yield np.arange(a, min(a + step, len(ex))), norm.apply(X[a:a + step], normalize)
             return
-        for idx, block in self._raw_chunks(ex, chunk_rows):
-            yield idx, norm.apply(block, normalize, fresh=True)
+        src = _Source(self._reader, None, self.pooled)
+        for idx in self._chunk_bounds(ex, chunk_rows):
+            if self.pooled:
+                yield idx, norm.apply(src.load(ex, idx), normalize, fresh=True)
+                continue
+            # float32 output filled piece by piece (no held-type copy of the whole block)
+            X = np.empty((len(idx), len(self.columns)), dtype=np.float32)
+            for a in range(0, len(idx), 1024):
+                raw_to_float32(src.load(ex, idx[a:a + 1024]), self._reader.dtype, out=X[a:a + 1024])
+            yield idx, norm.apply(X, normalize, fresh=True)
 
     def iter_chunks(self, split: str, chunk_rows: int | None = None, normalize: bool = True
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -900,8 +944,10 @@ class ActivationDataModule(pl.LightningDataModule):
         self._need()
         if getattr(self.concept, "level", "word") == SENTENCE or self.task != CLASSIFICATION:
             raise ConfigError(f"control tasks need a word-level classification concept; {self.concept.name} is not")
-        labels = self.concept.labels(self.corpus)
-        ctl = control_task(self.corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
+        corpus = self.corpus
+        labels = self.concept.labels(corpus)
+        ctl = control_task(corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
+        del corpus
         index = {c: i for i, c in enumerate(self.class_names)}
         new = self._derive()
         new.control = True
@@ -995,4 +1041,6 @@ def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
     if data.get("eval_batch_size"):
         kw["eval_batch_size"] = data.get("eval_batch_size")
     kw.update(overrides)
-    return ActivationDataModule(store, corpus, splits, concept, **kw)
+    dm = ActivationDataModule(store, corpus, splits, concept, **kw)
+    dm._corpus_cfg = cfg.corpus
+    return dm

@@ -20,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from ..store.format import SHARDS, StoreError, from_storage, read_npy_header, site_filename
 
@@ -48,12 +49,15 @@ def raw_to_float32(block: np.ndarray, store_dtype: str, out: np.ndarray | None =
     elif str(store_dtype) == "bf16":
         np.left_shift(block, 16, out=out.view(np.uint32), dtype=np.uint32)
     elif block.ndim == 2 and block.flags.c_contiguous and out.flags.c_contiguous and len(block):
-        # fp16 -> fp32: torch's converting copy is several times faster than numpy's; pieces below
-        # torch's parallel grain size keep it on this thread
+        # fp16 -> fp32: torch's converting copy is several times faster than numpy's; in a DataLoader
+        # worker, pieces below torch's parallel grain size keep it on the worker's thread
         ot, bt = torch.from_numpy(out), torch.from_numpy(block)
-        step = max(1, _GRAIN // max(block.shape[1], 1))
-        for r in range(0, len(block), step):
-            ot[r:r + step].copy_(bt[r:r + step])
+        if torch.utils.data.get_worker_info() is None:
+            ot.copy_(bt)
+        else:
+            step = max(1, _GRAIN // max(block.shape[1], 1))
+            for r in range(0, len(block), step):
+                ot[r:r + step].copy_(bt[r:r + step])
     else:
         out[...] = block
     return out
@@ -102,6 +106,7 @@ class RowReader:
     def __getstate__(self):
         d = dict(self.__dict__)
         d["_fds"] = {}
+        d.pop("_scratch", None)
         return d
 
     def __del__(self):
@@ -130,9 +135,14 @@ class RowReader:
         return self._fds[key]
 
     def _pread(self, shard: int, site: str, units: int, lo: int, hi: int) -> np.ndarray:
-        """Rows ``lo..hi-1`` (shard-local) of one site file in the storage dtype."""
+        """Rows ``lo..hi-1`` (shard-local) of one site file in the storage dtype: a view of a scratch
+        buffer reused by the next call (consume or copy it first)."""
         fd, offset, dtype = self._open(shard, site, units)
-        buf = np.empty((hi - lo, units), dtype=dtype)
+        nbytes = (hi - lo) * units * dtype.itemsize
+        scratch = self.__dict__.get("_scratch")
+        if scratch is None or scratch.nbytes < nbytes:
+            scratch = self._scratch = np.empty(max(nbytes, self.max_read_bytes), dtype=np.uint8)
+        buf = scratch[:nbytes].view(dtype).reshape(hi - lo, units)
         mv = memoryview(buf).cast("B")
         want, pos, at = mv.nbytes, offset + lo * units * dtype.itemsize, 0
         while at < want:

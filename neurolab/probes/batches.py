@@ -73,6 +73,16 @@ class TensorBatches:
         out.div_(self.norm[1])
         return out
 
+    def _gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` of ``x``: a new tensor, or (when batches are normalised into new float32
+        tensors anyway) a view of a gather buffer reused from batch to batch."""
+        if self.norm is None:
+            return self.x.index_select(0, idx)
+        buf = getattr(self, "_buf", None)
+        if buf is None or len(buf) < len(idx):
+            buf = self._buf = torch.empty((max(len(idx), self.batch_size), *self.x.shape[1:]), dtype=self.x.dtype)
+        return torch.index_select(self.x, 0, idx, out=buf[:len(idx)])
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         perm = self.order()
         for a, b in self._bounds:
@@ -84,7 +94,7 @@ class TensorBatches:
             idx = perm[a:b].sort().values if perm is not None else torch.arange(a, b)
             if self.world > 1:
                 idx = idx[self.rank::self.world]
-            yield self._features(self.x.index_select(0, idx)), self.y.index_select(0, idx), b - a
+            yield self._features(self._gather(idx)), self.y.index_select(0, idx), b - a
 
 
 class TensorDataModule(pl.LightningDataModule):
