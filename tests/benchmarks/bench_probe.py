@@ -55,7 +55,10 @@ def child_store(store: str) -> dict:
 
 
 def child_probe(store: str, epochs: int, run_dir: str) -> dict:
-    """One fresh process: load the store into a DataModule, train one probe, report time/acc/RSS."""
+    """One fresh process: load the store into a DataModule, train one probe, report time/acc/RSS.
+
+    ``$BENCH_PROBE_OVERRIDES``: extra config overrides (space separated) for this child only, e.g.
+    ``data.memory_budget_mb=0`` to measure the streamed path; reported as ``overrides``."""
     t0 = time.perf_counter()
     import torch
 
@@ -64,7 +67,8 @@ def child_probe(store: str, epochs: int, run_dir: str) -> dict:
     from neurolab.probes import fit_probe
 
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cfg = compose("probe", _overrides(store, epochs) + ["extract_if_missing=false"], run_dir=run_dir)
+    extra = os.environ.get("BENCH_PROBE_OVERRIDES", "").split()
+    cfg = compose("probe", _overrides(store, epochs) + ["extract_if_missing=false"] + extra, run_dir=run_dir)
     t = time.perf_counter()
     dm = build_datamodule(cfg)
     dm.setup()
@@ -78,7 +82,8 @@ def child_probe(store: str, epochs: int, run_dir: str) -> dict:
             "epochs": int(m["probe/epochs"]), "neurons": int(dm.num_features), "train_rows": int(len(dm.row_ids("train"))),
             "test_rows": int(m["test/n"]), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_after_imports_mb": round(rss_imports, 1), "rss_after_data_mb": round(rss_data, 1),
-            "threads": torch.get_num_threads(), "total_s": round(time.perf_counter() - t0, 2)}
+            "threads": torch.get_num_threads(), "total_s": round(time.perf_counter() - t0, 2),
+            "in_memory": bool(getattr(dm, "in_memory", True)), "overrides": extra}
 
 
 def child_bank(store: str, epochs: int, run_dir: str, reps: int = 3) -> dict:
