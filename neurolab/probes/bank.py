@@ -178,8 +178,8 @@ class ProbeBank(pl.LightningModule):
     Probes reading the same columns form a group; groups of the same width and probe count form a
     block, one stacked parameter ``W [n, kg, C_max, w]`` trained with one batched matmul
     (``x.view(B, n, w)`` against ``W``: block-diagonal, no masked dense matrix). The cross entropy of
-    all probes is one ``log_softmax`` over ``[B, K, C_max]``; penalties are elementwise on the stacked
-    weights; proximal L1 (``spec.l1_mode="proximal"``) soft-thresholds each probe's weights after
+    a block's probes is one ``log_softmax`` over its ``[n, B, kg, C_max]`` logits; the penalties'
+    gradient is elementwise on the stacked weights; proximal L1 (``spec.l1_mode="proximal"``) soft-thresholds each probe's weights after
     every optimiser step with its own ``lambda_l1`` (as :class:`~neurolab.probes.LinearProbe`).
 
     Args:
@@ -260,7 +260,6 @@ class ProbeBank(pl.LightningModule):
         spec_pos = np.empty(self.K, dtype=np.int64)
         spec_pos[np.asarray(order)] = np.arange(self.K)
         self._spec_pos = spec_pos
-        self.register_buffer("order_idx", torch.as_tensor(order, dtype=torch.long), persistent=False)
         self.register_buffer("spec_pos_idx", torch.as_tensor(spec_pos), persistent=False)
         # per-position buffers: heads, class masks and weights, penalties
         heads = [self.specs[k].head for k in order]
@@ -286,7 +285,7 @@ class ProbeBank(pl.LightningModule):
             sl = slice(blk.pos, blk.pos + blk.size)
             sq = [r.l2_squared for r in rp[sl]]
             info = {"l1": any(l1_loss[sl]), "l2": any(r.lambda_l2 for r in rp[sl]), "prox": any(l1_prox[sl]),
-                    "all_sq": all(sq), "no_sq": not any(sq)}
+                    "all_sq": all(sq)}
             self._pen.append(info)
             self.register_buffer(f"l1_{bi}", torch.tensor(l1_loss[sl]).view(blk.n, blk.kg), persistent=False)
             self.register_buffer(f"prox_{bi}", torch.tensor(l1_prox[sl]).view(blk.n, blk.kg, 1, 1), persistent=False)
