@@ -65,6 +65,10 @@ from .linear import linear_probe_cfg
 log = logging.getLogger(__name__)
 
 _LOG_LAMBDA_BOUND = 15.0
+# upper log_alpha bound while annealing: about 40% of the draws of a gate there are < 1, so the loss's
+# gradient tells the survivors apart (at +6 nearly every draw is clamped at 1, and they would
+# all slide down together under the L0 pressure)
+_ANNEAL_CLIP = 2.0
 
 __all__ = ["HardConcreteGates", "NeuronMask", "ModelMask", "run_neuron_mask", "kl_divergence"]
 
@@ -127,13 +131,18 @@ class NeuronMask(pl.LightningModule):
     def __init__(self, num_gates: int, *, eps: float = 0.05, beta: float = 2.0 / 3.0, gamma: float = -0.1,
                  zeta: float = 1.1, init_open: float = 0.5, lr: float = 0.05, lambda_lr: float = 0.05,
                  lambda_init: float = 100.0, gate_samples: int | None = 32, adapt_probe: bool = True,
-                 probe_lr: float = 3e-3, log_alpha_clip: float | None = 6.0):
+                 probe_lr: float = 3e-3, log_alpha_clip: float | None = 6.0,
+                 target_kept: float | None = None, anneal_epochs: int = 0):
         super().__init__()
         if eps < 0:
             raise ConfigError(f"probe.module.eps must be >= 0, got {eps}")
         if lr <= 0 or lambda_lr <= 0 or lambda_init <= 0 or probe_lr <= 0:
             raise ConfigError(f"probe.module: lr, lambda_lr, lambda_init and probe_lr must be > 0, got lr={lr}, "
                               f"lambda_lr={lambda_lr}, lambda_init={lambda_init}, probe_lr={probe_lr}")
+        if target_kept is not None and not target_kept > 0:
+            raise ConfigError(f"probe.module.target_kept must be > 0 (a fraction < 1 or a count) or null, got {target_kept}")
+        if int(anneal_epochs) < 0:
+            raise ConfigError(f"probe.module.anneal_epochs must be >= 0, got {anneal_epochs}")
         if log_alpha_clip is not None and log_alpha_clip <= 0:
             raise ConfigError(f"probe.module.log_alpha_clip must be > 0 or null, got {log_alpha_clip}")
         self.save_hyperparameters()
@@ -154,6 +163,13 @@ class NeuronMask(pl.LightningModule):
         self._epoch: dict[str, list[float]] = {}
         self._dev: tuple[torch.Tensor, torch.Tensor] | None = None
         self._dev_pos = 0
+        # annealing to a target sparsity after the constrained epochs (ranking of the last survivors)
+        self.target_kept = None if target_kept is None else float(target_kept)
+        self.anneal_epochs = int(anneal_epochs) if target_kept is not None else 0
+        self.register_buffer("survival", torch.zeros(self.num_gates))  # annealing steps each gate stayed open
+        self.anneal_steps_ = 0
+        self.anneal_kept_: np.ndarray | None = None
+        self._anneal: dict[str, Any] | None = None
 
     # -- probe mode --------------------------------------------------------------------------
     def set_probe(self, probe: torch.nn.Module) -> "NeuronMask":
@@ -263,9 +279,13 @@ class NeuronMask(pl.LightningModule):
         opt.step()
         if self.log_alpha_clip is not None:
             with torch.no_grad():  # saturated gates have vanishing gradients and could never close again
-                self.gates.log_alpha.clamp_(-self.log_alpha_clip, self.log_alpha_clip)
+                hi = self.log_alpha_clip if self._anneal is None else min(self.log_alpha_clip, _ANNEAL_CLIP)
+                self.gates.log_alpha.clamp_(-self.log_alpha_clip, hi)
         dev_div = None if self._dev is None else self._dev_divergence()
-        self.update_multiplier(div if dev_div is None else dev_div)
+        if self._anneal is not None:
+            self._anneal_step()
+        else:
+            self.update_multiplier(div if dev_div is None else dev_div)
         bs = self.batch_size_of(batch)
         vals = {"train/l0": l0.detach(), "train/l0_frac": l0_frac.detach(), "train/divergence": div.detach(),
                 "train/lambda": lam.detach()}
@@ -278,10 +298,68 @@ class NeuronMask(pl.LightningModule):
                 self._epoch.setdefault(k, []).append(vals[k])
         return None
 
+    @property
+    def target_count(self) -> int:
+        """The number of gates annealing ends at (``target_kept`` as a fraction of the gates if < 1)."""
+        t = float(self.target_kept or 0.0)
+        return max(1, int(round(t * self.num_gates)) if t < 1.0 else int(round(t)))
+
+    def _anneal_start_epoch(self) -> int | None:
+        if not self.anneal_epochs or self.trainer is None or self.trainer.max_epochs is None:
+            return None
+        return max(0, int(self.trainer.max_epochs) - self.anneal_epochs)
+
+    def on_train_epoch_start(self) -> None:
+        start = self._anneal_start_epoch()
+        if start is None or self.current_epoch < start:
+            return
+        if self._anneal is None:
+            # the constrained solution, restored when training ends: kept() and evaluate_probe() report it
+            snap = {"log_alpha": self.gates.log_alpha.detach().clone(), "log_lambda": self.log_lambda.clone(),
+                    "adapted": copy.deepcopy(self.adapted.state_dict()) if self.adapted is not None else None}
+            members = self.kept_mask().clone()
+            self._anneal = {"snapshot": snap, "from": max(float(members.sum()), float(self.target_count)),
+                            "start": start, "members": members}
+            self.survival.zero_()
+            self.anneal_steps_ = 0
+        # geometric schedule of the L0 target, reaching target_count after 80% of the annealing epochs
+        reach = max(1, math.ceil(0.8 * self.anneal_epochs))
+        frac = min(1.0, (self.current_epoch - self._anneal["start"] + 1) / reach)
+        a = self._anneal["from"]
+        self._anneal["target"] = a * (self.target_count / a) ** frac
+
+    @torch.no_grad()
+    def _anneal_step(self) -> None:
+        """While annealing the multiplier tracks the L0 target instead of the divergence: it falls while
+        more of the gates kept under the constraint are expected open than the target (the L0 term
+        takes over and closes the gates the loss needs least) and rises below it. (Counting only those
+        gates: the others' small open probabilities would add a floor of about n * p_open(-clip).)"""
+        target = float(self._anneal["target"])
+        l0 = float(self.gates.p_open()[self._anneal["members"]].sum())
+        step = float(np.clip((target - l0) / target, -1.0, 1.0)) * self.lambda_lr
+        self.log_lambda.add_(step).clamp_(-_LOG_LAMBDA_BOUND, _LOG_LAMBDA_BOUND)
+        self.survival += self.kept_mask().to(self.survival.dtype)
+        self.anneal_steps_ += 1
+
+    def on_train_end(self) -> None:
+        if self._anneal is None:
+            return
+        snap = self._anneal["snapshot"]
+        self._final_p = self.gates.p_open().detach().clone()
+        self.anneal_kept_ = np.flatnonzero(self.kept_mask().cpu().numpy()).astype(np.int64)
+        with torch.no_grad():
+            self.gates.log_alpha.copy_(snap["log_alpha"])
+            self.log_lambda.copy_(snap["log_lambda"])
+            if snap["adapted"] is not None:
+                self.adapted.load_state_dict(snap["adapted"])
+        self._anneal = None
+
     def on_train_epoch_end(self) -> None:
         rec = {"epoch": int(self.current_epoch)}
         rec.update({k.split("/", 1)[1]: float(torch.stack(v).float().mean()) for k, v in self._epoch.items() if v})
         rec["kept"] = int(self.kept_mask().sum())
+        if self._anneal is not None:
+            rec["target"] = float(self._anneal["target"])
         self.path_.append(rec)
         self._epoch = {}
         log.debug("neuron mask epoch %d: %s", rec["epoch"], rec)
@@ -300,14 +378,22 @@ class NeuronMask(pl.LightningModule):
         return self.gates.deterministic() > 0
 
     def kept(self) -> np.ndarray:
-        """Indices of the kept neurons (test-time gate > 0), best first (by gate-open probability)."""
-        p = self.gates.p_open().detach().cpu().double().numpy()
+        """Indices of the kept neurons (test-time gate > 0), best first (by :meth:`scores`)."""
+        p = self.scores()
         idx = np.flatnonzero(self.kept_mask().cpu().numpy())
         return idx[np.lexsort((idx, -p[idx]))].astype(np.int64)
 
     def scores(self) -> np.ndarray:
-        """Probability that each gate is open ``[n]`` (the ranking score)."""
-        return self.gates.p_open().detach().cpu().double().numpy()
+        """The ranking score ``[n]`` in [0, 1]: the probability that each gate is open; after annealing
+        to ``target_kept``, ``(steps the gate stayed open while annealing + its final open
+        probability) / (annealing steps + 1)``, so that the last survivors lead, ordered by how long
+        they resisted the L0 pressure."""
+        p = self.gates.p_open().detach().cpu().double().numpy()
+        final = getattr(self, "_final_p", None)
+        if final is None or not self.anneal_steps_:
+            return p
+        surv = self.survival.detach().cpu().double().numpy()
+        return (surv + final.cpu().double().numpy()) / (self.anneal_steps_ + 1.0)
 
     @torch.no_grad()
     def evaluate_probe(self, X, y, gates: torch.Tensor | None = None) -> dict[str, float]:
@@ -466,7 +552,9 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
     data = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, bs, 8192, seed)
     t0 = time.perf_counter()
     with quiet_lightning():
-        trainer = trainer_from_cfg(cfg, logger=logger, max_epochs=int(pcfg.get("max_epochs", 30)),
+        # max_epochs under the constraint, then anneal_epochs towards target_kept (the ranking's order)
+        epochs = int(pcfg.get("max_epochs", 30)) + mask.anneal_epochs
+        trainer = trainer_from_cfg(cfg, logger=logger, max_epochs=epochs,
                                    limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
                                    enable_progress_bar=False, callbacks=[])
         trainer.fit(mask, datamodule=data)
@@ -486,8 +574,10 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
                                        method="neuron_mask", model=model_name,
                                        extra={"kept": int(len(kept)), "eps": mask.eps, "path": mask.path_})
     metrics = dict(metrics)
-    metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(scores.mean()),
+    metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(mask.gates.p_open().mean()),
                     "time/mask_fit_s": round(fit_s, 3)})
+    if mask.anneal_kept_ is not None:
+        metrics["mask/anneal_kept"] = int(len(mask.anneal_kept_))
     for split in ("val", "test"):
         X, y = dm.arrays(split)
         if len(y):

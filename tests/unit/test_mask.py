@@ -92,6 +92,44 @@ def test_probe_mode_keeps_the_five_informative_neurons():
     np.testing.assert_array_equal(probe.weight.detach().numpy(), lr.coef_.astype(np.float32))
 
 
+def test_annealing_orders_the_survivors_by_signal_strength():
+    """Planted neurons of graded strength (class c shifts neuron c by 1.0 ... 3.0): the constrained mask
+    keeps all five; annealing to 2 gates then drops them weakest first, and the ranking follows that
+    order; the constrained solution is restored afterwards."""
+    from sklearn.linear_model import LogisticRegression
+
+    from neurolab.probes.batches import TensorDataModule
+
+    rng = np.random.default_rng(0)
+    n, D = 5000, 200
+    informative = np.array([3, 50, 77, 120, 199])
+    amp = np.array([1.0, 1.5, 2.0, 2.5, 3.0])
+    y = rng.integers(0, 6, n)
+    X = rng.normal(size=(n, D)).astype(np.float32)
+    for c in range(5):
+        X[y == c, informative[c]] += amp[c]
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit(X[:4000], y[:4000])
+    probe = torch.nn.Linear(D, 6)
+    probe.weight.data = torch.tensor(lr.coef_, dtype=torch.float32)
+    probe.bias.data = torch.tensor(lr.intercept_, dtype=torch.float32)
+    pl.seed_everything(0, verbose=False)
+    mask = NeuronMask(D, eps=0.05, target_kept=2, anneal_epochs=8).set_probe(probe).set_dev(X[4000:], y[4000:])
+    t = lambda a, b: (torch.from_numpy(a), torch.from_numpy(b))
+    _trainer(20).fit(mask, datamodule=TensorDataModule(t(X[:4000], y[:4000]), t(X[4000:], y[4000:]), 256, 8192, 0))
+    # the annealing ran (12 constrained epochs, then 8 towards 2 gates) and ended with at most 3 open
+    assert [r.get("target") is not None for r in mask.path_] == [False] * 12 + [True] * 8
+    assert mask.path_[-1]["target"] == pytest.approx(2.0)
+    assert 1 <= len(mask.anneal_kept_) <= 3 and set(mask.anneal_kept_.tolist()) <= {120, 199}
+    # the ranking: strongest first, the planted five ahead of every other neuron
+    sc = mask.scores()
+    assert np.all((sc >= 0) & (sc <= 1))
+    assert np.argsort(-sc, kind="stable")[:5].tolist() == informative[::-1].tolist()
+    # the constrained solution is what kept() / evaluate_probe() report
+    assert mask.kept().tolist() == informative[::-1].tolist()
+    ev = mask.evaluate_probe(X[4000:], y[4000:])
+    assert ev["loss"] - ev["base_loss"] <= 0.05
+
+
 def test_multiplier_grows_while_violated_and_shrinks_otherwise():
     mask = NeuronMask(10, eps=0.1, lambda_init=2.0, lambda_lr=0.05)
     lam0 = float(mask.log_lambda.exp())
