@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -453,7 +454,11 @@ class GaussianProbe(pl.LightningModule):
         else:
             allowed[torch.as_tensor(np.asarray(candidates, dtype=np.int64), device=dev)] = True
         k = min(k, int(allowed.sum()))
-        st = _SelState(self, Xt, yt, k)
+        with _one_intraop_thread() as workers:
+            return self._select(Xt, yt, k, criterion, allowed, report, callback, workers, t0)
+
+    def _select(self, Xt, yt, k, criterion, allowed, report, callback, workers, t0) -> SelectionResult:
+        st = _SelState(self, Xt, yt, k, workers)
         selected: list[int] = []
         gains: list[float] = []
         path: list[dict] = []
@@ -499,11 +504,12 @@ class GaussianProbe(pl.LightningModule):
         dev = self.psi_.device
         Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
-        st = _SelState(self, Xt, yt, len(selected) + 1)
-        for j in selected:
-            st.add(int(j))
-        _, aux = st.scores("mi")
-        ok = st.admissible()
+        with _one_intraop_thread() as workers:
+            st = _SelState(self, Xt, yt, len(selected) + 1, workers)
+            for j in selected:
+                st.add(int(j))
+            _, aux = st.scores("mi")
+            ok = st.admissible()
         return {key: torch.where(ok, v, torch.full_like(v, -math.inf)).double().cpu().numpy()
                 for key, v in aux.items()}
 
@@ -513,6 +519,20 @@ class GaussianProbe(pl.LightningModule):
         if criterion == "loglik":
             return float(log_prior[yt].double().mean())
         return float((yt == int(torch.argmax(log_prior))).double().mean())
+
+@contextmanager
+def _one_intraop_thread():
+    """Torch on one intra-op thread inside (restored on exit); yields the previous thread count, the
+    number of threads the selection spreads its scoring blocks over."""
+    prev = torch.get_num_threads()
+    if prev > 1:
+        torch.set_num_threads(1)
+    try:
+        yield prev
+    finally:
+        if prev > 1:
+            torch.set_num_threads(prev)
+
 
 class _SelState:
     """Incremental state of greedy selection: per class the residuals of the held-out rows given the
@@ -524,7 +544,8 @@ class _SelState:
     The rank-one update of ``R`` after a pivot is deferred (``pending``) and applied block by block
     by the next scoring pass, while the block is in cache: one pass over ``R`` per step."""
 
-    def __init__(self, probe: GaussianProbe, Xt: torch.Tensor, yt: torch.Tensor, kmax: int):
+    def __init__(self, probe: GaussianProbe, Xt: torch.Tensor, yt: torch.Tensor, kmax: int,
+                 workers: int | None = None):
         self.p = probe
         dt = probe.score_dtype
         dev = probe.psi_.device
@@ -545,6 +566,10 @@ class _SelState:
         self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (lcol [C, D], z [C, n]) in order
         self.t = 0
         self.selected: list[int] = []
+        # CPU: blocks are scored by this many threads, each running torch on one intra-op thread
+        # (see _one_intraop_thread); no barrier per small operation on a busy machine
+        self.workers = max(1, workers if workers is not None else torch.get_num_threads()) \
+            if dev.type == "cpu" else 1
         bs = probe.block_size
         if not bs or bs <= 0:  # from a memory budget: L2-sized blocks on CPU, large ones on a GPU
             budget = (256 << 20) if dev.type == "cuda" else (4 << 20)
@@ -608,7 +633,7 @@ class _SelState:
         bs = self.block
         yidx = yt.view(1, 1, n)
 
-        def blocks(starts: Sequence[int]) -> None:
+        def blocks(starts: Iterable[int]) -> None:
             buf = torch.empty(C, min(bs, D), n, dtype=dt, device=R.device)
             for a in starts:
                 b = min(D, a + bs)
@@ -626,17 +651,23 @@ class _SelState:
                 out_ll[a:b] = true.sub_(ll.sum(0).log2_()).mean(1)  # mean log2 p(label | x)
 
         starts = list(range(0, D, bs))
-        workers = min(len(starts), torch.get_num_threads()) if R.device.type == "cpu" else 1
+        workers = min(len(starts), self.workers)
         if workers <= 1:
             blocks(starts)
-        else:  # blocks spread over threads, one intra-op thread each: no barrier per operation
-            prev = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers) as ex:
-                    list(ex.map(lambda r: blocks(starts[r::workers]), range(workers)))
-            finally:
-                torch.set_num_threads(prev)
+        else:  # blocks handed out one at a time to the threads (a slow thread takes fewer)
+            lock = threading.Lock()
+            queue = iter(starts)
+
+            def take():
+                while True:
+                    with lock:
+                        a = next(queue, None)
+                    if a is None:
+                        return
+                    yield a
+
+            with ThreadPoolExecutor(workers) as ex:
+                list(ex.map(lambda _: blocks(take()), range(workers)))
         self.pending.clear()
         out_mi = out_ll - lp_true.mean() / LN2
         out_ll.mul_(LN2)

@@ -2,7 +2,11 @@
 
 * ``gaussian_fit_s``: one streaming pass of per-class statistics (float64) over the training rows;
 * ``gaussian_select_s``: greedy selection of ``--k`` (50) neurons out of all (2,688 for MiniLM's 7
-  hidden-state sites), every candidate scored at every step, MI on the dev rows;
+  hidden-state sites), every candidate scored at every step, MI on the dev rows; with ``--threads
+  1,2,1,2`` also ``gaussian_select_s_by_threads`` (the same selection at each torch thread count,
+  alternating in this process; a list per count) and ``gaussian_same_selection_across_threads``;
+* ``gaussian_peak_rss_mb``: the process's peak resident memory after the Gaussian part (it includes
+  the arrays, ``rss_before_gaussian_mb``);
 * ``mask_train_s``: the neuron mask's training in probe mode (``--epochs`` epochs, batch 512, Lightning)
   in front of a linear probe trained beforehand (not timed).
 
@@ -11,6 +15,7 @@ that corpus (e.g. one built by ``neurolab probe corpus=ewt_dev store.dir=...``),
 of the same size (20,117 training rows, 2,515 dev rows, 2,688 neurons, 17 classes); ``data`` says which.
 
     python tests/benchmarks/bench_gaussmask.py [--store DIR] [--k 50] [--epochs 30] [--device cpu|cuda]
+        [--threads 1,2] [--skip-mask]
 """
 from __future__ import annotations
 
@@ -57,6 +62,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--score-dtype", default="float32")
+    ap.add_argument("--threads", default="", help="comma-separated torch thread counts to time the selection at")
+    ap.add_argument("--skip-mask", action="store_true", help="only the Gaussian part")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import numpy as np
@@ -67,11 +74,20 @@ def main(argv=None) -> dict:
     from neurolab.probes.gaussian import GaussianProbe
     from neurolab.probes.mask import NeuronMask
 
+    import resource
+
+    def rss_mb(now: bool = False) -> float:
+        if now:
+            with open("/proc/self/statm") as f:
+                return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20, 1)
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
     Xtr, ytr, Xva, yva, C, data = _arrays(args.store)
     D = Xtr.shape[1]
     out = {"data": data, "rows_train": int(len(ytr)), "rows_dev": int(len(yva)), "neurons": int(D), "classes": C,
            "device": args.device, "torch_threads": torch.get_num_threads(), "k": args.k}
     dev = torch.device(args.device)
+    out["rss_before_gaussian_mb"] = rss_mb(now=True)
     probe = GaussianProbe(C, D, score_dtype=args.score_dtype).to(dev)
     probe.stats.to(dev)
     if dev.type == "cuda":
@@ -81,7 +97,7 @@ def main(argv=None) -> dict:
     yt = torch.from_numpy(ytr)
     for a in range(0, len(yt), 8192):
         probe.stats.update(Xt[a:a + 8192].to(dev), yt[a:a + 8192].to(dev))
-    probe.finalize()
+    probe.finalize(release_stats=True)  # as run_gaussian does
     if dev.type == "cuda":
         torch.cuda.synchronize()
     out["gaussian_fit_s"] = round(time.perf_counter() - t0, 3)
@@ -93,7 +109,28 @@ def main(argv=None) -> dict:
     out["gaussian_select_s_per_step"] = round(out["gaussian_select_s"] / max(1, len(res.selected)), 4)
     out["gaussian_mi_bits_at_k"] = round(res.path[-1]["select_mi_bits"], 4)
     out["gaussian_dev_acc_at_k"] = round(res.path[-1]["select_acc"], 4)
+    if args.threads:
+        base = torch.get_num_threads()
+        by, same = {}, True
+        try:
+            for th in [int(t) for t in args.threads.split(",") if t]:
+                torch.set_num_threads(th)
+                t0 = time.perf_counter()
+                r = probe.select(Xva, yva, k=args.k, criterion="mi")
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                by.setdefault(str(th), []).append(round(time.perf_counter() - t0, 3))
+                same = same and r.selected == res.selected
+        finally:
+            torch.set_num_threads(base)
+        out["gaussian_select_s_by_threads"] = by
+        out["gaussian_same_selection_across_threads"] = same
+    out["gaussian_selected"] = [int(j) for j in res.selected]
+    out["gaussian_peak_rss_mb"] = rss_mb()
     del probe, res
+    if args.skip_mask:
+        print(json.dumps(out))
+        return out
     # linear probe (not timed), then the mask
     mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
     Ztr, Zva = (Xtr - mu) / sd, (Xva - mu) / sd
