@@ -32,8 +32,19 @@ held-out residuals are kept up to date by rank-one (Schur-complement / pivoted-C
 a step costs O(C N D) for C classes, N held-out rows and D neurons, and the log-determinant and
 quadratic form of every augmented covariance follow in closed form. :meth:`GaussianProbe.log_joint`
 computes the same quantities naively (one Cholesky per subset); the tests check both agree.
-Candidate scoring runs in ``score_dtype`` (float32 by default: half the memory of the ``[C, N, D]``
+Candidate scoring runs in ``score_dtype`` (float32 by default: half the memory of the ``[C, D, N]``
 residuals, MI agreeing with float64 to ~1e-4 bits); the statistics, posterior and pivots are float64.
+A step makes one pass over the residuals: blocks of candidates small enough to stay in cache
+(``block_size``, by default from a memory budget) get the deferred rank-one update of the last pivot
+and are scored in base 2 (``exp2``, terms below ``2^-126`` clamped, which no float32 sum >= 1 can
+see) with one max, shift, exponential and sum over classes per block. On CPU the blocks go to a
+pool of ``torch.get_num_threads()`` threads, torch itself running on one intra-op thread for the
+whole selection. A row counts as correct for ``acc`` when its class attains the maximum.
+
+**Memory.** The statistics keep one ``[C, D, D]`` float64 buffer (lower triangles, accumulated as
+row strips of one GEMM per class, ~0.56 of the flops of full products); ``finalize(release_stats=
+True)``, as ``probe=gaussian`` calls it, builds the posterior ``psi_`` in that buffer. Selection
+adds the ``[C, D, N]`` residuals in ``score_dtype`` and ``[C, D, k]`` pivot columns.
 
 **Mutual information** (bits) is ``H(C) - H(C | X_S)`` estimated on held-out rows:
 ``H(C | X_S) ~ -mean log2 p(c_i | x_i,S)`` and ``H(C) ~ -mean log2 pi_{c_i}``, so it is 0 for the
