@@ -32,9 +32,15 @@ Two modes:
   model's output distribution (its ``logits``: a language model's next-token distribution or a
   task head's classes), averaged over non-padding tokens.
 
-The result is the set of kept neurons (deterministic gate > 0 at test time), a ranking by the
-probability that the gate is open, and the sparsity-versus-fidelity path logged during training
-(``train/l0``, ``train/l0_frac``, ``train/divergence``, ``train/lambda``; ``val/…`` per epoch).
+The result is the set of kept neurons (deterministic gate > 0 at test time; with dev rows, the
+sparsest epoch-end state of the constrained phase whose divergence on the whole dev split is within
+eps), a ranking, and the sparsity-versus-fidelity path logged during training (``train/l0``,
+``train/l0_frac``, ``train/divergence``, ``train/lambda``; ``val/…`` per epoch; :attr:`NeuronMask.path_`).
+The ranking is by the probability that a gate is open; but the kept gates mostly sit at the clip, so
+with ``target_kept`` the constrained epochs are followed by ``anneal_epochs`` in which the multiplier
+tracks a geometrically falling L0 target (from the kept count down to ``target_kept``) instead of the
+divergence, and the neurons are ranked by how many annealing steps their gate stayed open: the last
+survivors lead, in the order in which they resist the L0 pressure.
 
 Example (probe mode on arrays)::
 
@@ -170,6 +176,9 @@ class NeuronMask(pl.LightningModule):
         self.anneal_steps_ = 0
         self.anneal_kept_: np.ndarray | None = None
         self._anneal: dict[str, Any] | None = None
+        # with dev rows: the sparsest state at an epoch end of the constrained phase that meets the
+        # constraint on the whole dev split (the multiplier keeps oscillating around the boundary)
+        self._best: dict[str, Any] | None = None
 
     # -- probe mode --------------------------------------------------------------------------
     def set_probe(self, probe: torch.nn.Module) -> "NeuronMask":
@@ -197,6 +206,7 @@ class NeuronMask(pl.LightningModule):
         x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
         t = torch.as_tensor(np.asarray(y)).long()
         self._dev = (x, t) if len(t) else None
+        self._dev_base: torch.Tensor | None = None  # the unmasked probe's per-row dev losses, computed once
         self._dev_bs = max(1, int(batch_size))
         self._dev_pos = 0
         return self
@@ -209,8 +219,21 @@ class NeuronMask(pl.LightningModule):
             self._dev_pos = 0
         sl = slice(self._dev_pos, min(n, self._dev_pos + self._dev_bs))
         self._dev_pos = sl.stop
-        div, _ = self.divergence((x[sl].to(self.device), t[sl].to(self.device)), self.gates.deterministic())
-        return div
+        if self.probe is None:  # a subclass with its own divergence
+            div, _ = self.divergence((x[sl].to(self.device), t[sl].to(self.device)), self.gates.deterministic())
+            return div
+        xs, ts = x[sl].to(self.device), t[sl].to(self.device)
+        masked = F.cross_entropy(self._masked_probe()(xs * self.gates.deterministic()), ts)
+        return masked - self._dev_base_losses()[sl].mean()
+
+    @torch.no_grad()
+    def _dev_base_losses(self) -> torch.Tensor:
+        if self._dev_base is None or self._dev_base.device != self.device:
+            x, t = self._dev
+            self._dev_base = torch.cat([F.cross_entropy(self._probe()(x[i:i + 8192].to(self.device)),
+                                                        t[i:i + 8192].to(self.device), reduction="none")
+                                        for i in range(0, len(t), 8192)])
+        return self._dev_base
 
     def _probe(self) -> torch.nn.Module:
         if self.probe is None:
@@ -292,7 +315,9 @@ class NeuronMask(pl.LightningModule):
         if dev_div is not None:
             vals["train/dev_divergence"] = dev_div
         vals.update({f"train/{k}": v for k, v in extra.items()})
-        self.log_dict(vals, on_step=True, on_epoch=False, batch_size=bs, sync_dist=False)
+        every = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1)) if self._trainer is not None else 1
+        if batch_idx % every == 0:  # Lightning's logging costs about as much as a step of this small model
+            self.log_dict(vals, on_step=True, on_epoch=False, batch_size=bs, sync_dist=False)
         for k in ("train/l0", "train/divergence", "train/lambda", "train/dev_divergence"):
             if k in vals:
                 self._epoch.setdefault(k, []).append(vals[k])
@@ -315,8 +340,7 @@ class NeuronMask(pl.LightningModule):
             return
         if self._anneal is None:
             # the constrained solution, restored when training ends: kept() and evaluate_probe() report it
-            snap = {"log_alpha": self.gates.log_alpha.detach().clone(), "log_lambda": self.log_lambda.clone(),
-                    "adapted": copy.deepcopy(self.adapted.state_dict()) if self.adapted is not None else None}
+            snap = self._snapshot()
             members = self.kept_mask().clone()
             self._anneal = {"snapshot": snap, "from": max(float(members.sum()), float(self.target_count)),
                             "start": start, "members": members}
@@ -341,17 +365,37 @@ class NeuronMask(pl.LightningModule):
         self.survival += self.kept_mask().to(self.survival.dtype)
         self.anneal_steps_ += 1
 
+    def _snapshot(self) -> dict[str, Any]:
+        return {"log_alpha": self.gates.log_alpha.detach().clone(), "log_lambda": self.log_lambda.clone(),
+                "adapted": copy.deepcopy(self.adapted.state_dict()) if self.adapted is not None else None,
+                "kept": int(self.kept_mask().sum())}
+
+    @torch.no_grad()
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.gates.log_alpha.copy_(snap["log_alpha"])
+        self.log_lambda.copy_(snap["log_lambda"])
+        if snap["adapted"] is not None:
+            self.adapted.load_state_dict(snap["adapted"])
+
+    @torch.no_grad()
+    def dev_divergence(self) -> float | None:
+        """The masked probe's divergence (test-time gates) on all dev rows given to :meth:`set_dev`."""
+        if self._dev is None or self.probe is None:
+            return None
+        x, t = self._dev
+        losses = [F.cross_entropy(self._masked_probe()(x[i:i + 8192].to(self.device) * self.gates.deterministic()),
+                                  t[i:i + 8192].to(self.device), reduction="sum") for i in range(0, len(t), 8192)]
+        return float(torch.stack(losses).sum() / len(t) - self._dev_base_losses().mean())
+
     def on_train_end(self) -> None:
-        if self._anneal is None:
-            return
-        snap = self._anneal["snapshot"]
-        self._final_p = self.gates.p_open().detach().clone()
-        self.anneal_kept_ = np.flatnonzero(self.kept_mask().cpu().numpy()).astype(np.int64)
-        with torch.no_grad():
-            self.gates.log_alpha.copy_(snap["log_alpha"])
-            self.log_lambda.copy_(snap["log_lambda"])
-            if snap["adapted"] is not None:
-                self.adapted.load_state_dict(snap["adapted"])
+        if self._anneal is not None:
+            self._final_p = self.gates.p_open().detach().clone()
+            self.anneal_kept_ = np.flatnonzero(self.kept_mask().cpu().numpy()).astype(np.int64)
+        # report the constrained solution: the sparsest epoch-end state within eps on dev, else the
+        # state where annealing began
+        snap = self._best if self._best is not None else (self._anneal or {}).get("snapshot")
+        if snap is not None:
+            self._restore(snap)
         self._anneal = None
 
     def on_train_epoch_end(self) -> None:
@@ -360,6 +404,12 @@ class NeuronMask(pl.LightningModule):
         rec["kept"] = int(self.kept_mask().sum())
         if self._anneal is not None:
             rec["target"] = float(self._anneal["target"])
+        else:
+            full = self.dev_divergence()
+            if full is not None:
+                rec["dev_divergence_all"] = full
+                if full <= self.eps and (self._best is None or rec["kept"] <= self._best["kept"]):
+                    self._best = self._snapshot()
         self.path_.append(rec)
         self._epoch = {}
         log.debug("neuron mask epoch %d: %s", rec["epoch"], rec)
@@ -521,7 +571,8 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
     probability that their gate is open (kept neurons first).
 
     Metrics: the probe's own (``val/acc``, ``test/acc`` …), ``mask/kept``, ``mask/l0_frac``,
-    ``val/mask_divergence``, ``val/mask_acc``, ``test/mask_acc``, ``time/mask_fit_s``.
+    ``mask/anneal_kept`` (gates open when annealing ended), ``val/mask_divergence``, ``val/mask_acc``,
+    ``test/mask_acc``, ``time/mask_fit_s`` (constrained and annealing epochs).
     """
     from .batches import TensorDataModule
     from .linear import fit_probe, quiet_lightning, trainer_from_cfg
