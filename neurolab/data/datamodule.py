@@ -20,10 +20,16 @@ What it does, in order (:meth:`ActivationDataModule.setup`):
    constant columns keep std 1.
 6. **Balancing.** ``undersample``: every training class cut to the rarest class's count (seeded);
    ``class_weights``: ``n / (C * count_c)`` for a weighted loss.
-7. **Memory.** If the selected rows of all splits × features × 4 bytes fit ``memory_budget_mb``
-   they are loaded once (fast path); otherwise (or with ``memory_budget_mb=0``) batches stream from
-   the shard files with memory bounded by ``chunk_rows`` (see :mod:`neurolab.data.plan` for the
-   order of an epoch, DDP sharding and workers).
+7. **Memory.** If the selected rows of all splits × features × the bytes of the store's element
+   type (2 for fp16/bf16, 4 for fp32 and for pooled sentence rows) fit ``memory_budget_mb`` they
+   are read once, straight into preallocated arrays of that type (fast path); otherwise (or with
+   ``memory_budget_mb=0``) batches stream from the shard files with memory bounded by
+   ``chunk_rows`` (see :mod:`neurolab.data.plan` for the order of an epoch, DDP sharding and
+   workers). Either way rows are kept raw and each batch is converted to float32 and normalised
+   when it is handed out, so no float32 copy of a split is made (:meth:`arrays` makes one on
+   request; :meth:`tensors` and :meth:`norm_tensors` give the raw rows and the normalisation).
+8. **Corpus.** A data module made by :func:`build_datamodule` drops the parsed corpus after the
+   join (before reading rows) and parses it again if ``corpus`` is used later.
 
 Example::
 
