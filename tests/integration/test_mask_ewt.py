@@ -1,9 +1,10 @@
 """Real data: the neuron mask (probe mode, default config) on EWT dev, all-MiniLM-L6-v2, all 7
 hidden-state sites (2,688 neurons), UPOS, the default split (slow).
 
-Measured with the default config: the mask keeps about 3% of the neurons with the masked probe's dev
-loss within eps (0.05 nats) of the all-neuron probe's, and the top 1% (26 neurons, retrained linear
-probe) reaches about 0.81 test accuracy against about 0.53 for random 1% draws.
+Measured with the default config (about 20 s of mask training on one CPU thread): the mask keeps 89
+neurons (3.3%) with the masked probe's dev loss 0.049 nats above the all-neuron probe's (eps 0.05);
+its top 1% (26 neurons, retrained linear probe) reaches 0.821 test accuracy against 0.495-0.529 for
+three random 1% draws.
 
 Run with ``pytest -m slow tests/integration/test_mask_ewt.py -s`` to see the figures.
 """
@@ -55,9 +56,9 @@ def test_mask_is_sparse_within_eps_and_its_top_percent_retrains_well(ewt_dm):
         "test/acc": round(m["test/acc"], 4), "top1%": round(acc_top, 4), "random1%": [round(a, 4) for a in acc_random]}))
     # sparse: at most 10% of the neurons (about 3% measured)
     assert 0 < m["mask/kept"] <= 0.10 * n
-    # faithful: the masked probe's dev loss within eps of the unmasked probe's (a small allowance for the
-    # multiplier still oscillating around the boundary when training stops)
-    assert m["val/mask_divergence"] <= eps + 0.02
+    # faithful: the masked probe's dev loss within eps of the unmasked probe's (the reported state is the
+    # sparsest one that met the constraint on the dev split)
+    assert m["val/mask_divergence"] <= eps + 1e-4
     assert m["test/mask_acc"] >= m["test/acc"] - 0.05
     # the ranking: the kept neurons first, and the top 1% retrains far above random 1% draws
     assert set(top.tolist()) <= set(ranking.top(m["mask/kept"]).tolist())
