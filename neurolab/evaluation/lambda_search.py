@@ -108,7 +108,8 @@ def _bank_scores(dm, cfg, grid, metric):
     specs = []
     for lam in grid:
         reg = Regularization.from_cfg(with_lambda(cfg, lam).regularization)
-        specs.append(ProbeSpec(f"lambda={lam:g}", None, reg.lambda_l1, reg.lambda_l2, reg.l2_squared))
+        specs.append(ProbeSpec(f"lambda={lam:g}", None, reg.lambda_l1, reg.lambda_l2, reg.l2_squared,
+                               l1_mode=reg.l1_mode))
     _, per = fit_probe_bank(dm, cfg, specs)
     out = {}
     for lam, spec in zip(grid, specs):

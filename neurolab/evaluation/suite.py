@@ -237,7 +237,8 @@ class _Trainer:
         need_control = any(ctrl for _, _, ctrl in jobs)
         dms = [self.dm, self.control_dm] if need_control else [self.dm]
         specs = [ProbeSpec(name, None if cols is None else np.asarray(cols, dtype=np.int64), reg.lambda_l1,
-                           reg.lambda_l2, reg.l2_squared, head=1 if ctrl else 0) for name, cols, ctrl in jobs]
+                           reg.lambda_l2, reg.l2_squared, head=1 if ctrl else 0, l1_mode=reg.l1_mode)
+                 for name, cols, ctrl in jobs]
         t = time.perf_counter()
         bank, per = fit_probe_bank(dms, self.cfg, specs)
         self.seconds += time.perf_counter() - t

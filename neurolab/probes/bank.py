@@ -474,7 +474,8 @@ class ProbeBank(pl.LightningModule):
         self.has_val = True
         loss, acc = self.val_stats.compute()
         self.val_stats.reset()
-        loss, acc = loss.cpu()[self._spec_pos], acc.cpu()[self._spec_pos]  # spec order
+        # spec order (torchmetrics squeezes a one-probe result to a scalar: reshape)
+        loss, acc = loss.cpu().reshape(-1)[self._spec_pos], acc.cpu().reshape(-1)[self._spec_pos]
         epoch = int(self.trainer.current_epoch)
         active = ~self.stopped
         improved = active & (loss < self.best_loss)  # best-on-dev weights (as BestWeights)

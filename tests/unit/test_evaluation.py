@@ -84,6 +84,23 @@ def test_bank_equals_separate_probes(planted, tmp_path):
             assert b[k] == pytest.approx(v, abs=0.02), k
 
 
+def test_banked_retraining_keeps_proximal_l1_and_the_retrain_overrides(planted, tmp_path):
+    from neurolab.evaluation.suite import _Trainer
+    from neurolab.probes import fit_probe
+
+    dm, plant = planted
+    cfg = _cfg(tmp_path, "regularization.l1_mode=proximal", "regularization.lambda_l1=0.02",
+               "evaluation.retrain_probe.module.optimizer.lr=0.05")
+    tr = _Trainer(dm, cfg)
+    assert tr.cfg.probe.module.optimizer.lr == 0.05 and cfg.probe.module.optimizer.lr == 0.03
+    tr.many([("all", None, False)])
+    W = tr.last_bank.weight_matrix(0)
+    single, _ = fit_probe(tr.dm, tr.cfg, save=False)
+    Ws = single.weight_matrix
+    assert (Ws == 0).mean() > 0.3  # proximal L1 at this lambda zeroes many weights
+    assert ((W == 0) == (Ws == 0)).mean() > 0.97
+
+
 def test_masked_accuracy_reference():
     rng = np.random.default_rng(1)
     W = rng.normal(size=(3, 6))
