@@ -348,7 +348,7 @@ class GaussianProbe(pl.LightningModule):
                 p = psi[c]
                 if not inplace:
                     p.copy_(outer[c])
-                if n > 0:  # the lower triangle is valid; the rank-one terms touch it only where it counts
+                if n > 0:  # only the lower triangle is valid here; the mirror below rebuilds the upper one
                     xbar = sums[c] / n
                     p.addr_(sums[c], xbar, alpha=-1.0)  # scatter = outer - n xbar xbar^T
                     dev = xbar - mu0
@@ -530,6 +530,7 @@ class GaussianProbe(pl.LightningModule):
         if criterion == "loglik":
             return float(log_prior[yt].double().mean())
         return float((yt == int(torch.argmax(log_prior))).double().mean())
+
 
 @contextmanager
 def _one_intraop_thread():
