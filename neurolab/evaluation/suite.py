@@ -165,7 +165,11 @@ class _Trainer:
     when it fits the memory budget (``data.memory_budget_mb``)."""
 
     def __init__(self, dm, cfg, logger=None, split: str = "test"):
-        self.orig, self.cfg, self.logger, self.split = dm, retrain_cfg(cfg), logger, split
+        self.orig, self.logger, self.split = dm, logger, split
+        # all-neuron probes (the task probe when none is given, the control-task probe) train as the
+        # probe is configured, so that selectivity compares like with like; probes on selected neurons
+        # take evaluation.retrain_probe on top
+        self.cfg_all, self.cfg = linear_probe_cfg(cfg), retrain_cfg(cfg)
         budget = None
         try:
             budget = cfg.get("data", {}).get("memory_budget_mb", 2048)
@@ -178,7 +182,7 @@ class _Trainer:
         self.seconds = 0.0
         self._control_dm = None
         self.banks = 0
-        self.last_bank = None
+        self.bank_of: dict[str, tuple[Any, int]] = {}  # job name -> (its ProbeBank, its index there)
         ev = cfg.get("evaluation") if cfg is not None else None
         self.use_bank = bool(ev.get("bank", True)) if ev is not None else True
 
@@ -203,7 +207,7 @@ class _Trainer:
         dm = self.control_dm if control else self.dm
         t = time.perf_counter()
         kw = {} if columns is None else {"columns": np.asarray(columns, dtype=np.int64)}
-        module, m = self.fit(dm, self.cfg, logger=None, save=False, **kw)
+        module, m = self.fit(dm, self.cfg if columns is not None else self.cfg_all, logger=None, save=False, **kw)
         self.seconds += time.perf_counter() - t
         self.num_fits += 1
         key = f"{self.split}/{metric}"
@@ -230,23 +234,32 @@ class _Trainer:
             return {}
         if not self.can_bank:
             return {name: self.acc(cols, control=ctrl, metric=metric)[:2] for name, cols, ctrl in jobs}
+        key = f"{self.split}/{metric}"
+        out = {}
+        for cfg, group in ((self.cfg_all, [j for j in jobs if j[1] is None]),
+                           (self.cfg, [j for j in jobs if j[1] is not None])):
+            if group:
+                per = self._bank(cfg, group)
+                out.update({name: (float(per[name][key]), per[name]) for name, _, _ in group})
+        return {name: out[name] for name, _, _ in jobs}
+
+    def _bank(self, cfg, jobs):
         from ..probes import ProbeSpec, fit_probe_bank
         from ..probes.regularization import Regularization
 
-        reg = Regularization.from_cfg(self.cfg.get("regularization"))
+        reg = Regularization.from_cfg(cfg.get("regularization"))
         need_control = any(ctrl for _, _, ctrl in jobs)
         dms = [self.dm, self.control_dm] if need_control else [self.dm]
         specs = [ProbeSpec(name, None if cols is None else np.asarray(cols, dtype=np.int64), reg.lambda_l1,
                            reg.lambda_l2, reg.l2_squared, head=1 if ctrl else 0, l1_mode=reg.l1_mode)
                  for name, cols, ctrl in jobs]
         t = time.perf_counter()
-        bank, per = fit_probe_bank(dms, self.cfg, specs)
+        bank, per = fit_probe_bank(dms, cfg, specs)
         self.seconds += time.perf_counter() - t
         self.num_fits += len(jobs)
         self.banks += 1
-        self.last_bank = bank
-        key = f"{self.split}/{metric}"
-        return {name: (float(per[name][key]), per[name]) for name, _, _ in jobs}
+        self.bank_of.update({name: (bank, k) for k, (name, _, _) in enumerate(jobs)})
+        return per
 
 
 def _labels(dm, split: str) -> np.ndarray:
@@ -342,9 +355,8 @@ def evaluate_ranking(
     if need_all:
         acc_all, m_all = res["all"]
         base.update({k: v for k, v in m_all.items() if k not in base})
-        bank = tr.last_bank
-        if bank is not None and tr.can_bank:
-            k_all = [j[0] for j in jobs].index("all")
+        if "all" in tr.bank_of and tr.can_bank:
+            bank, k_all = tr.bank_of["all"]
             probe = _BankProbe(bank.weight_matrix(k_all), bank.bias(k_all))
     if key not in base and probe is not None and task != "regression":
         # the given all-neuron probe, evaluated as it is (no retraining)

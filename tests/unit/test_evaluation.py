@@ -78,7 +78,8 @@ def test_bank_equals_separate_probes(planted, tmp_path):
             "evaluation.percentages=[5]"]
     a = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over))
     b = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over, "+evaluation.bank=false"))
-    assert a["eval/probe_banks"] == 1 and b["eval/probe_banks"] == 0
+    # two banks: the all-neuron probes (task and control, as the probe is configured) and the retrained ones
+    assert a["eval/probe_banks"] == 2 and b["eval/probe_banks"] == 0
     for k, v in a.items():
         if k.startswith(("top/", "random/", "bottom/", "control/", "test/acc")) and "std" not in k:
             assert b[k] == pytest.approx(v, abs=0.02), k
@@ -90,15 +91,26 @@ def test_banked_retraining_keeps_proximal_l1_and_the_retrain_overrides(planted, 
 
     dm, plant = planted
     cfg = _cfg(tmp_path, "regularization.l1_mode=proximal", "regularization.lambda_l1=0.02",
-               "evaluation.retrain_probe.module.optimizer.lr=0.05")
+               "evaluation.retrain_probe.module.optimizer.lr=0.2")
     tr = _Trainer(dm, cfg)
-    assert tr.cfg.probe.module.optimizer.lr == 0.05 and cfg.probe.module.optimizer.lr == 0.03
-    tr.many([("all", None, False)])
-    W = tr.last_bank.weight_matrix(0)
-    single, _ = fit_probe(tr.dm, tr.cfg, save=False)
+    assert tr.cfg.probe.module.optimizer.lr == 0.2 and tr.cfg_all.probe.module.optimizer.lr == 0.03
+    cols = np.arange(0, dm.num_features, 2)
+    res = tr.many([("all", None, False), ("half", cols, False)])
+    bank, k = tr.bank_of["all"]
+    W = bank.weight_matrix(k)
+    single, m_all = fit_probe(tr.dm, tr.cfg_all, save=False)  # all neurons: the probe's own settings
     Ws = single.weight_matrix
     assert (Ws == 0).mean() > 0.3  # proximal L1 at this lambda zeroes many weights
     assert ((W == 0) == (Ws == 0)).mean() > 0.97
+    assert res["all"][0] == pytest.approx(m_all["test/acc"], abs=0.01)
+    # selected neurons: the retrain overrides (a 0.2 learning rate gives other weights than 0.03)
+    bank_h, k_h = tr.bank_of["half"]
+    _, m_fast = fit_probe(tr.dm, tr.cfg, columns=cols, save=False)
+    slow, _ = fit_probe(tr.dm, tr.cfg_all, columns=cols, save=False)
+    fast, _ = fit_probe(tr.dm, tr.cfg, columns=cols, save=False)
+    Wh = bank_h.weight_matrix(k_h)
+    assert np.abs(Wh - fast.weight_matrix).max() < 0.1 * np.abs(fast.weight_matrix).max()
+    assert np.abs(Wh - slow.weight_matrix).max() > np.abs(Wh - fast.weight_matrix).max()
 
 
 def test_masked_accuracy_reference():
