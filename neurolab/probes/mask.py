@@ -625,7 +625,7 @@ def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
                                        method="neuron_mask", model=model_name,
                                        extra={"kept": int(len(kept)), "eps": mask.eps, "path": mask.path_})
     metrics = dict(metrics)
-    metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(mask.gates.p_open().mean()),
+    metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(mask.gates.p_open().detach().mean()),
                     "time/mask_fit_s": round(fit_s, 3)})
     if mask.anneal_kept_ is not None:
         metrics["mask/anneal_kept"] = int(len(mask.anneal_kept_))

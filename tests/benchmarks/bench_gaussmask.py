@@ -7,8 +7,9 @@
   alternating in this process; a list per count) and ``gaussian_same_selection_across_threads``;
 * ``gaussian_peak_rss_mb``: the process's peak resident memory after the Gaussian part (it includes
   the arrays, ``rss_before_gaussian_mb``);
-* ``mask_train_s``: the neuron mask's training in probe mode (``--epochs`` epochs, batch 512, Lightning)
-  in front of a linear probe trained beforehand (not timed).
+* ``mask_train_s``: the neuron mask's training in probe mode as ``probe=neuron_mask`` runs it (its default
+  config: ``--epochs`` constrained epochs, then the annealing epochs), in front of a linear probe trained
+  beforehand (not timed); ``mask_kept``: neurons kept within eps on dev.
 
 Data: EWT dev / all-MiniLM-L6-v2 / UPOS through neurolab's DataModule when ``--store`` names a store of
 that corpus (e.g. one built by ``neurolab probe corpus=ewt_dev store.dir=...``), else synthetic arrays
@@ -70,9 +71,7 @@ def main(argv=None) -> dict:
     import pytorch_lightning as pl
     import torch
 
-    from neurolab.probes.batches import TensorDataModule
     from neurolab.probes.gaussian import GaussianProbe
-    from neurolab.probes.mask import NeuronMask
 
     import resource
 
@@ -131,31 +130,26 @@ def main(argv=None) -> dict:
     if args.skip_mask:
         print(json.dumps(out))
         return out
-    # linear probe (not timed), then the mask
-    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
-    Ztr, Zva = (Xtr - mu) / sd, (Xva - mu) / sd
-    lin = torch.nn.Linear(D, C)
-    opt = torch.optim.Adam(lin.parameters(), lr=1e-3)
-    tz, ty = torch.from_numpy(Ztr.astype(np.float32)), torch.from_numpy(ytr)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        perm = torch.randperm(len(ty), generator=g)
-        for a in range(0, len(ty), 128):
-            idx = perm[a:a + 128]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(lin(tz[idx]), ty[idx]).backward()
-            opt.step()
+    # the mask as `neurolab probe probe=neuron_mask` runs it (its default config): a linear probe on all
+    # neurons first (not timed), then the constrained and annealing epochs (timed: time/mask_fit_s)
+    from neurolab.config import compose
+    from neurolab.probes import ArrayData
+    from neurolab.probes.mask import run_neuron_mask
+
+    data = ArrayData({"train": (Xtr, ytr), "val": (Xva, yva), "test": (Xva, yva)},
+                     class_names=[str(c) for c in range(C)])
+    mcfg = compose("probe", ["probe=neuron_mask", "logger=none", "trainer.enable_progress_bar=false",
+                             f"probe.max_epochs={args.epochs}", "+probe.linear.checkpoint=false",
+                             f"trainer.accelerator={'gpu' if dev.type == 'cuda' else 'cpu'}"],
+                   run_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "bench_gaussmask_run"))
     pl.seed_everything(0, verbose=False)
-    mask = NeuronMask(D, eps=0.05).set_probe(lin)
-    dm = TensorDataModule((tz, ty), (torch.from_numpy(Zva.astype(np.float32)), torch.from_numpy(yva)), 512, 8192, 0)
-    trainer = pl.Trainer(max_epochs=args.epochs, accelerator="gpu" if dev.type == "cuda" else "cpu", devices=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, num_sanity_val_steps=0)
-    t0 = time.perf_counter()
-    trainer.fit(mask, datamodule=dm)
-    out["mask_train_s"] = round(time.perf_counter() - t0, 3)
+    _, m = run_neuron_mask(data, mcfg)
+    out["mask_train_s"] = round(float(m["time/mask_fit_s"]), 3)
     out["mask_epochs"] = args.epochs
-    out["mask_kept"] = int(len(mask.kept()))
+    out["mask_anneal_epochs"] = int(mcfg.probe.module.get("anneal_epochs", 0) or 0)
+    out["mask_kept"] = int(m["mask/kept"])
+    out["mask_dev_divergence"] = round(float(m.get("val/mask_divergence", float("nan"))), 4)
+    out["mask_dev_acc"] = round(float(m.get("val/mask_acc", float("nan"))), 4)
     print(json.dumps(out))
     return out
 
