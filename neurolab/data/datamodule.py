@@ -212,6 +212,25 @@ class _Norm:
         self.store_dtype, self.mean, self.divide = store_dtype, mean, divide
         self.std = std
         self.inv_std = None if std is None else (1.0 / std.astype(np.float64)).astype(np.float32)
+        self._t = None
+
+    def apply_torch(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The same values as :meth:`apply` for a tensor of held rows (float16, bfloat16, float32),
+        in a new float32 tensor: one converting copy, then in-place subtract and scale (torch's
+        kernels: several times faster than numpy's converting copy, no temporaries)."""
+        out = torch.empty(x.shape, dtype=torch.float32)
+        out.copy_(x)
+        if normalize and self.mean is not None:
+            if self._t is None:
+                self._t = (torch.from_numpy(np.ascontiguousarray(self.mean, dtype=np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(self.std if self.divide else self.inv_std,
+                                                                 dtype=np.float32)))
+            out.sub_(self._t[0])
+            if self.divide:
+                out.div_(self._t[1])
+            else:
+                out.mul_(self._t[1])
+        return out
 
     def apply(self, block: np.ndarray, normalize: bool = True, fresh: bool = False) -> np.ndarray:
         """A new float32 array; ``block`` is not modified unless ``fresh`` (a float32 temporary of the
@@ -227,6 +246,13 @@ class _Norm:
             else:
                 x *= self.inv_std
         return x
+
+
+def _held_tensor(block: np.ndarray) -> torch.Tensor:
+    """A tensor view of held rows (bf16 bit patterns as bfloat16)."""
+    if block.dtype == np.uint16:
+        return torch.from_numpy(block.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(block)
 
 
 class _StreamDataset(IterableDataset):
@@ -264,21 +290,20 @@ class _StreamDataset(IterableDataset):
             a, z = int(p.batches[b0]), int(p.batches[b1])
             idx = p.order[a:z]
             block, pos = src.load_indirect(self.ex, idx, ubuf)
-            Y = self.ex.y[idx]
+            Y = torch.as_tensor(self.ex.y[idx], dtype=ydt)
+            bt = _held_tensor(block)
+            pos_t = torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int64))
             last_unit = u == units[-1]
             for b in range(b0, b1):
                 s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
-                # the batch's rows in visiting order (held type; a narrow type is gathered into a
-                # buffer reused within the unit), then a new float32 array, normalised
-                if block.dtype == np.float32:
-                    xb = self.norm.apply(block[pos[s:e]], fresh=True)
-                else:
-                    if buf is None or len(buf) < e - s:
-                        buf = np.empty((max(e - s, self.batch_size), block.shape[1]), dtype=block.dtype)
-                    xb = self.norm.apply(np.take(block, pos[s:e], axis=0, out=buf[:e - s]))
+                # the batch's rows in visiting order, gathered (held type) into a buffer reused
+                # within the unit, then one new float32 tensor, normalised in place
+                if buf is None or len(buf) < e - s:
+                    buf = torch.empty((max(e - s, self.batch_size), bt.shape[1]), dtype=bt.dtype)
+                xb = self.norm.apply_torch(torch.index_select(bt, 0, pos_t[s:e], out=buf[:e - s]))
                 if last_unit and b == b1 - 1:  # the rows are released before the last batch is handed
-                    block = buf = ubuf = None  # out (a consumer may stop after it and keep this generator)
-                yield torch.from_numpy(xb), torch.as_tensor(Y[s:e], dtype=ydt)
+                    block = bt = buf = ubuf = None  # out (a consumer may stop after it and keep this generator)
+                yield xb, Y[s:e]
 
 
 class _EpochLoader(DataLoader):
@@ -890,11 +915,13 @@ class ActivationDataModule(pl.LightningDataModule):
         return _EpochLoader(ds, num_workers=workers, pin_memory=False,
                             multiprocessing_context="fork" if workers and _fork_ok() else None)
 
-    def train_dataloader(self) -> _EpochLoader:
-        return self._loader("train", True, self.batch_size)
+    def train_dataloader(self, batch_size: int | None = None) -> _EpochLoader:
+        """Shuffled training batches of ``batch_size`` (default ``data.batch_size``)."""
+        return self._loader("train", True, int(batch_size or self.batch_size))
 
-    def val_dataloader(self) -> _EpochLoader:
-        return self._loader("dev", False, self.eval_batch_size)
+    def val_dataloader(self, batch_size: int | None = None) -> _EpochLoader:
+        """Dev batches in example order, ``batch_size`` (default ``data.eval_batch_size``) rows each."""
+        return self._loader("dev", False, int(batch_size or self.eval_batch_size))
 
     def test_dataloader(self) -> _EpochLoader:
         return self._loader("test", False, self.eval_batch_size)

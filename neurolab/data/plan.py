@@ -4,6 +4,8 @@ Examples of a split are kept in store-row order and cut into *chunks* of contigu
 (about ``chunk_rows`` store rows each). An epoch:
 
 1. permutes the chunks and the examples within each chunk (seeded by ``seed`` and ``epoch``);
+   a last chunk shorter than all others (the remainder of a split cut into ``chunk_rows``) comes
+   last, so batches do not straddle chunks when ``chunk_rows`` is a multiple of ``batch_size``;
    without shuffling the order is the row order;
 2. under DDP gives rank ``r`` the ``r``-th contiguous part of that stream; parts differ in size by
    at most one example, are disjoint, and together are the whole split (nothing dropped, nothing
@@ -82,6 +84,12 @@ def make_plan(
     if shuffle:
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), 0x5EED])
         perm = rng.permutation(len(bounds) - 1)
+        sizes = np.diff(bounds)
+        if len(sizes) > 1 and sizes[-1] < sizes[:-1].min():
+            # a short last chunk (word level: the split's remainder) is visited last, so that when
+            # chunks hold a whole number of batches every batch lies in one chunk and a unit is one
+            # contiguous read (a batch across two chunks would need a scattered read of the next)
+            perm = np.concatenate([perm[perm != len(sizes) - 1], [len(sizes) - 1]])
         stream = np.empty(n, dtype=np.int64)
         at = 0
         for k in perm:

@@ -391,6 +391,16 @@ def _in_memory(dm, cfg: DictConfig) -> bool:
     return not hasattr(dm, "train_dataloader")
 
 
+def _takes_batch_size(dm) -> bool:
+    """Whether ``dm``'s loaders take a ``batch_size`` (an ``ActivationDataModule`` does)."""
+    import inspect
+
+    try:
+        return "batch_size" in inspect.signature(dm.train_dataloader).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def resolve_batch_size(spec: Any, n_train: int) -> int:
     """``probe.batch_size``: an int, or ``auto`` = about 80 steps per epoch, between 32 and 256 rows
     (256 on EWT dev's 20k training words; 35 on the 2.8k-word demo). Fewer, larger steps train
@@ -493,9 +503,12 @@ def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.n
         with quiet_lightning():
             trainer.fit(module, datamodule=data)
     else:
+        # one batch size for both paths: probe.batch_size (data.batch_size is the data module's
+        # default for other consumers); dev batches of the same size (memory bounded as in training)
+        stream_kw = lambda bs: {"batch_size": bs} if _takes_batch_size(dm) else {}
         with quiet_lightning():
-            trainer.fit(module, train_dataloaders=dm.train_dataloader(),
-                        val_dataloaders=dm.val_dataloader() if has_val else None)
+            trainer.fit(module, train_dataloaders=dm.train_dataloader(**stream_kw(batch_size)),
+                        val_dataloaders=dm.val_dataloader(**stream_kw(batch_size)) if has_val else None)
     fit_s = time.perf_counter() - t0
     metrics: dict[str, float] = {}
     if has_val:
