@@ -68,3 +68,14 @@ def demo_conllu() -> Path:
     from neurolab.config import demo_corpus_path
 
     return Path(demo_corpus_path())
+
+
+@pytest.fixture(scope="session")
+def ewt_store(ewt_dev, minilm_dir, tmp_path_factory) -> Path:
+    """One MiniLM store of EWT dev (all 7 hidden-state sites, default settings) for the whole session:
+    extracted by the first slow test that asks for it (about a minute on 2 cores), reused by the
+    others through neurolab's own reuse of a complete store with the same identity. Tests pass it as
+    ``store.dir=`` with ``corpus.path=<ewt_dev> corpus.name=ewt_dev model.name_or_path=<minilm_dir>
+    sites=all_layers``."""
+    return tmp_path_factory.getbasetemp() / "ewt-dev-minilm-store"
+

@@ -22,11 +22,11 @@ SETTINGS: list[str] = []
 
 
 @pytest.mark.slow
-def test_ewt_minilm_upos(ewt_dev, minilm_dir, tmp_path, one_thread):
+def test_ewt_minilm_upos(ewt_dev, minilm_dir, ewt_store, tmp_path, one_thread):
     from neurolab.tasks.probe import probe
 
     common = ["corpus=ewt_dev", f"corpus.path={ewt_dev}", f"model.name_or_path={minilm_dir}", "sites=all_layers",
-              "concept=upos", "logger=none", "trainer.enable_progress_bar=false", f"store.dir={tmp_path / 'store'}",
+              "concept=upos", "logger=none", "trainer.enable_progress_bar=false", f"store.dir={ewt_store}",
               *SETTINGS]
     cfg = compose("probe", common + ["evaluation.percentages=[1,5]", "evaluation.random_seeds=[0,1,2]",
                                      "evaluation.control_on_selected=false", "evaluation.minimal_set.enabled=false"],
