@@ -39,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import mmap
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -248,6 +249,37 @@ class _Norm:
         return x
 
 
+def _anon_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array in its own anonymous memory map, returned to the system when the array is dropped.
+    (A heap block of this size, tens of MB, would raise the allocator's thresholds and could stay
+    in the process after it is freed, so the peak memory of a streamed run would depend on the
+    allocator's history.)"""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if n == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.frombuffer(mmap.mmap(-1, n), dtype=dtype).reshape(shape)
+
+
+class _BufferSlot:
+    """One unit buffer lent to one pass at a time and kept between passes: the loaders of a data
+    module (training, then dev, every epoch) share it instead of each faulting in their own tens
+    of MB. A pass that finds the slot empty (another pass holds the buffer) gets a new one."""
+
+    def __init__(self):
+        self.buf: np.ndarray | None = None
+
+    def take(self, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+        buf, self.buf = self.buf, None
+        if buf is not None and len(buf) >= rows and buf.shape[1] == cols and buf.dtype == np.dtype(dtype):
+            return buf
+        buf = None  # dropped before a larger one is made
+        return _anon_array((rows, cols), dtype)
+
+    def give(self, buf: np.ndarray) -> None:
+        if self.buf is None or len(buf) >= len(self.buf):
+            self.buf = buf
+
+
 def _held_tensor(block: np.ndarray) -> torch.Tensor:
     """A tensor view of held rows (bf16 bit patterns as bfloat16)."""
     if block.dtype == np.uint16:
@@ -264,6 +296,12 @@ class _StreamDataset(IterableDataset):
         self.source, self.ex, self.chunks, self.norm = source, ex, chunks, norm
         self.batch_size, self.shuffle, self.seed, self.task = int(batch_size), bool(shuffle), int(seed), task
         self.epoch, self.rank, self.world = 0, 0, 1
+        self.slot = _BufferSlot()  # the unit buffer, kept between passes (shared by a data module's loaders)
+
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["slot"] = _BufferSlot()  # a worker process makes its own
+        return d
 
     def __len__(self) -> int:
         return num_batches_per_rank(len(self.ex), self.batch_size, self.world)
@@ -279,11 +317,13 @@ class _StreamDataset(IterableDataset):
         ydt = torch.float32 if self.task == REGRESSION else torch.int64
         src = self.source
         units = range(wid, p.num_units, nw)
-        # one buffer for the rows of a unit, reused unit after unit (freed before the last batch)
+        # one buffer for the rows of a unit, reused unit after unit and pass after pass (an epoch
+        # does not fault in tens of MB again); taken from the dataset while in use, so a second
+        # pass running at the same time gets its own
         rows_max = max((int(p.batches[p.units[u + 1]] - p.batches[p.units[u]]) for u in units), default=0)
         ubuf = None
         if src.memory is None and self.ex.length is None and rows_max:
-            ubuf = np.empty((rows_max, src.reader.num_features), dtype=src.reader.raw_dtype)
+            ubuf = self.slot.take(rows_max, src.reader.num_features, src.reader.raw_dtype)
         buf = None
         for u in units:
             b0, b1 = int(p.units[u]), int(p.units[u + 1])
@@ -301,8 +341,10 @@ class _StreamDataset(IterableDataset):
                 if buf is None or len(buf) < e - s:
                     buf = torch.empty((max(e - s, self.batch_size), bt.shape[1]), dtype=bt.dtype)
                 xb = self.norm.apply_torch(torch.index_select(bt, 0, pos_t[s:e], out=buf[:e - s]))
-                if last_unit and b == b1 - 1:  # the rows are released before the last batch is handed
-                    block = bt = buf = ubuf = None  # out (a consumer may stop after it and keep this generator)
+                if last_unit and b == b1 - 1:  # the unit buffer goes back to the dataset before the last
+                    if ubuf is not None:  # batch is handed out (a consumer may stop after it)
+                        self.slot.give(ubuf)
+                    block = bt = buf = ubuf = None
                 yield xb, Y[s:e]
 
 
@@ -907,7 +949,12 @@ class ActivationDataModule(pl.LightningDataModule):
         ex = self._ex(split)
         mem = self._memory[split] if self._memory is not None else None
         src = _Source(self._reader, mem, self.pooled)
-        return _StreamDataset(src, ex, self._chunks[split], self._norm(divide=mem is not None), batch_size, shuffle, self.seed, self.task)
+        ds = _StreamDataset(src, ex, self._chunks[split], self._norm(divide=mem is not None), batch_size, shuffle,
+                            self.seed, self.task)
+        if "_slot" not in self.__dict__:
+            self._slot = _BufferSlot()
+        ds.slot = self._slot
+        return ds
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> _EpochLoader:
         ds = self._dataset(split, shuffle, batch_size)

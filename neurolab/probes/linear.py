@@ -430,7 +430,7 @@ def _chunks(dm, split: str, size: int, arrays=None) -> Iterator[tuple[np.ndarray
         for a in range(0, len(X), size):
             yield X[a:a + size], y[a:a + size]
     else:
-        yield from dm.iter_chunks(split)
+        yield from dm.iter_chunks(split, size)
 
 
 def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.ndarray | None = None,
@@ -511,10 +511,12 @@ def fit_probe(dm, cfg: DictConfig, *, logger=None, columns: Sequence[int] | np.n
                         val_dataloaders=dm.val_dataloader(**stream_kw(batch_size)) if has_val else None)
     fit_s = time.perf_counter() - t0
     metrics: dict[str, float] = {}
+    # streamed data are evaluated in float32 blocks of at most 1024 rows (memory bounded as in training)
+    ev_rows = eval_bs if in_mem else min(eval_bs, 1024)
     if has_val:
-        metrics.update(module.evaluate(_chunks(dm, "val", eval_bs, val_arrays), "val"))
+        metrics.update(module.evaluate(_chunks(dm, "val", ev_rows, val_arrays), "val"))
     if _has_rows(dm, "test"):
-        metrics.update(module.evaluate(_chunks(dm, "test", eval_bs, dm.arrays("test") if in_mem else None), "test"))
+        metrics.update(module.evaluate(_chunks(dm, "test", ev_rows, dm.arrays("test") if in_mem else None), "test"))
     metrics["probe/epochs"] = int(trainer.current_epoch)
     metrics["probe/best_epoch"] = int(best.best_epoch) if best is not None else int(trainer.current_epoch) - 1
     metrics["time/probe_fit_s"] = round(fit_s, 4)
