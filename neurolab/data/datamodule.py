@@ -25,7 +25,8 @@ What it does, in order (:meth:`ActivationDataModule.setup`):
    are read once, straight into preallocated arrays of that type (fast path); otherwise (or with
    ``memory_budget_mb=0``) batches stream from the shard files with memory bounded by
    ``chunk_rows`` (see :mod:`neurolab.data.plan` for the order of an epoch, DDP sharding and
-   workers). Either way rows are kept raw and each batch is converted to float32 and normalised
+   workers): the rows of a unit are read into one buffer of the held type that the module's
+   loaders share and keep between passes. Either way rows are kept raw and each batch is converted to float32 and normalised
    when it is handed out, so no float32 copy of a split is made (:meth:`arrays` makes one on
    request; :meth:`tensors` and :meth:`norm_tensors` give the raw rows and the normalisation).
 8. **Corpus.** A data module made by :func:`build_datamodule` drops the parsed corpus after the
