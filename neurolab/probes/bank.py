@@ -42,6 +42,7 @@ from omegaconf import DictConfig
 
 from ..errors import ConfigError
 from .regularization import Regularization, _safe_sqrt, proximal_l1_
+from .optim import fused
 
 log = logging.getLogger(__name__)
 
@@ -509,7 +510,7 @@ class ProbeBank(pl.LightningModule):
                     self.b[bi].copy_(self.best_b[bi])
 
     def configure_optimizers(self):
-        opt = _fused(self.optimizer_factory(self.parameters()))
+        opt = fused(self.optimizer_factory(self.parameters()))
         if self.scheduler_factory is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
@@ -592,23 +593,6 @@ class ProbeBank(pl.LightningModule):
                 res[f"{stage}/acc/{name}"] = float(a)
             out.append(res)
         return out
-
-
-def _fused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Adam / AdamW as their fused implementation when the configuration leaves the implementation
-    open (same update rule, one kernel per step over the stacked weights instead of about ten)."""
-    if type(opt) not in (torch.optim.Adam, torch.optim.AdamW):
-        return opt
-    d = opt.defaults
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if d.get("fused") is not None or d.get("foreach") is not None or d.get("differentiable") or \
-            len(opt.param_groups) != 1 or any(p.dtype != torch.float32 or p.device.type not in ("cpu", "cuda")
-                                              for p in params):
-        return opt
-    try:
-        return type(opt)(params, **dict(d, fused=True, foreach=None))
-    except (RuntimeError, ValueError, TypeError):  # a build without fused kernels
-        return opt
 
 
 def _features(X) -> torch.Tensor:
