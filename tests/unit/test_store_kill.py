@@ -27,12 +27,13 @@ def _start(path: Path, pause_after_files: int = -1, marker: Path | None = None) 
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _kill(p: subprocess.Popen) -> None:
+def _kill(p: subprocess.Popen, may_have_finished: bool = False) -> None:
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
     p.stdout.close()
     p.stderr.close()
-    assert p.returncode == -signal.SIGKILL
+    # a writer may finish between poll() and the signal (exit status 0): that run was simply not killed
+    assert p.returncode == -signal.SIGKILL or (may_have_finished and p.returncode == 0), p.returncode
 
 
 def _visible_shards_are_whole(path: Path) -> list[int]:
@@ -109,7 +110,7 @@ def test_sigkill_at_random_moments(tmp_path, reference):
         p = _start(path)
         time.sleep(float(rng.uniform(0.05, 0.3)))  # a whole run takes about 0.25 s here
         if p.poll() is None:
-            _kill(p)
+            _kill(p, may_have_finished=True)
         else:
             p.communicate()
         if (path / "shards").exists():
