@@ -147,17 +147,8 @@ def retrain_cfg(cfg):
     probe on a few neurons is far from converged after 10 epochs at 1e-3: on EWT dev / MiniLM / UPOS
     the 26 forward-selected neurons reach 0.790 at 1e-3 and 0.822 at 1e-2 (batch 256), a converged
     scikit-learn logistic regression 0.829)."""
-    cfg = linear_probe_cfg(cfg)
     ev = cfg.get("evaluation") if cfg is not None else None
-    extra = ev.get("retrain_probe") if ev is not None else None
-    if not extra:
-        return cfg
-    from omegaconf import OmegaConf, open_dict
-
-    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    with open_dict(new):
-        new.probe = OmegaConf.merge(new.probe, extra)
-    return new
+    return linear_probe_cfg(cfg, ev.get("retrain_probe") if ev is not None else None)
 
 
 class _Trainer:

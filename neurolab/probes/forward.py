@@ -43,6 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .optim import one_intraop_thread
+
 log = logging.getLogger(__name__)
 
 __all__ = ["ForwardResult", "forward_select", "train_sample"]
@@ -52,7 +54,7 @@ __all__ = ["ForwardResult", "forward_select", "train_sample"]
 class ForwardResult:
     """``selected``: neurons (column positions) in order of entry; ``gain[i]``: the gradient norm that
     chose ``selected[i]``; ``train_loss[i]`` / ``val_acc[i]``: the refitted probe on the first ``i + 1``
-    neurons (``val_acc`` empty without dev rows); ``mean``/``std``: the standardisation used."""
+    neurons (``val_acc`` empty without dev rows; for regression the negative dev mean squared error)."""
 
     selected: np.ndarray
     gain: np.ndarray
@@ -143,16 +145,18 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
     if not regression:  # bias-only start: log class frequencies (the exact optimum without neurons)
         b = fit_bias(target, weights)
     Zs = torch.zeros(N, 0)
+    has_val = X_val is not None and y_val is not None and len(y_val) > 0
+    Zv = torch.zeros(len(y_val) if has_val else 0, 0)
     taken = torch.zeros(Fn, dtype=torch.bool)
     taken |= torch.isinf(torch.from_numpy(std))
     for step in range(k):
         out = Zs @ W + b
         R = residual(out)  # [N, C]
-        G = torch.zeros(Fn, C)
         Rsum = R.sum(0)
         if X32 is not None:
             G = X32.T @ R
         else:
+            G = torch.zeros(Fn, C)
             for a in range(0, N, chunk_rows):
                 xc = torch.from_numpy(np.asarray(X[a:a + chunk_rows], dtype=np.float32))
                 G += xc.T @ R[a:a + chunk_rows]
@@ -167,11 +171,13 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
         taken[j] = True
         Zs = torch.cat([Zs, z_cols(X, [j])], dim=1)
         W = torch.cat([W, torch.zeros(1, C)], dim=0)
-        with _few_threads(Zs.numel()):  # many tiny L-BFGS steps: thread hand-offs would dominate
+        # many tiny L-BFGS steps: thread hand-offs would dominate
+        with one_intraop_thread(Zs.numel() < 4_000_000):
             W, b, loss = _refit(Zs, W, b, loss_fn, l2, max_iter)
         losses.append(loss)
-        if X_val is not None and y_val is not None and len(y_val):
-            ov = z_cols(X_val, selected) @ W + b
+        if has_val:
+            Zv = torch.cat([Zv, z_cols(X_val, [j])], dim=1)
+            ov = Zv @ W + b
             if regression:
                 val_acc.append(float(-(ov.squeeze(1) + y_mean - torch.as_tensor(np.asarray(y_val, np.float32))).square().mean()))
             else:
@@ -181,22 +187,6 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
                             "val_acc": val_acc[-1] if val_acc else None})
     return ForwardResult(np.asarray(selected, dtype=np.int64), np.asarray(gains), losses, val_acc,
                          time.perf_counter() - t0)
-
-
-class _few_threads:
-    """One intra-op thread for problems under ``limit`` elements (restores the previous count)."""
-
-    def __init__(self, numel: int, limit: int = 4_000_000):
-        self.on = numel < limit and torch.get_num_threads() > 1
-        self.prev = torch.get_num_threads()
-
-    def __enter__(self):
-        if self.on:
-            torch.set_num_threads(1)
-
-    def __exit__(self, *exc):
-        if self.on:
-            torch.set_num_threads(self.prev)
 
 
 def fit_bias(onehot: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -249,12 +239,13 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     the accuracy path). ``fcfg``: ``k`` (count, ``"2%"`` or fraction), ``l2``, ``max_iter``, ``max_rows``.
     Adds ``forward/val_acc@<n>`` and ``time/forward_s`` to ``metrics``."""
     from ..ranking import NeuronRanking, resolve_count
+    from .linear import _has_rows
 
     get = (lambda key, d: fcfg.get(key, d)) if fcfg is not None else (lambda key, d: d)
     total = int(dm.num_features)
     k = resolve_count(get("k", 50), total)
     X, y, n_total = train_sample(dm, int(get("max_rows", 200_000)), seed)
-    Xv, yv = dm.arrays("val") if _has_val(dm) else (None, None)
+    Xv, yv = dm.arrays("val") if _has_rows(dm, "val") else (None, None)
     task = str(getattr(dm, "task", "classification"))
     res = forward_select(X, y, num_classes=int(getattr(dm, "num_classes", 1) or 1), k=k, task=task,
                          l2=float(get("l2", 1e-4)), max_iter=int(get("max_iter", 100)), X_val=Xv, y_val=yv,
@@ -285,10 +276,3 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     return NeuronRanking.from_order(np.asarray([*head.tolist(), *rest], dtype=np.int64), scores,
                                     sites=base.sites, neurons_per_site=base.neurons_per_site, concept=base.concept,
                                     method=base.method, model=base.model, extra=extra)
-
-
-def _has_val(dm) -> bool:
-    try:
-        return len(dm.row_ids("val")) > 0
-    except Exception:
-        return False

@@ -77,6 +77,7 @@ from torchmetrics import Metric
 
 from ..errors import ConfigError
 from ..ranking import NeuronRanking, resolve_count
+from .optim import one_intraop_thread
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +466,7 @@ class GaussianProbe(pl.LightningModule):
         else:
             allowed[torch.as_tensor(np.asarray(candidates, dtype=np.int64), device=dev)] = True
         k = min(k, int(allowed.sum()))
-        with _one_intraop_thread() as workers:
+        with one_intraop_thread() as workers:
             return self._select(Xt, yt, k, criterion, allowed, report, callback, workers, t0)
 
     def _select(self, Xt, yt, k, criterion, allowed, report, callback, workers, t0) -> SelectionResult:
@@ -515,7 +516,7 @@ class GaussianProbe(pl.LightningModule):
         dev = self.psi_.device
         Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64, device=dev)
         yt = torch.as_tensor(np.asarray(y, dtype=np.int64), device=dev)
-        with _one_intraop_thread() as workers:
+        with one_intraop_thread() as workers:
             st = _SelState(self, Xt, yt, len(selected) + 1, workers)
             for j in selected:
                 st.add(int(j))
@@ -530,20 +531,6 @@ class GaussianProbe(pl.LightningModule):
         if criterion == "loglik":
             return float(log_prior[yt].double().mean())
         return float((yt == int(torch.argmax(log_prior))).double().mean())
-
-
-@contextmanager
-def _one_intraop_thread():
-    """Torch on one intra-op thread inside (restored on exit); yields the previous thread count, the
-    number of threads the selection spreads its scoring blocks over."""
-    prev = torch.get_num_threads()
-    if prev > 1:
-        torch.set_num_threads(1)
-    try:
-        yield prev
-    finally:
-        if prev > 1:
-            torch.set_num_threads(prev)
 
 
 class _SelState:
@@ -579,7 +566,7 @@ class _SelState:
         self.t = 0
         self.selected: list[int] = []
         # CPU: blocks are scored by this many threads, each running torch on one intra-op thread
-        # (see _one_intraop_thread); no barrier per small operation on a busy machine
+        # (see one_intraop_thread); no barrier per small operation on a busy machine
         self.workers = max(1, workers if workers is not None else torch.get_num_threads()) \
             if dev.type == "cpu" else 1
         bs = probe.block_size

@@ -598,21 +598,27 @@ def fit_path(dm, cfg: DictConfig, lambdas: Sequence[float], metrics: dict | None
     return weights, lams
 
 
-def linear_probe_cfg(cfg: DictConfig) -> DictConfig:
+def linear_probe_cfg(cfg: DictConfig, overrides: Mapping[str, Any] | None = None) -> DictConfig:
     """``cfg`` whose ``probe`` is the linear probe's config: the retrained probes of an evaluation are
     linear probes whatever method made the ranking (``probe=gaussian`` / ``neuron_mask`` runs keep
-    their own settings for ranking; ``probe.linear`` in their config may override linear settings)."""
+    their own settings for ranking; ``probe.linear`` in their config may override linear settings).
+    ``overrides`` (e.g. ``evaluation.retrain_probe``) are merged into that probe config last."""
     p = cfg.get("probe") if cfg is not None else None
-    if p is None or str(p.get("name", "linear")) == "linear":
+    linear = p is None or str(p.get("name", "linear")) == "linear"
+    if linear and not overrides:
         return cfg
     from omegaconf import open_dict
 
-    from ..config import config_dir
+    if linear:
+        base = p
+    else:
+        from ..config import config_dir
 
-    base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
-    extra = p.get("linear")
-    if extra:
-        base = OmegaConf.merge(base, extra)
+        base = OmegaConf.load(Path(config_dir()) / "probe" / "linear.yaml")
+        if p.get("linear"):
+            base = OmegaConf.merge(base, p.get("linear"))
+    if overrides:
+        base = OmegaConf.merge(base, overrides)
     new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(new):
         new.probe = base

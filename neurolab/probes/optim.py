@@ -1,9 +1,27 @@
-"""Optimiser helpers shared by the probes."""
+"""Optimiser and thread helpers shared by the probes."""
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["fused"]
+__all__ = ["fused", "one_intraop_thread"]
+
+
+@contextmanager
+def one_intraop_thread(active: bool = True):
+    """Torch on one intra-op thread inside (restored on exit) when ``active``; yields the previous
+    thread count. For loops of many tiny operations, where handing each one to a second thread costs
+    more than the operation (on a busy machine by far)."""
+    prev = torch.get_num_threads()
+    on = active and prev > 1
+    if on:
+        torch.set_num_threads(1)
+    try:
+        yield prev
+    finally:
+        if on:
+            torch.set_num_threads(prev)
 
 
 def fused(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:

@@ -62,3 +62,18 @@ def probe_cfg(run_dir, *overrides: str):
     return compose("probe", ["logger=none", "trainer.enable_progress_bar=false", *overrides], run_dir=run_dir)
 
 
+
+
+def ewt_datamodule(ewt_dev, minilm_dir, store, run_dir, *overrides: str):
+    """``(dm, cfg)``: EWT dev, the packaged MiniLM, all 7 hidden-state sites, UPOS, the default split,
+    on the session's store (``ewt_store`` fixture: extracted by the first test that needs it)."""
+    from neurolab.config import compose
+    from neurolab.data import build_datamodule
+
+    cfg = compose("probe", [f"corpus.path={ewt_dev}", "corpus.name=ewt_dev", f"model.name_or_path={minilm_dir}",
+                            f"store.dir={store}", "sites=all_layers", "concept=upos", "logger=none",
+                            "trainer.enable_progress_bar=false", "extract.progress=false", *overrides],
+                  run_dir=run_dir)
+    dm = build_datamodule(cfg)
+    dm.setup()
+    return dm, cfg

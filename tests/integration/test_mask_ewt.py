@@ -15,22 +15,14 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers.probes import ewt_datamodule
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def ewt_dm(ewt_dev, minilm_dir, ewt_store, tmp_path_factory):
-    from neurolab.config import compose
-    from neurolab.data import build_datamodule
-
-    run = tmp_path_factory.mktemp("ewt_mask")
-    cfg = compose("probe", [f"corpus.path={ewt_dev}", "corpus.name=ewt_dev", f"model.name_or_path={minilm_dir}",
-                            f"store.dir={ewt_store}", "sites=all_layers", "concept=upos", "logger=none",
-                            "probe=neuron_mask", "trainer.enable_progress_bar=false", "extract.progress=false"],
-                  run_dir=run)
-    dm = build_datamodule(cfg)  # extracts the session's EWT store unless an earlier test did
-    dm.setup()
-    return dm, cfg
+    return ewt_datamodule(ewt_dev, minilm_dir, ewt_store, tmp_path_factory.mktemp("ewt_mask"), "probe=neuron_mask")
 
 
 def test_mask_is_sparse_within_eps_and_its_top_percent_retrains_well(ewt_dm):

@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.probes import ewt_datamodule
+
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
 def ewt_dm(ewt_dev, minilm_dir, ewt_store, tmp_path_factory):
-    from neurolab.config import compose
-    from neurolab.data import build_datamodule
-
-    run = tmp_path_factory.mktemp("ewt_probe")
-    cfg = compose("probe", [f"corpus.path={ewt_dev}", "corpus.name=ewt_dev", f"model.name_or_path={minilm_dir}",
-                            f"store.dir={ewt_store}", "sites=all_layers", "concept=upos", "logger=none",
-                            "trainer.enable_progress_bar=false", "extract.progress=false"], run_dir=run)
-    dm = build_datamodule(cfg)  # extracts the session's EWT store unless an earlier test did
-    dm.setup()
-    return dm, cfg
+    return ewt_datamodule(ewt_dev, minilm_dir, ewt_store, tmp_path_factory.mktemp("ewt_probe"))
 
 
 def test_all_neuron_accuracy_and_identical_rerun(ewt_dm, tmp_path):
