@@ -54,6 +54,7 @@ from ..corpus.control import control_task
 from ..corpus.types import Corpus
 from ..errors import ConfigError
 from ..store.format import StoreMismatchError
+from .buffers import BatchRing
 from .plan import chunk_ids, make_plan, num_batches_per_rank
 from .reader import RowReader, raw_to_float32
 from .sites import select_sites
@@ -216,11 +217,12 @@ class _Norm:
         self.inv_std = None if std is None else (1.0 / std.astype(np.float64)).astype(np.float32)
         self._t = None
 
-    def apply_torch(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    def apply_torch(self, x: torch.Tensor, normalize: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
         """The same values as :meth:`apply` for a tensor of held rows (float16, bfloat16, float32),
-        in a new float32 tensor: one converting copy, then in-place subtract and scale (torch's
-        kernels: several times faster than numpy's converting copy, no temporaries)."""
-        out = torch.empty(x.shape, dtype=torch.float32)
+        in a new float32 tensor (or ``out``): one converting copy, then in-place subtract and scale
+        (torch's kernels: several times faster than numpy's converting copy, no temporaries)."""
+        if out is None:
+            out = torch.empty(x.shape, dtype=torch.float32)
         out.copy_(x)
         if normalize and self.mean is not None:
             if self._t is None:
@@ -298,10 +300,12 @@ class _StreamDataset(IterableDataset):
         self.batch_size, self.shuffle, self.seed, self.task = int(batch_size), bool(shuffle), int(seed), task
         self.epoch, self.rank, self.world = 0, 0, 1
         self.slot = _BufferSlot()  # the unit buffer, kept between passes (shared by a data module's loaders)
+        self.ring = BatchRing()  # float32 batch tensors, reused once released (shared likewise)
 
     def __getstate__(self):
         d = dict(self.__dict__)
         d["slot"] = _BufferSlot()  # a worker process makes its own
+        d["ring"] = BatchRing()
         return d
 
     def __len__(self) -> int:
@@ -341,7 +345,8 @@ class _StreamDataset(IterableDataset):
                 # within the unit, then one new float32 tensor, normalised in place
                 if buf is None or len(buf) < e - s:
                     buf = torch.empty((max(e - s, self.batch_size), bt.shape[1]), dtype=bt.dtype)
-                xb = self.norm.apply_torch(torch.index_select(bt, 0, pos_t[s:e], out=buf[:e - s]))
+                xb = self.norm.apply_torch(torch.index_select(bt, 0, pos_t[s:e], out=buf[:e - s]),
+                                           out=self.ring.empty(e - s, bt.shape[1], self.batch_size, len(self.ex)))
                 if last_unit and b == b1 - 1:  # the unit buffer goes back to the dataset before the last
                     if ubuf is not None:  # batch is handed out (a consumer may stop after it)
                         self.slot.give(ubuf)
@@ -953,8 +958,8 @@ class ActivationDataModule(pl.LightningDataModule):
         ds = _StreamDataset(src, ex, self._chunks[split], self._norm(divide=mem is not None), batch_size, shuffle,
                             self.seed, self.task)
         if "_slot" not in self.__dict__:
-            self._slot = _BufferSlot()
-        ds.slot = self._slot
+            self._slot, self._ring = _BufferSlot(), BatchRing()
+        ds.slot, ds.ring = self._slot, self._ring
         return ds
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> _EpochLoader:

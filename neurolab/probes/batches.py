@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 import pytorch_lightning as pl
 import torch
 
+from ..data.buffers import BatchRing
+
 __all__ = ["TensorBatches", "TensorDataModule"]
 
 
@@ -35,7 +37,7 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0,
                  epoch_fn: Callable[[], int] | None = None, rank: int = 0, world: int = 1,
-                 norm: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, ring: BatchRing | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.y = x, y
@@ -46,6 +48,7 @@ class TensorBatches:
         self.epoch_fn = epoch_fn or (lambda: 0)
         self.rank, self.world = int(rank), int(world)
         self._bounds = self._plan(len(x))
+        self.ring = ring if ring is not None else BatchRing()
 
     def _plan(self, n: int) -> list[tuple[int, int]]:
         b = self.batch_size
@@ -67,7 +70,9 @@ class TensorBatches:
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is None:
             return x
-        out = torch.empty(x.shape, dtype=torch.float32)
+        # a float32 tensor of the ring when one is free (see neurolab.data.buffers), else a new one
+        out = self.ring.empty(x.shape[0], x.shape[1], self.batch_size, len(self.x)) if x.dim() == 2 else \
+            torch.empty(x.shape, dtype=torch.float32)
         out.copy_(x)
         out.sub_(self.norm[0])
         out.div_(self.norm[1])
