@@ -37,7 +37,7 @@ class TensorBatches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool, seed: int = 0,
                  epoch_fn: Callable[[], int] | None = None, rank: int = 0, world: int = 1,
-                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, ring: BatchRing | None = None):
+                 norm: tuple[torch.Tensor, torch.Tensor] | None = None, ring: BatchRing | bool | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x, self.y = x, y
@@ -48,7 +48,8 @@ class TensorBatches:
         self.epoch_fn = epoch_fn or (lambda: 0)
         self.rank, self.world = int(rank), int(world)
         self._bounds = self._plan(len(x))
-        self.ring = ring if ring is not None else BatchRing()
+        # normalised batches go into float32 tensors reused once released (``ring=False``: new ones)
+        self.ring = None if ring is False else ring if isinstance(ring, BatchRing) else BatchRing()
 
     def _plan(self, n: int) -> list[tuple[int, int]]:
         b = self.batch_size
@@ -71,8 +72,8 @@ class TensorBatches:
         if self.norm is None:
             return x
         # a float32 tensor of the ring when one is free (see neurolab.data.buffers), else a new one
-        out = self.ring.empty(x.shape[0], x.shape[1], self.batch_size, len(self.x)) if x.dim() == 2 else \
-            torch.empty(x.shape, dtype=torch.float32)
+        out = self.ring.empty(x.shape[0], x.shape[1], self.batch_size, len(self.x)) if \
+            self.ring is not None and x.dim() == 2 else torch.empty(x.shape, dtype=torch.float32)
         out.copy_(x)
         out.sub_(self.norm[0])
         out.div_(self.norm[1])
@@ -128,4 +129,6 @@ class TensorDataModule(pl.LightningDataModule):
         if self.val is None:
             return []
         rank, world = self._dist()
-        return TensorBatches(*self.val, self.eval_batch_size, shuffle=False, rank=rank, world=world, norm=self.norm)
+        # dev batches are few and large (eval_batch_size): not kept between epochs
+        return TensorBatches(*self.val, self.eval_batch_size, shuffle=False, rank=rank, world=world, norm=self.norm,
+                             ring=False)

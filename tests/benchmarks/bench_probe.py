@@ -34,8 +34,8 @@ NEUROX_PY = os.environ.get("NEUROX_PYTHON", "/tmp/neurox-venv/bin/python")
 
 
 #: the streamed configuration measured as ``neurolab_streaming``: every split read from the shard
-#: files batch unit by batch unit (nothing held), 4096-row shuffling chunks
-STREAMING_OVERRIDES = ["data.memory_budget_mb=0", "data.chunk_rows=4096"]
+#: files batch unit by batch unit (nothing held), 2048-row shuffling chunks (one 11 MB read buffer)
+STREAMING_OVERRIDES = ["data.memory_budget_mb=0", "data.chunk_rows=2048"]
 
 
 def _overrides(store: str, epochs: int) -> list[str]:
