@@ -83,6 +83,9 @@ class TensorBatches:
         """Rows ``idx`` of ``x``: a new tensor, or (when batches are normalised into new float32
         tensors anyway) a view of a gather buffer reused from batch to batch."""
         if self.norm is None:
+            if self.ring is not None and self.x.dim() == 2 and self.x.dtype == torch.float32:
+                return torch.index_select(self.x, 0, idx, out=self.ring.empty(len(idx), self.x.shape[1], self.batch_size,
+                                                                              len(self.x)))
             return self.x.index_select(0, idx)
         buf = getattr(self, "_buf", None)
         if buf is None or len(buf) < len(idx):
