@@ -36,10 +36,9 @@ class BatchRing:
     def __getstate__(self):
         return {"size": self.size, "bufs": []}  # a copy (e.g. in a worker) starts empty
 
-    def empty(self, rows: int, cols: int, reserve: int = 0, limit: int = 0) -> torch.Tensor:
+    def empty(self, rows: int, cols: int, reserve: int = 0) -> torch.Tensor:
         """A float32 ``[rows, cols]`` tensor whose memory nothing else refers to (contents undefined);
-        a new buffer gets ``max(rows, min(reserve, limit))`` rows (so a short last batch served first
-        leaves room for full ones; ``limit``, e.g. the rows of the split, caps that room)."""
+        a new buffer gets ``max(rows, reserve)`` rows (a short batch served first leaves room for full ones)."""
         if _use_count is None or torch.utils.data.get_worker_info() is not None:
             return torch.empty((rows, cols), dtype=torch.float32)
         for t, idle in self.bufs:
@@ -50,9 +49,6 @@ class BatchRing:
             self.bufs = [(t, idle) for t, idle in self.bufs if t.shape[1] == cols and t.shape[0] >= rows]
             if len(self.bufs) >= self.size:
                 return torch.empty((rows, cols), dtype=torch.float32)
-        t = torch.empty((max(rows, min(int(reserve), int(limit) if limit else int(reserve))), cols), dtype=torch.float32)
+        t = torch.empty((max(rows, int(reserve)), cols), dtype=torch.float32)
         self.bufs.append((t, _refs(t)))
         return t[:rows]
-
-    def clear(self) -> None:
-        self.bufs = []

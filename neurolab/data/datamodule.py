@@ -26,9 +26,10 @@ What it does, in order (:meth:`ActivationDataModule.setup`):
    ``memory_budget_mb=0``) batches stream from the shard files with memory bounded by
    ``chunk_rows`` (see :mod:`neurolab.data.plan` for the order of an epoch, DDP sharding and
    workers): the rows of a unit are read into one buffer of the held type that the module's
-   loaders share and keep between passes. Either way rows are kept raw and each batch is converted to float32 and normalised
-   when it is handed out, so no float32 copy of a split is made (:meth:`arrays` makes one on
-   request; :meth:`tensors` and :meth:`norm_tensors` give the raw rows and the normalisation).
+   loaders share and keep between passes. Either way rows are kept raw and each batch is converted
+   to float32 and normalised when it is handed out (into a reused tensor, :mod:`.buffers`), so no
+   float32 copy of a split is made (:meth:`arrays` makes one on request; :meth:`tensors` and
+   :meth:`norm_tensors` give the raw rows and the normalisation).
 8. **Corpus.** A data module made by :func:`build_datamodule` drops the parsed corpus after the
    join (before reading rows) and parses it again if ``corpus`` is used later.
 
@@ -346,7 +347,7 @@ class _StreamDataset(IterableDataset):
                 if buf is None or len(buf) < e - s:
                     buf = torch.empty((max(e - s, self.batch_size), bt.shape[1]), dtype=bt.dtype)
                 xb = self.norm.apply_torch(torch.index_select(bt, 0, pos_t[s:e], out=buf[:e - s]),
-                                           out=self.ring.empty(e - s, bt.shape[1], self.batch_size, len(self.ex)))
+                                           out=self.ring.empty(e - s, bt.shape[1], min(self.batch_size, len(self.ex))))
                 if last_unit and b == b1 - 1:  # the unit buffer goes back to the dataset before the last
                     if ubuf is not None:  # batch is handed out (a consumer may stop after it)
                         self.slot.give(ubuf)

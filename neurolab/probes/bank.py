@@ -668,21 +668,21 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
                      early_stopping={"enabled": es.get("enabled", True), "patience": es.get("patience", 3),
                                      "min_delta": es.get("min_delta", 0.0)})
     has_val = _has_rows(base, "val")
-    bs = resolve_batch_size(pcfg.get("batch_size", "auto"), len(base.row_ids("train")) if hasattr(base, "row_ids")
-                            else len(stacked("train")[1]))
+    eb = int(pcfg.get("eval_batch_size", 8192))
+    va = None
     if len(dms) == 1 and getattr(base, "in_memory", False) and hasattr(base, "tensors"):
-        # one concept held in memory: its own rows (the store's type), normalised batch by batch
-        # (no float32 copy of a split; the same values)
-        tv = lambda split: (lambda x, y: (x, y.to(torch.int64)))(*base.tensors(split))
-        data = TensorDataModule(tv("train"), tv("val") if has_val else None, bs,
-                                int(pcfg.get("eval_batch_size", 8192)), seed, norm=base.norm_tensors())
-        va = None
+        # one concept held in memory: its own rows (the store's type, class indices int64), normalised
+        # batch by batch (no float32 copy of a split; the same values)
+        train = base.tensors("train")
+        data = TensorDataModule(train, base.tensors("val") if has_val else None,
+                                resolve_batch_size(pcfg.get("batch_size", "auto"), len(train[1])), eb, seed,
+                                norm=base.norm_tensors())
     else:
         tr = stacked("train")
         va = stacked("val") if has_val else None
         t = lambda a: (_features(a[0]), torch.from_numpy(a[1]))
-        data = TensorDataModule(t(tr), t(va) if va is not None else None, bs,
-                                int(pcfg.get("eval_batch_size", 8192)), seed)
+        data = TensorDataModule(t(tr), t(va) if va is not None else None,
+                                resolve_batch_size(pcfg.get("batch_size", "auto"), len(tr[1])), eb, seed)
         del tr
     with quiet_lightning():
         trainer = trainer_from_cfg(cfg, logger=logger, run_dir=output_dir(cfg),
@@ -690,7 +690,6 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
                                    **({"max_epochs": int(pcfg.epochs)} if pcfg.get("epochs") else {}))
         trainer.fit(bank, datamodule=data)
     fit_s = time.perf_counter() - t0
-    eb = int(pcfg.get("eval_batch_size", 8192))
     chunks = lambda a: ((a[0][i:i + eb], a[1][i:i + eb]) for i in range(0, len(a[0]), eb))
     per: list[dict[str, float]] = [dict() for _ in specs]
     if has_val:

@@ -50,6 +50,7 @@ class TensorBatches:
         self._bounds = self._plan(len(x))
         # normalised batches go into float32 tensors reused once released (``ring=False``: new ones)
         self.ring = None if ring is False else ring if isinstance(ring, BatchRing) else BatchRing()
+        self._reserve = min(self.batch_size, len(x))  # rows of a ring buffer: a full batch
 
     def _plan(self, n: int) -> list[tuple[int, int]]:
         b = self.batch_size
@@ -72,7 +73,7 @@ class TensorBatches:
         if self.norm is None:
             return x
         # a float32 tensor of the ring when one is free (see neurolab.data.buffers), else a new one
-        out = self.ring.empty(x.shape[0], x.shape[1], self.batch_size, len(self.x)) if \
+        out = self.ring.empty(x.shape[0], x.shape[1], self._reserve) if \
             self.ring is not None and x.dim() == 2 else torch.empty(x.shape, dtype=torch.float32)
         out.copy_(x)
         out.sub_(self.norm[0])
@@ -80,12 +81,11 @@ class TensorBatches:
         return out
 
     def _gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows ``idx`` of ``x``: a new tensor, or (when batches are normalised into new float32
-        tensors anyway) a view of a gather buffer reused from batch to batch."""
+        """Rows ``idx`` of ``x``: a float32 tensor of the ring (or a new tensor), or (when batches are
+        normalised into float32 tensors anyway) a view of a gather buffer reused from batch to batch."""
         if self.norm is None:
             if self.ring is not None and self.x.dim() == 2 and self.x.dtype == torch.float32:
-                return torch.index_select(self.x, 0, idx, out=self.ring.empty(len(idx), self.x.shape[1], self.batch_size,
-                                                                              len(self.x)))
+                return torch.index_select(self.x, 0, idx, out=self.ring.empty(len(idx), self.x.shape[1], self._reserve))
             return self.x.index_select(0, idx)
         buf = getattr(self, "_buf", None)
         if buf is None or len(buf) < len(idx):

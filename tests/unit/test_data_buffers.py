@@ -43,10 +43,11 @@ def test_ring_all_busy_allocates_and_shapes():
     held = [ring.empty(5, 3) for _ in range(4)]  # more than the ring holds: new tensors
     assert len({t.data_ptr() for t in held}) == 4
     assert all(t.shape == (5, 3) and t.dtype == torch.float32 for t in held)
+    kept = {t.data_ptr() for t in held[:2]}  # the ring's two
     del held
-    big = ring.empty(4, 3)  # buffers of 5 rows are free again: reused for fewer rows
-    assert big.shape == (4, 3)
-    del big
+    fewer = ring.empty(4, 3)  # buffers of 5 rows are free again: reused for fewer rows
+    assert fewer.shape == (4, 3) and fewer.data_ptr() in kept
+    del fewer
     ring = BatchRing(size=2)
     short = ring.empty(2, 3, reserve=6)  # a short batch first: the buffer has room for a full one
     p = short.data_ptr()
