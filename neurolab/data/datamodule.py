@@ -980,6 +980,14 @@ class ActivationDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> _EpochLoader:
         return self._loader("test", False, self.eval_batch_size)
 
+    def eval_batches(self, split: str, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x float32, y)`` batches of ``split`` in example order, as the loaders make them, on this
+        process only (not sharded under DDP), in this thread (no workers). Streamed rows come through
+        the loaders' unit buffer and batch ring, so evaluating after training takes no new memory;
+        a consumer must not keep a batch it has been given beyond the next one (copy it instead)."""
+        ds = self._dataset(split, False, int(batch_size or self.eval_batch_size))
+        yield from ds
+
     def predict_dataloader(self) -> _EpochLoader:
         return self.test_dataloader()
 

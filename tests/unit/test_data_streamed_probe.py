@@ -100,3 +100,44 @@ def test_torch_normalisation_matches_numpy(dtype, divide):
     np.testing.assert_allclose(got.numpy(), (f.astype(np.float64) - mean) / std, rtol=1e-5, atol=1e-5)
     raw = norm.apply_torch(_held_tensor(held), normalize=False)
     np.testing.assert_array_equal(raw.numpy(), f)
+
+
+def _reference_split(dm, split):
+    """float64 ``(x - mean) / std`` of ``split``'s raw rows (numpy), and its labels."""
+    X = np.concatenate([x for x, _ in dm.iter_chunks(split, normalize=False)]).astype(np.float64)
+    y = np.concatenate([y for _, y in dm.iter_chunks(split, normalize=False)])
+    return (X - dm.mean_) / dm.std_, y
+
+
+def test_eval_batches_are_the_split_in_order_through_reused_buffers(tmp_path):
+    dm = planted_datamodule(tmp_path, num_sentences=120, memory_budget_mb=0, batch_size=512, chunk_rows=64)
+    ref, yref = _reference_split(dm, "test")
+    xs, ys, ptrs = [], [], set()
+    for x, y in dm.eval_batches("test", 8):
+        assert x.dtype == torch.float32 and len(x) <= 8
+        ptrs.add(x.data_ptr())
+        xs.append(x.numpy().copy())  # copied: the batch itself is lent, not given
+        ys.append(y.numpy())
+    assert len(xs) >= math.ceil(len(yref) / 8) > 4
+    np.testing.assert_allclose(np.concatenate(xs), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate(ys), yref)
+    # every batch lives in a buffer of the loaders' ring: no new tensor per batch
+    ring = {t.untyped_storage().data_ptr() for t, _ in dm._ring.bufs}
+    assert ptrs <= ring and len(ring) <= 2
+
+
+def test_streamed_probe_metrics_match_sklearn_on_its_weights(tmp_path):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    dm = planted_datamodule(tmp_path, num_sentences=150, memory_budget_mb=0, batch_size=512)
+    cfg = probe_cfg(tmp_path, "trainer.max_epochs=4", "probe.batch_size=32", "probe.checkpoint=false")
+    module, met = fit_probe(dm, cfg, save=False)
+    W, b = module.weight_matrix, module.linear.bias.detach().double().numpy()
+    for split in ("val", "test"):
+        X, y = _reference_split(dm, split)
+        pred = (X @ W.T + b).argmax(1)
+        assert met[f"{split}/n"] == len(y)
+        assert met[f"{split}/acc"] == pytest.approx(accuracy_score(y, pred), abs=1e-6)
+        labels = np.arange(dm.num_classes)
+        assert met[f"{split}/f1_macro"] == pytest.approx(f1_score(y, pred, labels=labels, average="macro",
+                                                                  zero_division=0), abs=1e-6)

@@ -184,3 +184,34 @@ def test_regression_probe(tmp_path):
     assert ranking.indices[:2].tolist() == [4, 1]
 
 
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+def test_metrics_under_deterministic_algorithms_count_with_bincount_and_restore_the_flag(warn_only):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from neurolab.probes.linear import native_bincount
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(700, 12)).astype(np.float32)
+    y = rng.integers(0, 5, size=700)
+    m = LinearProbe(12, 5, init="default")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        with native_bincount(torch.zeros(1)):  # lifted inside, for CPU tensors
+            assert not torch.are_deterministic_algorithms_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
+        res = m.evaluate([(X[a:a + 128], y[a:a + 128]) for a in range(0, 700, 128)], "test")
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    with torch.no_grad():
+        pred = m(torch.from_numpy(X)).argmax(1).numpy()
+    assert res["test/acc"] == pytest.approx(accuracy_score(y, pred), abs=1e-6)
+    assert res["test/f1_macro"] == pytest.approx(f1_score(y, pred, average="macro", labels=range(5), zero_division=0),
+                                                 abs=1e-6)
+    for c in range(5):
+        assert res[f"test/acc/{c}"] == pytest.approx(float((pred[y == c] == c).mean()), abs=1e-6)
