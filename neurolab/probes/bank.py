@@ -127,25 +127,39 @@ class _BankStats(torchmetrics.Metric):
 class _BatchedLinear(torch.autograd.Function):
     """``out[i] = x[i] @ W[i].T + b[i]`` for ``x [n, B, w]``, ``W [n, m, w]``, ``b [n, 1, m]``, with the
     weight gradient computed as ``g[i].T @ x[i]`` (``[m, B] @ [B, w]``, the faster GEMM orientation on
-    CPU for a few dozen outputs, and already in ``W``'s layout)."""
+    CPU for a few dozen outputs, and already in ``W``'s layout).
+
+    Under autocast (``trainer.precision=bf16-mixed``) both products run in the autocast type, as
+    autocast would run ``baddbmm``; the output, the gradients and the bias stay in the parameters'
+    type (float32), so the loss and the optimiser see float32 as without autocast."""
 
     @staticmethod
     def forward(ctx, x, W, b):
+        dev = x.device.type
+        low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        ctx.types = (x.dtype, W.dtype)
+        if low is not None and W.dtype == torch.float32:
+            x, W = x.to(low), W.to(low)
         ctx.save_for_backward(x, W)
-        if x.shape[0] == 1:
-            return torch.addmm(b[0], x[0], W[0].t()).unsqueeze(0)
-        return torch.baddbmm(b, x, W.transpose(1, 2))
+        with torch.autocast(dev, enabled=False):
+            if x.shape[0] == 1:
+                out = torch.addmm(b[0].to(x.dtype), x[0], W[0].t()).unsqueeze(0)
+            else:
+                out = torch.baddbmm(b.to(x.dtype), x, W.transpose(1, 2))
+        return out.to(b.dtype)
 
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved_tensors
         gx = gW = gb = None
-        if ctx.needs_input_grad[0]:
-            gx = torch.bmm(g, W)
-        if ctx.needs_input_grad[1]:
-            gW = torch.mm(g[0].t(), x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.bmm(g.transpose(1, 2), x)
         if ctx.needs_input_grad[2]:
             gb = g.sum(1, keepdim=True)
+        g = g.to(x.dtype)
+        if ctx.needs_input_grad[0]:
+            gx = torch.bmm(g, W).to(ctx.types[0])
+        if ctx.needs_input_grad[1]:
+            gW = torch.mm(g[0].t(), x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.bmm(g.transpose(1, 2), x)
+            gW = gW.to(ctx.types[1])
         return gx, gW, gb
 
 

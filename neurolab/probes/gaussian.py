@@ -720,8 +720,9 @@ def run_gaussian(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
     probe = build_gaussian(pcfg, C, F)
     t0 = time.perf_counter()
     tcfg = cfg.get("trainer") if hasattr(cfg, "get") else None
+    # one pass of float64 sums: trainer.precision does not apply (bf16-true would cast the statistics)
     trainer_kw = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0)
+                      num_sanity_val_steps=0, limit_val_batches=0, precision="32-true")
     if tcfg is not None and tcfg.get("_target_"):
         trainer = instantiate(tcfg, **trainer_kw)
     else:

