@@ -138,6 +138,7 @@ class LinearProbe(pl.LightningModule):
         # update per step costs more than the step of a linear probe)
         self.train_acc = torchmetrics.MeanMetric()
         self._run = None
+        self._closure_reads_loss = True  # see configure_optimizers
         self.val_metrics = _metric_collection(task, self.num_classes)
         self.test_metrics = _metric_collection(task, self.num_classes, sync=False)
 
@@ -180,12 +181,26 @@ class LinearProbe(pl.LightningModule):
         if len(batch) == 2:  # a DataLoader's (x, y): equal shards of the global batch on every rank
             n_global = len(y) * world
         # mean over the *global* batch; DDP averages gradients over ranks, hence the factor `world`
-        loss = summed * (world / n_global) + self.reg(self.linear.weight)
+        loss = summed * (world / n_global)
+        # the penalty's gradient is added before the step (below); its value only for an optimiser
+        # that reads the closure's loss (LBFGS), the others' loss being the data term's gradient source
+        if self.reg.in_loss and self._closure_reads_loss:
+            loss = loss + self.reg.value(self.linear.weight)
         with torch.no_grad():
             stat = (out.argmax(-1) == y).sum() if self.task == "classification" else (out - y).pow(2).sum()
             run = torch.stack([summed.detach(), stat.to(summed.dtype), summed.new_tensor(float(len(y)))])
             self._run = run if self._run is None else self._run + run
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        # after backward, accumulation and DDP's gradient averaging (AMP gradients are unscaled here),
+        # before clipping: the penalty is the same on every rank, so its gradient is added once, as
+        # if the penalty were in the loss's graph
+        if self.reg.in_loss:
+            w = self.linear.weight
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            self.reg.add_grad_(w, w.grad)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # proximal L1 (regularization.l1_mode=proximal): soft-threshold after each optimiser step
@@ -239,6 +254,7 @@ class LinearProbe(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = fused(self.optimizer_factory(self.parameters()))
+        self._closure_reads_loss = isinstance(opt, torch.optim.LBFGS)
         if self.scheduler_factory is None:
             return opt
         sched = self.scheduler_factory(opt)

@@ -91,6 +91,41 @@ class Regularization:
         """The penalty term added to the training loss (without L1 when ``l1_mode=proximal``), 0-d."""
         return self._penalty(weight, with_l1=not self.proximal)
 
+    @property
+    def in_loss(self) -> bool:
+        """True when the training loss carries a term (:meth:`__call__` is not identically 0)."""
+        return bool(self.lambda_l2) or (bool(self.lambda_l1) and not self.proximal)
+
+    @torch.no_grad()
+    def value(self, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__`'s value without a graph: two norms of ``weight``, 0-d."""
+        out = weight.new_zeros(())
+        if self.lambda_l1 and not self.proximal:
+            out = out + self.lambda_l1 * torch.linalg.vector_norm(weight, 1)
+        if self.lambda_l2:
+            norm = torch.linalg.vector_norm(weight, 2)
+            out = out + self.lambda_l2 * (norm * norm if self.l2_squared else norm)
+        return out
+
+    @torch.no_grad()
+    def add_grad_(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``grad += d __call__(weight) / d weight``, elementwise: ``lambda_l1 * sign(W)`` (subgradient
+        L1; 0 at 0) plus ``2 * lambda_l2 * W`` (squared L2) or ``lambda_l2 * W / ||W||`` (plain norm; 0 at
+        W = 0), the gradient autograd gives for :meth:`__call__`. Returns ``grad``.
+
+        Training adds the penalty's gradient this way, once per optimiser step after the data loss's
+        backward, instead of through the loss's graph: about ten small operations and their backward
+        nodes fewer per step (0.1 s of a 1 s probe fit on EWT dev)."""
+        if self.lambda_l1 and not self.proximal:
+            grad.add_(torch.sign(weight), alpha=self.lambda_l1)
+        if self.lambda_l2:
+            if self.l2_squared:
+                grad.add_(weight, alpha=2.0 * self.lambda_l2)
+            else:  # a finite coefficient times W: exactly 0 at W = 0
+                norm = torch.linalg.vector_norm(weight, 2).clamp_min_(torch.finfo(weight.dtype).tiny)
+                grad.addcmul_(weight, torch.div(self.lambda_l2, norm))
+        return grad
+
     def _penalty(self, weight: torch.Tensor, with_l1: bool) -> torch.Tensor:
         out = weight.new_zeros(())
         if self.lambda_l1 and with_l1:

@@ -234,3 +234,60 @@ def test_bf16_mixed_probe_trains_in_bfloat16_with_float32_weights(planted, tmp_p
     assert metbf["test/acc"] >= met32["test/acc"] - 0.02
     top = set(np.argsort(-np.abs(wbf).max(axis=0))[:4].tolist())
     assert top == {planted_index(*v) for v in PLANTED.values()}
+
+
+@pytest.mark.parametrize("reg", [Regularization(1e-2, 0.0), Regularization(0.0, 3e-2), Regularization(0.0, 3e-2, False),
+                                 Regularization(1e-2, 3e-2, False), Regularization(2e-2, 1e-2, True, l1_mode="proximal")],
+                         ids=["l1", "l2sq", "l2", "en", "prox"])
+@pytest.mark.parametrize("zero", [False, True])
+def test_penalty_gradient_added_elementwise_equals_autograd(reg, zero):
+    rng = np.random.default_rng(4)
+    W = torch.zeros(5, 9) if zero else torch.from_numpy(rng.normal(size=(5, 9)).astype(np.float32))
+    W.requires_grad_(True)
+    pen = reg(W)  # the training loss's term, with a graph
+    (want,) = torch.autograd.grad(pen, W, allow_unused=True) if pen.requires_grad else (torch.zeros_like(W),)
+    want = torch.zeros_like(W) if want is None else want
+    assert float(reg.value(W)) == pytest.approx(float(pen), rel=1e-6, abs=1e-12)
+    got = reg.add_grad_(W.detach(), torch.zeros_like(W))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+    assert bool(torch.isfinite(got).all())
+
+
+@pytest.mark.parametrize("optim", ["sgd", "lbfgs"])
+def test_lightning_steps_equal_a_manual_loop_with_the_penalty_in_the_graph(tmp_path, optim):
+    """The penalty's gradient, added before each optimiser step, gives the weights of a plain torch
+    loop whose loss carries the penalty (same batches; SGD, and LBFGS, whose line search reads the
+    closure's loss: the objective's value)."""
+    import pytorch_lightning as pl
+
+    from neurolab.probes.batches import TensorBatches, TensorDataModule
+
+    rng = np.random.default_rng(5)
+    X = torch.from_numpy(rng.normal(size=(300, 6)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, size=300))
+    reg = Regularization(1e-2, 5e-2, l2_squared=False)
+    make = (lambda params: torch.optim.SGD(params, lr=0.3)) if optim == "sgd" else \
+        (lambda params: torch.optim.LBFGS(params, lr=0.5, max_iter=4, line_search_fn="strong_wolfe"))
+    m = LinearProbe(6, 3, regularization=reg, optimizer=make, init="default")
+    ref = LinearProbe(6, 3, init="default")
+    ref.load_state_dict(m.state_dict())
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(m, datamodule=TensorDataModule((X, y), None, 64, seed=7))
+    opt = make(ref.parameters())
+    steps = 0
+    for epoch in range(2):
+        for xb, yb, n in TensorBatches(X, y, 64, shuffle=True, seed=7, epoch_fn=lambda: epoch):
+            def closure():
+                opt.zero_grad()
+                loss = ref.data_loss(ref(xb), yb, "sum") / n + reg(ref.linear.weight)
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            steps += 1
+    assert steps == trainer.global_step > 0
+    tol = dict(rtol=1e-5, atol=1e-6) if optim == "sgd" else dict(rtol=1e-3, atol=2e-5)  # line search: rounding grows
+    torch.testing.assert_close(m.linear.weight, ref.linear.weight, **tol)
+    torch.testing.assert_close(m.linear.bias, ref.linear.bias, **tol)
