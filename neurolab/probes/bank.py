@@ -37,6 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from omegaconf import DictConfig
 
@@ -124,6 +125,18 @@ class _BankStats(torchmetrics.Metric):
         return self.loss / n, self.correct / n
 
 
+def _batched_part(x: torch.Tensor) -> int:
+    """How many of ``x``'s ``n`` products go through one batched call; the rest run one by one.
+
+    On CPU torch shares a batched product out over its threads batch by batch, so 7 layer blocks on
+    2 threads take as long as 8. The largest multiple of the thread count goes through the batched
+    call and each remaining product uses every thread: 7 MiniLM layers x 4 probes, 2 threads, 512
+    rows: 1.04 instead of 1.15-1.19 ms forward, 0.96-0.97 instead of 1.03 ms for the weight gradient."""
+    n = x.shape[0]
+    t = torch.get_num_threads() if x.device.type == "cpu" else 1
+    return n if t <= 1 or n % t == 0 or n < t else n - n % t
+
+
 class _BatchedLinear(torch.autograd.Function):
     """``out[i] = x[i] @ W[i].T + b[i]`` for ``x [n, B, w]``, ``W [n, m, w]``, ``b [n, 1, m]``, with the
     weight gradient computed as ``g[i].T @ x[i]`` (``[m, B] @ [B, w]``, the faster GEMM orientation on
@@ -142,10 +155,17 @@ class _BatchedLinear(torch.autograd.Function):
             x, W = x.to(low), W.to(low)
         ctx.save_for_backward(x, W)
         with torch.autocast(dev, enabled=False):
+            bb = b.to(x.dtype)
             if x.shape[0] == 1:
-                out = torch.addmm(b[0].to(x.dtype), x[0], W[0].t()).unsqueeze(0)
+                out = torch.addmm(bb[0], x[0], W[0].t()).unsqueeze(0)
             else:
-                out = torch.baddbmm(b.to(x.dtype), x, W.transpose(1, 2))
+                k = _batched_part(x)
+                out = torch.baddbmm(bb, x, W.transpose(1, 2)) if k == len(x) else \
+                    torch.empty((len(x), x.shape[1], W.shape[1]), dtype=x.dtype, device=x.device)
+                if k < len(x):
+                    torch.baddbmm(bb[:k], x[:k], W[:k].transpose(1, 2), out=out[:k])
+                    for i in range(k, len(x)):
+                        torch.addmm(bb[i], x[i], W[i].t(), out=out[i])
         return out.to(b.dtype)
 
     @staticmethod
@@ -158,7 +178,16 @@ class _BatchedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = torch.bmm(g, W).to(ctx.types[0])
         if ctx.needs_input_grad[1]:
-            gW = torch.mm(g[0].t(), x[0]).unsqueeze(0) if x.shape[0] == 1 else torch.bmm(g.transpose(1, 2), x)
+            k = _batched_part(x)
+            if x.shape[0] == 1:
+                gW = torch.mm(g[0].t(), x[0]).unsqueeze(0)
+            elif k == len(x):
+                gW = torch.bmm(g.transpose(1, 2), x)
+            else:
+                gW = torch.empty((len(x), g.shape[2], x.shape[2]), dtype=x.dtype, device=x.device)
+                torch.bmm(g[:k].transpose(1, 2), x[:k], out=gW[:k])
+                for i in range(k, len(x)):
+                    torch.mm(g[i].t(), x[i], out=gW[i])
             gW = gW.to(ctx.types[1])
         return gx, gW, gb
 
@@ -363,7 +392,10 @@ class ProbeBank(pl.LightningModule):
             t = t.clamp_min(0)
         else:
             t, lab = y.long().view(1, B, 1).expand(n, B, kg), None
-        nll = -logits.log_softmax(-1).gather(3, t.unsqueeze(3)).squeeze(3)  # [n, B, kg]
+        if self.class_w is None:  # fused log-softmax + pick (fewer kernels and backward nodes)
+            nll = F.cross_entropy(logits.reshape(-1, C), t.reshape(-1), reduction="none").view(n, B, kg)
+        else:
+            nll = -logits.log_softmax(-1).gather(3, t.unsqueeze(3)).squeeze(3)  # [n, B, kg]
         if self.class_w is not None:
             cw = self.class_w[blk.pos:blk.pos + blk.size].view(n, 1, kg, C).expand(n, B, kg, C)
             nll = nll * cw.gather(3, t.unsqueeze(3)).squeeze(3)
@@ -424,23 +456,19 @@ class ProbeBank(pl.LightningModule):
             if not (info["l1"] or info["l2"]):
                 continue
             blk = self.blocks[bi]
-            W = self.W[bi]
+            W = self.W[bi]  # [n, kg, C, w]; coefficients per (column set, probe) broadcast over (C, w)
             if W.grad is None:
                 W.grad = torch.zeros_like(W)
-            # [n, kg * C, w] views: coefficients per (column set, probe, class) broadcast over w
-            kc = blk.kg * self.Cmax
-            W3, G3 = W.view(blk.n, kc, blk.w), W.grad.view(blk.n, kc, blk.w)
-            per_col = lambda c: c.view(blk.n, blk.kg, 1).expand(blk.n, blk.kg, self.Cmax).reshape(blk.n, kc, 1)
+            per = lambda c: c.view(blk.n, blk.kg, 1, 1)
             if info["l1"]:
-                G3.addcmul_(W3.sign(), per_col(self._buf("l1", bi)))
+                W.grad.addcmul_(W.sign(), per(self._buf("l1", bi)))
             if info["l2"]:
                 l2 = self._buf("l2", bi)
                 c = 2.0 * l2
-                if not info["all_sq"]:
-                    sq = (W3 * W3).sum(2).view(blk.n, blk.kg, self.Cmax).sum(-1)
-                    root = torch.where(sq > 0, l2 / sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), 0.0)
-                    c = torch.where(self._buf("sq", bi), c, root)
-                G3.addcmul_(W3, per_col(c))
+                if not info["all_sq"]:  # a finite coefficient times W: exactly 0 for a probe at W = 0
+                    norm = torch.linalg.vector_norm(W, dim=(2, 3)).clamp_min_(torch.finfo(W.dtype).tiny)
+                    c = torch.where(self._buf("sq", bi), c, l2 / norm)
+                W.grad.addcmul_(W, per(c))
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):

@@ -210,3 +210,34 @@ def test_bank_under_bf16_mixed_matches_separate_bf16_probes(dm, tmp_path):
         scale = np.abs(alone.weight_matrix).max()
         np.testing.assert_allclose(w, alone.weight_matrix, atol=1e-3 * scale, err_msg=s.name)
         assert metrics[s.name]["test/acc"] == pytest.approx(m["test/acc"], abs=0.02), s.name
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 8])
+def test_batched_linear_split_over_threads_matches_float64(n):
+    """With 2 threads, 3 or 7 column sets run as a batched product of the even part plus single
+    products: forward and weight/bias gradients against a float64 reference."""
+    import torch
+
+    from neurolab.probes.bank import _BatchedLinear, _batched_part
+
+    g = torch.Generator().manual_seed(n)
+    B, w, m = 33, 12, 5
+    X = torch.randn(B, n * w, generator=g)
+    x = X.as_strided((n, B, w), (w, n * w, 1))  # the layer view the bank uses
+    W = torch.randn(n, m, w, generator=g, requires_grad=True)
+    b = torch.randn(n, 1, m, generator=g, requires_grad=True)
+    up = torch.randn(n, B, m, generator=g)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _batched_part(x) == {1: 1, 3: 2, 7: 6, 8: 8}[n]
+        out = _BatchedLinear.apply(x, W, b)
+        (out * up).sum().backward()
+    finally:
+        torch.set_num_threads(prev)
+    x64, W64, b64 = x.double(), W.detach().double().requires_grad_(True), b.detach().double().requires_grad_(True)
+    ref = torch.einsum("nbw,nmw->nbm", x64, W64) + b64
+    (ref * up.double()).sum().backward()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(W.grad.double(), W64.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-5, atol=1e-4)
