@@ -48,9 +48,11 @@ def test_gaussian_probe_verb(data, tmp_path):
     assert "selectivity" in m and "control/acc" in m
 
 
-def test_neuron_mask_verb(data, tmp_path):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_neuron_mask_verb(data, tmp_path, precision):
     run = tmp_path / "run"
-    m = _probe(data, run, "probe=neuron_mask", "probe.max_epochs=15", "probe.batch_size=64")
+    m = _probe(data, run, "probe=neuron_mask", "probe.max_epochs=15", "probe.batch_size=64",
+               f"trainer.precision={precision}")
     _, store, planted = data
     ranking = NeuronRanking.from_json(run / "ranking.json")
     assert ranking.method == "neuron_mask"
