@@ -983,8 +983,9 @@ class ActivationDataModule(pl.LightningDataModule):
     def eval_batches(self, split: str, batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(x float32, y)`` batches of ``split`` in example order, as the loaders make them, on this
         process only (not sharded under DDP), in this thread (no workers). Streamed rows come through
-        the loaders' unit buffer and batch ring, so evaluating after training takes no new memory;
-        a consumer must not keep a batch it has been given beyond the next one (copy it instead)."""
+        the loaders' unit buffer and batch ring, so evaluating after training takes no new memory: a
+        batch tensor is lent again only once nothing refers to it (see :class:`BatchRing`), so a
+        consumer may keep batches, at the cost of new buffers."""
         ds = self._dataset(split, False, int(batch_size or self.eval_batch_size))
         yield from ds
 

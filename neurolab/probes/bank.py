@@ -125,13 +125,25 @@ class _BankStats(torchmetrics.Metric):
         return self.loss / n, self.correct / n
 
 
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast type in force for ``device_type`` (None when autocast is off)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except (AttributeError, TypeError):  # torch < 2.4: per-device functions
+        if device_type == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
 def _batched_part(x: torch.Tensor) -> int:
     """How many of ``x``'s ``n`` products go through one batched call; the rest run one by one.
 
     On CPU torch shares a batched product out over its threads batch by batch, so 7 layer blocks on
-    2 threads take as long as 8. The largest multiple of the thread count goes through the batched
-    call and each remaining product uses every thread: 7 MiniLM layers x 4 probes, 2 threads, 512
-    rows: 1.04 instead of 1.15-1.19 ms forward, 0.96-0.97 instead of 1.03 ms for the weight gradient."""
+    2 threads take as long as 8. When there are at least as many products as threads, the largest
+    multiple of the thread count goes through the batched call and each remaining product uses every
+    thread: 7 MiniLM layers x 4 probes, 2 threads, 512 rows: 1.04 instead of 1.15-1.19 ms forward,
+    0.96-0.97 instead of 1.03 ms for the weight gradient. Fewer products than threads (e.g. 7 layers
+    on 16 cores) stay one batched call (not measured); so does everything off the CPU."""
     n = x.shape[0]
     t = torch.get_num_threads() if x.device.type == "cpu" else 1
     return n if t <= 1 or n % t == 0 or n < t else n - n % t
@@ -149,7 +161,7 @@ class _BatchedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, b):
         dev = x.device.type
-        low = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        low = _autocast_dtype(dev)
         ctx.types = (x.dtype, W.dtype)
         if low is not None and W.dtype == torch.float32:
             x, W = x.to(low), W.to(low)

@@ -88,7 +88,9 @@ class Regularization:
         return self._penalty(weight, with_l1=True)
 
     def __call__(self, weight: torch.Tensor) -> torch.Tensor:
-        """The penalty term added to the training loss (without L1 when ``l1_mode=proximal``), 0-d."""
+        """The penalty term of the training objective (without L1 when ``l1_mode=proximal``), 0-d, with
+        a graph. ``LinearProbe`` adds its gradient with :meth:`add_grad_` and its value with :meth:`value`
+        (for closure-reading optimisers) rather than putting it in the loss's graph."""
         return self._penalty(weight, with_l1=not self.proximal)
 
     @property

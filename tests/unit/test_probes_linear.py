@@ -187,10 +187,14 @@ def test_regression_probe(tmp_path):
 
 
 @pytest.mark.parametrize("warn_only", [False, True])
-def test_metrics_under_deterministic_algorithms_count_with_bincount_and_restore_the_flag(warn_only):
+def test_metrics_under_deterministic_algorithms_count_with_bincount_and_restore_the_flag(warn_only, monkeypatch):
     from sklearn.metrics import accuracy_score, f1_score
 
     from neurolab.probes.linear import native_bincount
+
+    calls = []
+    real = torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(700, 12)).astype(np.float32)
@@ -204,6 +208,7 @@ def test_metrics_under_deterministic_algorithms_count_with_bincount_and_restore_
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
         res = m.evaluate([(X[a:a + 128], y[a:a + 128]) for a in range(0, 700, 128)], "test")
+        assert len(calls) >= 6  # one count per update (6 chunks): bincount, not the dense comparison
         assert torch.are_deterministic_algorithms_enabled()
         assert torch.is_deterministic_algorithms_warn_only_enabled() == warn_only
     finally:
@@ -253,32 +258,44 @@ def test_penalty_gradient_added_elementwise_equals_autograd(reg, zero):
     assert bool(torch.isfinite(got).all())
 
 
-@pytest.mark.parametrize("optim", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("optim", ["sgd", "lbfgs", "sgd_accumulate_clip"])
 def test_lightning_steps_equal_a_manual_loop_with_the_penalty_in_the_graph(tmp_path, optim):
     """The penalty's gradient, added before each optimiser step, gives the weights of a plain torch
     loop whose loss carries the penalty (same batches; SGD, and LBFGS, whose line search reads the
-    closure's loss: the objective's value)."""
+    closure's loss: the objective's value; SGD accumulating 2 batches per step with the gradient norm
+    clipped, where the penalty counts once per step and before clipping)."""
     import pytorch_lightning as pl
 
     from neurolab.probes.batches import TensorBatches, TensorDataModule
 
     rng = np.random.default_rng(5)
-    X = torch.from_numpy(rng.normal(size=(300, 6)).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, 3, size=300))
+    X = torch.from_numpy(rng.normal(size=(256, 6)).astype(np.float32))  # 4 batches of 64: 2 windows of 2
+    y = torch.from_numpy(rng.integers(0, 3, size=256))
+    accum, clip = (2, 0.05) if optim == "sgd_accumulate_clip" else (1, None)
     reg = Regularization(1e-2, 5e-2, l2_squared=False)
-    make = (lambda params: torch.optim.SGD(params, lr=0.3)) if optim == "sgd" else \
+    make = (lambda params: torch.optim.SGD(params, lr=0.3)) if optim.startswith("sgd") else \
         (lambda params: torch.optim.LBFGS(params, lr=0.5, max_iter=4, line_search_fn="strong_wolfe"))
     m = LinearProbe(6, 3, regularization=reg, optimizer=make, init="default")
     ref = LinearProbe(6, 3, init="default")
     ref.load_state_dict(m.state_dict())
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, default_root_dir=str(tmp_path))
+                         limit_val_batches=0, default_root_dir=str(tmp_path), accumulate_grad_batches=accum,
+                         gradient_clip_val=clip)
     trainer.fit(m, datamodule=TensorDataModule((X, y), None, 64, seed=7))
     opt = make(ref.parameters())
     steps = 0
     for epoch in range(2):
-        for xb, yb, n in TensorBatches(X, y, 64, shuffle=True, seed=7, epoch_fn=lambda: epoch):
+        for i, (xb, yb, n) in enumerate(TensorBatches(X, y, 64, shuffle=True, seed=7, epoch_fn=lambda: epoch)):
+            if accum > 1:  # each micro-batch's loss / 2, the penalty in it: once per window in all
+                (ref.data_loss(ref(xb), yb, "sum") / n / accum + reg(ref.linear.weight) / accum).backward()
+                if (i + 1) % accum == 0:
+                    torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)
+                    opt.step()
+                    opt.zero_grad()
+                    steps += 1
+                continue
+
             def closure():
                 opt.zero_grad()
                 loss = ref.data_loss(ref(xb), yb, "sum") / n + reg(ref.linear.weight)
@@ -288,6 +305,28 @@ def test_lightning_steps_equal_a_manual_loop_with_the_penalty_in_the_graph(tmp_p
             opt.step(closure)
             steps += 1
     assert steps == trainer.global_step > 0
-    tol = dict(rtol=1e-5, atol=1e-6) if optim == "sgd" else dict(rtol=1e-3, atol=2e-5)  # line search: rounding grows
+    tol = dict(rtol=1e-5, atol=1e-6) if optim != "lbfgs" else dict(rtol=1e-3, atol=2e-5)  # line search: rounding grows
     torch.testing.assert_close(m.linear.weight, ref.linear.weight, **tol)
     torch.testing.assert_close(m.linear.bias, ref.linear.bias, **tol)
+
+
+def test_validation_metrics_count_with_bincount_in_a_deterministic_fit(tmp_path, monkeypatch):
+    """trainer.deterministic=true (the default): the per-epoch dev metrics still use bincount."""
+    from neurolab.probes.batches import TensorDataModule
+
+    import pytorch_lightning as pl
+
+    calls = []
+    real = torch.bincount
+    monkeypatch.setattr(torch, "bincount", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(6)
+    X = torch.from_numpy(rng.normal(size=(200, 5)).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, 3, size=200))
+    m = LinearProbe(5, 3)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, deterministic=True,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(m, datamodule=TensorDataModule((X[:150], y[:150]), (X[150:], y[150:]), 50, 20))
+    assert len(calls) >= 2 * 3  # 2 epochs x 3 dev batches of 20 rows (50 rows)
+    assert torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
