@@ -323,10 +323,13 @@ def test_validation_metrics_count_with_bincount_in_a_deterministic_fit(tmp_path,
     X = torch.from_numpy(rng.normal(size=(200, 5)).astype(np.float32))
     y = torch.from_numpy(rng.integers(0, 3, size=200))
     m = LinearProbe(5, 3)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False, deterministic=True,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         default_root_dir=str(tmp_path))
-    trainer.fit(m, datamodule=TensorDataModule((X[:150], y[:150]), (X[150:], y[150:]), 50, 20))
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                             deterministic=True, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+        trainer.fit(m, datamodule=TensorDataModule((X[:150], y[:150]), (X[150:], y[150:]), 50, 20))
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert len(calls) >= 2 * 3  # 2 epochs x 3 dev batches of 20 rows (50 rows)
-    assert torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(False)
