@@ -149,6 +149,29 @@ def _batched_part(x: torch.Tensor) -> int:
     return n if t <= 1 or n % t == 0 or n < t else n - n % t
 
 
+def _products(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a[i] @ b[i] (+ bias[i])`` for ``a [n, p, q]``, ``b [n, q, r]``, ``bias [n, 1 or p, r]``: one
+    product for ``n = 1``, else a batched call over :func:`_batched_part` of them and single
+    products (every thread each) for the rest."""
+    n = a.shape[0]
+    if n == 1:
+        return (torch.mm(a[0], b[0]) if bias is None else torch.addmm(bias[0], a[0], b[0])).unsqueeze(0)
+    k = _batched_part(a)
+    if k == n:
+        return torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b)
+    out = torch.empty((n, a.shape[1], b.shape[2]), dtype=a.dtype, device=a.device)
+    if bias is None:
+        torch.bmm(a[:k], b[:k], out=out[:k])
+    else:
+        torch.baddbmm(bias[:k], a[:k], b[:k], out=out[:k])
+    for i in range(k, n):
+        if bias is None:
+            torch.mm(a[i], b[i], out=out[i])
+        else:
+            torch.addmm(bias[i], a[i], b[i], out=out[i])
+    return out
+
+
 class _BatchedLinear(torch.autograd.Function):
     """``out[i] = x[i] @ W[i].T + b[i]`` for ``x [n, B, w]``, ``W [n, m, w]``, ``b [n, 1, m]``, with the
     weight gradient computed as ``g[i].T @ x[i]`` (``[m, B] @ [B, w]``, the faster GEMM orientation on
@@ -167,17 +190,7 @@ class _BatchedLinear(torch.autograd.Function):
             x, W = x.to(low), W.to(low)
         ctx.save_for_backward(x, W)
         with torch.autocast(dev, enabled=False):
-            bb = b.to(x.dtype)
-            if x.shape[0] == 1:
-                out = torch.addmm(bb[0], x[0], W[0].t()).unsqueeze(0)
-            else:
-                k = _batched_part(x)
-                out = torch.baddbmm(bb, x, W.transpose(1, 2)) if k == len(x) else \
-                    torch.empty((len(x), x.shape[1], W.shape[1]), dtype=x.dtype, device=x.device)
-                if k < len(x):
-                    torch.baddbmm(bb[:k], x[:k], W[:k].transpose(1, 2), out=out[:k])
-                    for i in range(k, len(x)):
-                        torch.addmm(bb[i], x[i], W[i].t(), out=out[i])
+            out = _products(x, W.transpose(1, 2), b.to(x.dtype))
         return out.to(b.dtype)
 
     @staticmethod
@@ -188,19 +201,9 @@ class _BatchedLinear(torch.autograd.Function):
             gb = g.sum(1, keepdim=True)
         g = g.to(x.dtype)
         if ctx.needs_input_grad[0]:
-            gx = torch.bmm(g, W).to(ctx.types[0])
+            gx = _products(g, W).to(ctx.types[0])
         if ctx.needs_input_grad[1]:
-            k = _batched_part(x)
-            if x.shape[0] == 1:
-                gW = torch.mm(g[0].t(), x[0]).unsqueeze(0)
-            elif k == len(x):
-                gW = torch.bmm(g.transpose(1, 2), x)
-            else:
-                gW = torch.empty((len(x), g.shape[2], x.shape[2]), dtype=x.dtype, device=x.device)
-                torch.bmm(g[:k].transpose(1, 2), x[:k], out=gW[:k])
-                for i in range(k, len(x)):
-                    torch.mm(g[i].t(), x[i], out=gW[i])
-            gW = gW.to(ctx.types[1])
+            gW = _products(g.transpose(1, 2), x).to(ctx.types[1])
         return gx, gW, gb
 
 

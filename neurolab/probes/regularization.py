@@ -100,14 +100,8 @@ class Regularization:
 
     @torch.no_grad()
     def value(self, weight: torch.Tensor) -> torch.Tensor:
-        """:meth:`__call__`'s value without a graph: two norms of ``weight``, 0-d."""
-        out = weight.new_zeros(())
-        if self.lambda_l1 and not self.proximal:
-            out = out + self.lambda_l1 * torch.linalg.vector_norm(weight, 1)
-        if self.lambda_l2:
-            norm = torch.linalg.vector_norm(weight, 2)
-            out = out + self.lambda_l2 * (norm * norm if self.l2_squared else norm)
-        return out
+        """:meth:`__call__`'s value without a graph, 0-d."""
+        return self(weight)
 
     @torch.no_grad()
     def add_grad_(self, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
