@@ -40,6 +40,19 @@ def config_dir() -> str:
     return str(importlib.resources.files("neurolab.conf"))
 
 
+def group_option(group: str, name: str) -> DictConfig:
+    """The option ``name`` of the config group ``group`` (``conf/<group>/<name>.yaml``) as a node, for
+    runs that use several options of one group (``run.rank_methods``); an unknown name is an error
+    listing the options."""
+    from .errors import ConfigError
+
+    path = Path(config_dir()) / group / f"{name}.yaml"
+    if not path.exists():
+        have = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"{group}={name!r}: no such option; expected one of {have}")
+    return OmegaConf.load(path)
+
+
 def compose(verb: str, overrides: Sequence[str] = (), run_dir: str | os.PathLike | None = None) -> DictConfig:
     """Compose the primary config of ``verb`` with Hydra overrides, outside of ``@hydra.main``.
 

@@ -59,6 +59,7 @@ from .buffers import BatchRing
 from .plan import chunk_ids, make_plan, num_batches_per_rank
 from .reader import RowReader, raw_to_float32
 from .sites import select_sites
+from .source import ChunkSource, row_labels, rows_of_sentences
 
 log = logging.getLogger(__name__)
 
@@ -477,6 +478,15 @@ class ActivationDataModule(pl.LightningDataModule):
         return getattr(self.concept, "task", CLASSIFICATION)
 
     @property
+    def concept_name(self) -> str:
+        return str(getattr(self.concept, "name", self.concept) or "")
+
+    @property
+    def positive_class(self) -> str | None:
+        """The positive class of a one-vs-rest concept (``concept.value=NOUN``), else None."""
+        return self.concept.positive if getattr(self.concept, "is_binary", False) else None
+
+    @property
     def num_features(self) -> int:
         self._need()
         return int(len(self.columns))
@@ -875,6 +885,25 @@ class ActivationDataModule(pl.LightningDataModule):
         """Targets of ``split`` (class indices int64, or float32 for regression), in example order."""
         return self._ex(split).y.copy()
 
+    def sentences(self, split: str) -> np.ndarray:
+        """Corpus sentence ids of ``split`` (as the corpus was split; sentences without rows included)."""
+        return self._splits_in[_split_name(split)].copy()
+
+    def raw_source(self, split: str = "train", chunk_rows: int = 8192) -> ChunkSource:
+        """Every store row of the split's sentences, raw, with its class code (``-1``: the word has no
+        label): the input of the corpus-based statistics (:mod:`neurolab.methods`)."""
+        self._need()
+        concept = self.concept
+        if getattr(concept, "level", "word") != "word" or self.task != CLASSIFICATION:
+            raise ConfigError(f"concept {concept.name!r} is {getattr(concept, 'level', 'word')}-level {self.task}; the "
+                              "corpus-based methods rank neurons for word-level classification concepts (upos, xpos, "
+                              "deprel, feats.X, lexical.*)")
+        rows = rows_of_sentences(self.store, self.sentences(split))
+        if len(rows) == 0:
+            raise ConfigError(f"split {split!r} holds no store rows")
+        labels = row_labels(self.store, concept.labels(self.corpus), what=f"concept {concept.name}")
+        return ChunkSource.from_store(self.store, labels, sites=self.sites, rows=rows, chunk_rows=int(chunk_rows))
+
     def example_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(sentence id, word id) of each example of ``split`` (word id 0 for sentence level)."""
         ex = self._ex(split)
@@ -1083,23 +1112,15 @@ def _fork_ok() -> bool:
     return "fork" in mp.get_all_start_methods()
 
 
-# ---------------------------------------------------------------------------------------------
-def _extract_store():
-    try:
-        from ..tasks.extract import extract_store
-    except ImportError:  # extraction not available in this installation
-        return None
-    return extract_store
-
-
 def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
-    """An :class:`ActivationDataModule` from a composed config.
+    """An :class:`ActivationDataModule` from a composed config: the one place that builds it.
 
-    The store is ``store``, else ``cfg.store.dir`` when it holds a store, else the store that
-    ``neurolab.tasks.extract.extract_store(cfg)`` builds or reuses (when ``cfg.extract_if_missing``
-    is not false). The corpus comes from ``cfg.corpus`` (:func:`neurolab.corpus.load_corpus`), the
-    concept from ``cfg.concept`` (``hydra.utils.instantiate``), the rest from ``cfg.sites``,
-    ``cfg.data`` and ``cfg.seed``; ``overrides`` replace any keyword argument.
+    The store is ``store`` (an :class:`~neurolab.store.ActivationStore` or its path), else
+    ``cfg.store.dir`` (tasks that may extract a missing store open it first:
+    :func:`neurolab.tasks.common.open_store`). The corpus comes from ``cfg.corpus``
+    (:func:`neurolab.corpus.load_corpus`), the concept from ``cfg.concept``
+    (``hydra.utils.instantiate``), the rest from ``cfg.sites``, ``cfg.data`` and ``cfg.seed``;
+    ``overrides`` replace any keyword argument.
     """
     from hydra.utils import instantiate
 
@@ -1107,16 +1128,13 @@ def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
 
     if store is None:
         sdir = cfg.get("store", {}).get("dir") if cfg.get("store") is not None else None
+        if not sdir:
+            raise ConfigError("store.dir is not set: give store.dir=<a store> (or run `neurolab extract` first)")
+        store = sdir
+    if isinstance(store, (str, Path)):
         from ..store import ActivationStore
 
-        if sdir and (Path(str(sdir)) / "manifest.json").exists():
-            store = ActivationStore.open(sdir)
-        elif cfg.get("extract_if_missing", True) and cfg.get("model") is not None and _extract_store() is not None:
-            store = _extract_store()(cfg)
-        elif sdir:
-            store = ActivationStore.open(sdir)  # raises a StoreError naming the directory
-        else:
-            raise ConfigError("store.dir is not set and extract_if_missing=false: give store.dir=<a store>")
+        store = ActivationStore.open(str(store))  # a StoreError names the directory
     corpus, splits = load_corpus(cfg.corpus)
     if "concept" not in cfg or cfg.concept is None:
         raise ConfigError("no concept configured (concept=upos, xpos, deprel, feats.Tense, lexical.suffix_ing ...)")

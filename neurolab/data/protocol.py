@@ -5,6 +5,10 @@ with concept labels, streamed or held in memory) and :class:`neurolab.data.Array
 matrices already in memory). A method (:class:`neurolab.methods.Method`) and an evaluator
 (:class:`neurolab.evaluation.Evaluator`) use only what is listed here, so each works on both.
 
+Data that is not ``in_memory`` (a streamed data module) also offers Lightning loaders:
+``train_dataloader(batch_size)``, ``val_dataloader(batch_size)`` and ``eval_batches(split,
+batch_size)``.
+
 Rows of a split are *examples*: a word (or a sentence, for sentence-level concepts) with a label.
 Features are the ``columns`` of the concatenation of ``sites`` (all of them unless the data is a
 :meth:`~ConceptData.subset`). ``arrays`` and ``iter_chunks`` give float32 features, z-normalised
@@ -87,6 +91,21 @@ class ConceptData(Protocol):
 
     def with_control(self) -> "ConceptData":
         """The same examples and features with control-task labels (Hewitt & Liang 2019)."""
+
+    @property
+    def positive_class(self) -> str | None:
+        """The positive class of a one-vs-rest concept (``concept.value=NOUN``), else None."""
+
+    @property
+    def corpus(self) -> Any:
+        """The parsed corpus behind the rows (words and annotations), or None for arrays."""
+
+    # held rows (``in_memory``): the training loops' fast path
+    def tensors(self, split: str) -> tuple[Any, Any]:
+        """Raw held rows as a tensor (store element type) and labels, no copy."""
+
+    def norm_tensors(self) -> tuple[Any, Any] | None:
+        """``(mean, std)`` float32 tensors applied to each batch of :meth:`tensors` (None: none)."""
 
     def raw_source(self, split: str = "train", chunk_rows: int = 8192):
         """A re-iterable :class:`~neurolab.data.source.ChunkSource` of raw activations and class codes

@@ -1,14 +1,22 @@
-"""Evaluation of neuron rankings: retrain on top/random/bottom k, masking, selectivity against a
-control task, the minimal neuron set, neurons per site, and the choice of λ on dev.
+"""Evaluation of neuron rankings: the :class:`Evaluator` contract and the evaluators
+(``conf/evaluation/<name>.yaml``): retraining on top / random / bottom k (:class:`Retrain`),
+masking the all-neuron probe (:class:`Mask`), selectivity against a control task (:class:`Control`),
+the minimal neuron set (:class:`Minimal`) and neurons per site (:class:`Sites`).
 
     >>> from neurolab.evaluation import evaluate_ranking       # doctest: +SKIP
     >>> metrics = evaluate_ranking(ranking, dm, cfg)           # doctest: +SKIP
 """
-from .lambda_search import choose_lambda, select_lambda, with_lambda
-from .masking import masked_accuracies, masked_accuracy, probe_weights
-from .suite import EVAL_DEFAULTS, Size, evaluate_ranking, minimal_neuron_set, remember_probe, sizes_from_config
+from .base import EvalContext, Evaluator, ProbeJob, Size, sizes_from_config
+from .control import Control
+from .masking import Mask, masked_accuracies, masked_accuracy, probe_weights
+from .minimal import Minimal, minimal_neuron_set
+from .retrain import Retrain
+from .retraining import Retrainer
+from .runner import Evaluation, build_evaluators, evaluate_ranking, evaluation_settings, run_evaluation
+from .sites import Sites
 
 __all__ = [
-    "evaluate_ranking", "remember_probe", "minimal_neuron_set", "sizes_from_config", "Size", "EVAL_DEFAULTS",
-    "choose_lambda", "select_lambda", "with_lambda", "masked_accuracies", "masked_accuracy", "probe_weights",
+    "Evaluator", "EvalContext", "ProbeJob", "Size", "sizes_from_config", "Retrainer", "evaluate_ranking",
+    "run_evaluation", "build_evaluators", "evaluation_settings", "Evaluation", "Retrain", "Mask", "Control",
+    "Minimal", "Sites", "minimal_neuron_set", "masked_accuracies", "masked_accuracy", "probe_weights",
 ]

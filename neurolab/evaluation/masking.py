@@ -10,7 +10,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["probe_weights", "masked_accuracy", "masked_accuracies"]
+from .base import EvalContext, Evaluator, ProbeJob
+
+__all__ = ["probe_weights", "masked_accuracy", "masked_accuracies", "Mask"]
 
 
 def probe_weights(module) -> tuple[np.ndarray, np.ndarray]:
@@ -81,3 +83,26 @@ def masked_accuracies(
 def masked_accuracy(w, b, x: np.ndarray, y: np.ndarray, keep: Sequence[int], task: str = "classification") -> float:
     """Accuracy of the probe ``(w, b)`` on ``(x, y)`` keeping only the columns ``keep``."""
     return masked_accuracies(w, b, [(x, y)], [keep], task)[0]
+
+
+class Mask(Evaluator):
+    """``evaluation=mask``: the all-neuron probe (the method's ``predictor_``, else one retrained on
+    all neurons) with every column but the ranking's top k zeroed, no retraining. Metrics:
+    ``mask/acc@1%`` ... (classification concepts)."""
+
+    name = "mask"
+
+    def jobs(self, ranking, data, context: EvalContext) -> list[ProbeJob]:
+        if context.predictor is None and context.metric == "acc":
+            return [ProbeJob("all", None, kind="all")]
+        return []
+
+    def evaluate(self, ranking, data, context: EvalContext) -> dict[str, float]:
+        if context.metric != "acc" or not context.sizes:
+            return {}
+        probe = context.predictor if context.predictor is not None else context.probes.predictor(
+            ProbeJob("all", None, kind="all"))
+        w, b = probe_weights(probe)
+        accs = masked_accuracies(w, b, context.probes.chunks(), [ranking.top(s.k) for s in context.sizes],
+                                 "classification")
+        return {f"{context.prefix}mask/acc@{s.label}": a for s, a in zip(context.sizes, accs)}

@@ -1,19 +1,22 @@
-"""Non-gradient, corpus-based methods: streaming statistics over the store, vectorised over all neurons.
+"""Methods: the :class:`Method` contract every neuron ranking follows, and the non-gradient,
+corpus-based methods (streaming statistics over the store, vectorised over all neurons).
 
 Neuron search (concept → ranked neurons): :class:`ProbelessRanker`, :class:`SelectivityRanker`,
-:class:`IoURanker` (+ compositional explanations), :class:`APRanker`; concept search (neuron →
-concepts): :class:`ConceptSearch`. ``RANKERS`` maps ``cfg.method`` names to classes.
+:class:`IoURanker` (+ compositional explanations), :class:`APRanker`, :class:`RandomForestMethod`;
+concept search (neuron → concepts): :class:`ConceptSearch`. Each method is registered by its
+``conf/method/<name>.yaml`` (``_target_``), not by a list here.
 """
 from .annotations import AnnotationTable
+from .base import Method, RunContext
 from .compositional import Explanation, explain_neurons
 from .concept_search import ConceptSearch, Description, top_contexts
-from .rankers import RANKERS, APRanker, CorpusRanker, IoURanker, ProbelessRanker, SelectivityRanker, fit_rankers
-from .source import ChunkSource, encode_labels, row_labels, rows_of_sentences
+from .forest import RandomForestMethod
+from .rankers import APRanker, CorpusRanker, IoURanker, ProbelessRanker, SelectivityRanker, fit_rankers
 from .stats import ClassHistogram, ClassMoments, NeuronStats, TopActivations, compute_stats
 
 __all__ = [
-    "RANKERS", "CorpusRanker", "ProbelessRanker", "SelectivityRanker", "IoURanker", "APRanker", "fit_rankers",
-    "ChunkSource", "encode_labels", "row_labels", "rows_of_sentences", "ClassMoments", "ClassHistogram",
-    "TopActivations", "NeuronStats", "compute_stats", "ConceptSearch", "Description", "top_contexts",
-    "AnnotationTable", "Explanation", "explain_neurons",
+    "Method", "RunContext", "CorpusRanker", "ProbelessRanker", "SelectivityRanker", "IoURanker", "APRanker",
+    "RandomForestMethod", "fit_rankers", "ClassMoments", "ClassHistogram", "TopActivations", "NeuronStats",
+    "compute_stats", "ConceptSearch", "Description", "top_contexts", "AnnotationTable", "Explanation",
+    "explain_neurons",
 ]

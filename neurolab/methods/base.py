@@ -103,6 +103,8 @@ class Method:
     ranking_: NeuronRanking
     metrics_: dict[str, float]
     predictor_: Any = None
+    #: compositional explanations of top neurons, where the method makes them (IoU); shown on pages
+    explanations_: Sequence[Any] = ()
 
     def fit(self, data, context: RunContext | None = None) -> "Method":  # pragma: no cover - abstract
         raise NotImplementedError

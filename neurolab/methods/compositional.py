@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from .annotations import AnnotationTable
-from .source import ChunkSource
+from ..data.source import ChunkSource
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from .annotations import AnnotationTable
-from .source import ChunkSource
+from ..data.source import ChunkSource
 from .stats import TopActivations
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConceptSearch", "Description", "top_contexts"]
+__all__ = ["ConceptSearch", "Description", "top_contexts", "describe_neurons", "NeuronReport"]
 
 
 @dataclass
@@ -165,3 +165,45 @@ def top_contexts(store: Any, corpus: Any, neuron: int, rows: Sequence[int], valu
                 vals[int(wi)] = float(a)
         out.append(Context(r, s, int(word_ids[r]), float(v), words, vals))
     return out
+
+
+@dataclass
+class NeuronReport:
+    """What concept search found for one neuron of a ranking: its rank, name, column, score, top
+    contexts (best first) and over-represented annotation values."""
+
+    rank: int
+    name: str
+    index: int
+    score: float
+    contexts: list[Context]
+    descriptions: list[Description]
+
+    @property
+    def top_words(self) -> list[str]:
+        return [c.words[c.word] for c in self.contexts]
+
+
+def describe_neurons(ranking: Any, store: Any, corpus: Any, *, rows: np.ndarray | None = None, top_neurons: int = 10,
+                     k: int = 20, columns: Sequence[str] | None = None, alpha: float = 0.01,
+                     sites: Sequence[str] | None = None, chunk_rows: int = 8192) -> list[NeuronReport]:
+    """Concept search for the top ``top_neurons`` of ``ranking``: one streaming pass over the store
+    rows (all, or the sorted ``rows``, e.g. one split) keeping each neuron's top ``k`` words, their
+    sentences, and the annotation values of ``corpus`` over-represented among them (p < ``alpha``).
+    ``sites`` default to ``ranking.sites`` (the columns ``ranking`` indexes)."""
+    sites = list(sites or ranking.sites)
+    chosen = ranking.indices[: int(top_neurons)]
+    sel = np.arange(store.num_tokens, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    top = TopActivations(len(chosen), int(k))
+    for a in range(0, len(sel), int(chunk_rows)):
+        r = sel[a : a + int(chunk_rows)]
+        contiguous = len(r) and int(r[-1]) - int(r[0]) + 1 == len(r)
+        X = store.read(slice(int(r[0]), int(r[-1]) + 1) if contiguous else r, sites)[:, chosen]
+        top.update(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(r))
+    cs = ConceptSearch(k=int(k)).fit_top(top, sel)
+    descs = cs.describe(AnnotationTable.from_store(store, corpus, columns), alpha=alpha)
+    names = ranking.names_of(chosen)
+    return [NeuronReport(j, nm, int(ix), float(ranking.neurons[j].score),
+                         top_contexts(store, corpus, int(ix), cs.top_rows_[:, j], cs.top_values_[:, j], sites=sites),
+                         list(descs[j]))
+            for j, (ix, nm) in enumerate(zip(chosen, names))]

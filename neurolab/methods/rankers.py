@@ -33,37 +33,51 @@ Example::
 from __future__ import annotations
 
 import logging
+import time
 import warnings
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..data.source import ChunkSource
 from ..errors import ConfigError
 from ..ranking import NeuronRanking
-from .source import ChunkSource
+from .base import Method, RunContext
 from .stats import NeuronStats, compute_stats
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CorpusRanker", "ProbelessRanker", "SelectivityRanker", "IoURanker", "APRanker", "RANKERS",
-           "fit_rankers", "as_source"]
+EXPLANATIONS_FILE = "explanations.json"
+# IoU's compositional explanations of its top neurons: beam search over AND / OR / AND NOT formulas
+COMPOSITIONAL_DEFAULTS = MappingProxyType({"enabled": True, "top_neurons": 10, "max_length": 3, "beam_size": 5,
+                                           "columns": ["upos", "deprel"], "min_count": 5})
+
+__all__ = ["CorpusRanker", "ProbelessRanker", "SelectivityRanker", "IoURanker", "APRanker", "fit_rankers", "as_source"]
 
 
 def as_source(X: Any, y: Any = None, *, class_names=None, sites=None, neurons_per_site=None,
               chunk_rows: int = 8192) -> ChunkSource:
-    """Wrap what ``fit`` was given as a :class:`ChunkSource`."""
+    """Wrap an activation array ``[n, F]`` with labels ``y`` (or a ChunkSource) as a :class:`ChunkSource`."""
     if isinstance(X, ChunkSource):
         return X
-    if hasattr(X, "iter_chunks") and hasattr(X, "row_ids"):
-        return ChunkSource.from_datamodule(X, "train", chunk_rows=max(chunk_rows, 8192), normalize=False)
     if y is None:
         raise ValueError("fit(X, y): labels are needed with an activation array")
     return ChunkSource.from_arrays(np.asarray(X), y, class_names=class_names, sites=sites,
                                    neurons_per_site=neurons_per_site, chunk_rows=chunk_rows)
 
 
-class CorpusRanker:
-    """Base class: streaming statistics → per-class scores → one score per neuron → ranking."""
+class CorpusRanker(Method):
+    """Base class: streaming statistics → per-class scores → one score per neuron → ranking.
+
+    ``fit(data, context)`` takes a :class:`~neurolab.data.ConceptData` and ranks on its training
+    split's raw activations (``data.raw_source("train")``: every row of the training sentences,
+    unlabelled ones counted and skipped); a one-vs-rest concept (``concept.value=NOUN``) sets the
+    positive class unless ``positive`` is given. ``fit`` also takes an ``[n, F]`` array with labels
+    ``y``, a :class:`ChunkSource` or precomputed :class:`NeuronStats` (several rankers can share one
+    pass: :func:`fit_rankers`).
+    """
 
     name = "corpus"
     uses_histogram = False
@@ -75,48 +89,60 @@ class CorpusRanker:
         self.chunk_rows = chunk_rows
         self.bins = bins
 
-    # -- sklearn-ish plumbing ----------------------------------------------------------------
-    def get_params(self, deep: bool = False) -> dict[str, Any]:
-        import inspect
-
-        keys = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {k: getattr(self, k) for k in keys}
-
-    def set_params(self, **params: Any) -> "CorpusRanker":
-        for k, v in params.items():
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
-
     # -- fitting -----------------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, class_names: Sequence[str] | None = None, sites: Sequence[str] | None = None,
             neurons_per_site: Mapping[str, int] | None = None, concept: str = "", model: str | None = None
             ) -> "CorpusRanker":
-        """Rank the neurons of ``X`` (array + labels ``y``, ChunkSource, DataModule or NeuronStats)."""
+        """Rank the neurons of ``X``: a ConceptData (``y`` is then the :class:`RunContext` or None),
+        an array with labels ``y``, a ChunkSource or NeuronStats."""
         self._check_params()
         if isinstance(X, NeuronStats):
-            stats = X
-        else:
+            return self.fit_stats(X, concept=concept, model=model)
+        if isinstance(X, (ChunkSource, np.ndarray, list)):
             source = as_source(X, y, class_names=class_names, sites=sites, neurons_per_site=neurons_per_site,
                                chunk_rows=self.chunk_rows)
-            stats = compute_stats(source, bins=self.bins if self.uses_histogram else None)
-        return self.fit_stats(stats, concept=concept, model=model)
+            return self.fit_stats(compute_stats(source, bins=self.bins if self.uses_histogram else None),
+                                  concept=concept, model=model)
+        return self._fit_data(X, RunContext.ensure(y))
 
-    def fit_stats(self, stats: NeuronStats, *, concept: str = "", model: str | None = None) -> "CorpusRanker":
+    def _fit_data(self, data: Any, context: RunContext) -> "CorpusRanker":
+        t0 = time.perf_counter()
+        source = data.raw_source("train", int(self.chunk_rows))
+        stats = compute_stats(source, bins=self.bins if self.uses_histogram else None)
+        self.fit_stats(stats, concept=data.concept_name, model=context.model, positive=data.positive_class,
+                       columns=np.asarray(data.columns, dtype=np.int64))
+        rows = int(source.num_rows or 0)
+        self.metrics_ = {"rank/rows": float(self.n_rows_), "rank/unlabelled_rows": float(rows - self.n_rows_),
+                         "rank/classes": float(len(self.classes_)),
+                         "time/rank_method_s": round(time.perf_counter() - t0, 3)}
+        if self.n_rows_ < rows:
+            log.info("%d of %d training rows have no %s label and were not ranked on", rows - self.n_rows_, rows,
+                     data.concept_name)
+        self._after_fit(data, source, context)
+        return self
+
+    def _after_fit(self, data: Any, source: ChunkSource, context: RunContext) -> None:
+        """Hook for subclasses: more work once the ranking exists (IoU's explanations)."""
+
+    def fit_stats(self, stats: NeuronStats, *, concept: str = "", model: str | None = None,
+                  positive: str | None = None, columns: np.ndarray | None = None) -> "CorpusRanker":
+        """Rank from precomputed statistics; ``positive`` is the data's positive class (used when the
+        ``positive`` parameter is None); ``columns`` name the statistics' columns (default: all of
+        ``stats.sites`` in order)."""
         self._check_params()
         if self.uses_histogram and stats.histogram is None:
             raise ValueError(f"{type(self).__name__} needs histogram statistics (compute_stats(..., bins=...))")
         self.classes_ = list(stats.class_names)
         self.class_counts_ = stats.count.astype(np.int64)
         self.n_rows_ = int(self.class_counts_.sum())
-        pos = self._positive_index()
+        pos = self._positive_index(self.positive if self.positive is not None else positive)
         self.positive_ = None if pos is None else self.classes_[pos]
         self.scores_ = self._class_scores(stats, pos)
         self.score_, self.best_class_ = self._combine(self.scores_, pos)
+        params = {k: v for k, v in self.get_params().items() if isinstance(v, (int, float, str, type(None)))}
+        params["positive"] = self.positive_ if self.positive is None else self.positive
         extra = {
-            "params": {k: v for k, v in self.get_params().items() if isinstance(v, (int, float, str, type(None)))},
+            "params": params,
             "classes": self.classes_,
             "class_counts": self.class_counts_.tolist(),
             "positive": self.positive_,
@@ -125,9 +151,17 @@ class CorpusRanker:
         extra.update(self._extra())
         order = np.lexsort((np.arange(len(self.score_)), -np.nan_to_num(self.score_, nan=-np.inf)))[:100]
         extra["best_class_top100"] = [self.classes_[int(self.best_class_[i])] for i in order]
-        self.ranking_ = NeuronRanking.from_scores(
-            self.score_, sites=stats.sites, neurons_per_site=stats.neurons_per_site, concept=concept or self._concept_name(),
-            method=self.name, model=stats.model if model is None else model, extra=extra)
+        nps = stats.neurons_per_site
+        cols = np.arange(sum(nps[x] for x in stats.sites), dtype=np.int64) if columns is None else columns
+        if len(cols) != len(self.score_):
+            raise ValueError(f"{len(self.score_)} scores for {len(cols)} columns")
+        key = np.where(np.isnan(-self.score_), np.inf, -self.score_)
+        order = np.lexsort((cols, key))
+        self.ranking_ = NeuronRanking.from_order(
+            cols[order], self.score_[order], sites=stats.sites, neurons_per_site=nps,
+            concept=concept or self._concept_name(), method=self.name,
+            model=stats.model if model is None else model, extra=extra)
+        self.metrics_ = {}
         return self
 
     def _concept_name(self) -> str:
@@ -142,10 +176,10 @@ class CorpusRanker:
         if int(self.bins) < 2:
             raise ConfigError(f"method.bins must be at least 2, got {self.bins}")
 
-    def _positive_index(self) -> int | None:
-        if self.positive is None:
+    def _positive_index(self, positive: str | None) -> int | None:
+        if positive is None:
             return None
-        p = str(self.positive)
+        p = str(positive)
         if p not in self.classes_:
             raise ConfigError(f"method.positive={p!r} is not one of the concept's classes {self.classes_}")
         return self.classes_.index(p)
@@ -242,8 +276,8 @@ class IoURanker(CorpusRanker):
     uses_histogram = True
 
     def __init__(self, *, quantile: float = 0.995, bins: int = 1024, multiclass: str = "max",
-                 positive: str | None = None, chunk_rows: int = 8192, compositional: Mapping[str, Any] | None = None
-                 ) -> None:
+                 positive: str | None = None, chunk_rows: int = 8192,
+                 compositional: Mapping[str, Any] | None = COMPOSITIONAL_DEFAULTS) -> None:
         super().__init__(multiclass=multiclass, positive=positive, chunk_rows=chunk_rows, bins=bins)
         self.quantile = quantile
         self.compositional = compositional
@@ -284,6 +318,30 @@ class IoURanker(CorpusRanker):
 
     def _extra(self) -> dict:
         return {"quantile": float(self.quantile), "mean_active_fraction": float(self.active_counts_.mean() / max(self.n_fit_rows_, 1))}
+
+    def _after_fit(self, data: Any, source: ChunkSource, context: RunContext) -> None:
+        comp = self.compositional or {}
+        if not comp.get("enabled", False) or data.store is None or data.corpus is None:
+            self.explanations_ = []
+            return
+        from .annotations import AnnotationTable
+
+        t0 = time.perf_counter()
+        ann = AnnotationTable.from_store(data.store, data.corpus, comp.get("columns") or None)
+        self.explain(source, ann, min_count=int(comp.get("min_count", 1)))
+        if self.explanations_:
+            self.metrics_["iou/best_formula_iou"] = float(max(e.iou for e in self.explanations_))
+        self.metrics_["time/explanations_s"] = round(time.perf_counter() - t0, 3)
+
+    def write(self, run_dir: str | Path, stem: str = "") -> list[Path]:
+        """``explanations.json`` (``<stem>_explanations.json``): the compositional explanations."""
+        if not (self.compositional or {}).get("enabled", False):
+            return []
+        import json
+
+        path = Path(run_dir) / (f"{stem}_{EXPLANATIONS_FILE}" if stem else EXPLANATIONS_FILE)
+        path.write_text(json.dumps([e.to_dict() for e in self.explanations_], indent=1) + "\n", encoding="utf-8")
+        return [path]
 
     def explain(self, source: ChunkSource, atoms: "Any", neurons: Sequence[int] | None = None, **kwargs: Any) -> list:
         """Compositional explanations of ``neurons`` (default: the top ``compositional.top_neurons``).
@@ -338,14 +396,6 @@ class APRanker(CorpusRanker):
                 prec = np.where(all_cum > 0, tp / np.where(all_cum > 0, all_cum, 1.0), 0.0)
             out[c] = (p * prec).sum(1) / npos
         return out
-
-
-RANKERS: dict[str, type[CorpusRanker]] = {
-    "probeless": ProbelessRanker,
-    "selectivity": SelectivityRanker,
-    "iou": IoURanker,
-    "ap": APRanker,
-}
 
 
 def fit_rankers(source: ChunkSource, rankers: Sequence[CorpusRanker], *, concept: str = "", top_k: int | None = None

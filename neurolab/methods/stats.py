@@ -9,7 +9,7 @@ free, and two accumulators over different shards merge with ``merge_state``):
   average precision are read off it.
 * :class:`TopActivations` — the ``k`` largest activations of every neuron and their store rows.
 
-:func:`compute_stats` makes the passes over a :class:`~neurolab.methods.source.ChunkSource`:
+:func:`compute_stats` makes the passes over a :class:`~neurolab.data.source.ChunkSource`:
 pass 1 moments (+ top-k), pass 2 histograms (only when asked for).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from .source import ChunkSource
+from ..data.source import ChunkSource
 
 log = logging.getLogger(__name__)
 

@@ -1,36 +1,17 @@
-"""Probes: linear probes (LightningModule), batched probe banks, and the ranking runners.
-
-``RUNNERS[cfg.probe.name](dm, cfg, logger) -> (NeuronRanking, metrics)``: ``linear`` is defined
-here; ``gaussian`` and ``neuron_mask`` are imported lazily from their modules.
+"""Probes: the LightningModules (``LinearProbe``, ``ProbeBank``, ``GaussianProbe``, ``NeuronMask``),
+their training plumbing (:mod:`.training`), the orderings of a linear probe's neurons
+(:mod:`.ranking`, :mod:`.forward`) and the probe-based methods (:class:`LinearMethod`,
+:class:`GaussianMethod`, :class:`NeuronMaskMethod`; ``conf/method/<name>.yaml``).
 """
-from __future__ import annotations
-
-import importlib
-from typing import Callable
-
-from .arrays import ArrayData
 from .bank import ProbeBank, ProbeSpec, fit_probe_bank
-from .linear import LinearProbe, fit_probe, load_probe, run_linear
+from .gaussian import GaussianMethod, GaussianProbe
+from .linear import LinearProbe, load_probe
+from .linear_method import LinearMethod
+from .mask import NeuronMask, NeuronMaskMethod
 from .ranking import cumulative_mass_order, rank_from_weights
 from .regularization import Regularization
+from .training import fit_probe, linear_probe_cfg
 
-__all__ = ["LinearProbe", "ProbeBank", "ProbeSpec", "fit_probe", "fit_probe_bank", "run_linear", "load_probe",
-           "rank_from_weights", "cumulative_mass_order", "Regularization", "ArrayData", "RUNNERS"]
-
-
-def _lazy(module: str, name: str) -> Callable:
-    def runner(dm, cfg, logger=None):
-        fn = getattr(importlib.import_module(module), name)
-        return fn(dm, cfg, logger)
-
-    runner.__name__ = name
-    runner.__qualname__ = name
-    runner.__doc__ = f"Lazy entry for ``{module}.{name}``."
-    return runner
-
-
-RUNNERS: dict[str, Callable] = {
-    "linear": run_linear,
-    "gaussian": _lazy("neurolab.probes.gaussian", "run_gaussian"),
-    "neuron_mask": _lazy("neurolab.probes.mask", "run_neuron_mask"),
-}
+__all__ = ["LinearProbe", "ProbeBank", "ProbeSpec", "GaussianProbe", "NeuronMask", "fit_probe", "fit_probe_bank",
+           "load_probe", "linear_probe_cfg", "rank_from_weights", "cumulative_mass_order", "Regularization",
+           "LinearMethod", "GaussianMethod", "NeuronMaskMethod"]

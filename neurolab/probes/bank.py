@@ -18,7 +18,8 @@ stopped).
 Example::
 
     >>> import numpy as np
-    >>> from neurolab.probes import ArrayData, ProbeSpec, fit_probe_bank
+    >>> from neurolab.data import ArrayData
+    >>> from neurolab.probes import ProbeSpec, fit_probe_bank
     >>> X = np.random.default_rng(0).normal(size=(500, 6)).astype(np.float32)
     >>> dm = ArrayData.from_split(X, (X[:, 0] > 0).astype(int), class_names=["n", "p"])
     >>> specs = [ProbeSpec("a", neurons=[0, 1, 2]), ProbeSpec("b", neurons=[3, 4, 5], lambda_l1=1e-3)]
@@ -84,7 +85,7 @@ def layer_grid(dm, lambdas: Sequence[tuple[float, float]] | Sequence[Mapping[str
     """
     sites = list(dm.sites) if sites is None else list(sites)
     starts = np.cumsum([0] + [int(dm.neurons_per_site[s]) for s in dm.sites])
-    cols = np.asarray(getattr(dm, "columns", np.arange(starts[-1])), dtype=np.int64)
+    cols = np.asarray(dm.columns, dtype=np.int64)
     groups = []
     for s in sites:
         i = list(dm.sites).index(s)
@@ -670,14 +671,14 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
     """
     from hydra.utils import instantiate
 
-    from .batches import TensorDataModule
-    from .linear import _has_rows, _seed_of, quiet_lightning, resolve_batch_size, trainer_from_cfg
+    from ..data.batches import TensorDataModule
+    from .training import _has_rows, _seed_of, quiet_lightning, resolve_batch_size, trainer_from_cfg
     from ..config import output_dir
 
     dms = list(dm) if isinstance(dm, (list, tuple)) else [dm]
     base = dms[0]
     for d in dms:
-        if str(getattr(d, "task", "classification")) != "classification":
+        if str(d.task) != "classification":
             raise ConfigError("a probe bank trains classification probes only; use fit_probe for regression")
     specs = [p if isinstance(p, ProbeSpec) else ProbeSpec(**dict(p)) for p in probes]
     names = [s.name for s in specs]
@@ -687,7 +688,7 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
     seed = _seed_of(cfg) if seed is None else int(seed)
     pl.seed_everything(seed, workers=True, verbose=False)
     t0 = time.perf_counter()
-    cols = np.asarray(getattr(base, "columns", np.arange(base.num_features)), dtype=np.int64)
+    cols = np.asarray(base.columns, dtype=np.int64)
     pos = {int(c): i for i, c in enumerate(cols)}
     local_specs = []
     for s in specs:
@@ -708,8 +709,7 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
             Xs.append(X)
             ys.append(np.asarray(y, dtype=np.int64))
         for i in range(1, len(dms)):
-            if len(ys[i]) != len(ys[0]) or (hasattr(dms[i], "row_ids") and
-                                            not np.array_equal(dms[i].row_ids(split), dms[0].row_ids(split))):
+            if len(ys[i]) != len(ys[0]) or not np.array_equal(dms[i].row_ids(split), dms[0].row_ids(split)):
                 raise ConfigError(f"concepts of a probe bank must label the same rows; concept {i} differs "
                                   f"on the {split} split ({len(ys[i])} vs {len(ys[0])} rows)")
         y = ys[0] if len(ys) == 1 else np.stack(ys, axis=1)
@@ -721,13 +721,13 @@ def fit_probe_bank(dm, cfg: DictConfig, probes: Sequence[ProbeSpec | Mapping[str
     es = pcfg.get("early_stopping", {}) or {}
     bank = ProbeBank(base.num_features, local_specs, [int(d.num_classes) for d in dms],
                      class_names=[list(d.class_names) for d in dms], optimizer=opt, scheduler=sched,
-                     class_weights=[getattr(d, "class_weights", None) for d in dms],
+                     class_weights=[d.class_weights for d in dms],
                      early_stopping={"enabled": es.get("enabled", True), "patience": es.get("patience", 3),
                                      "min_delta": es.get("min_delta", 0.0)})
     has_val = _has_rows(base, "val")
     eb = int(pcfg.get("eval_batch_size", 8192))
     va = None
-    if len(dms) == 1 and getattr(base, "in_memory", False) and hasattr(base, "tensors"):
+    if len(dms) == 1 and base.in_memory:
         # one concept held in memory: its own rows (the store's type, class indices int64), normalised
         # batch by batch (no float32 copy of a split; the same values)
         train = base.tensors("train")

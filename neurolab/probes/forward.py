@@ -1,6 +1,6 @@
 """Greedy forward selection of neurons for a linear probe (gradient "grafting").
 
-``probe.ranking.method=forward`` ranks the first ``k`` neurons by greedy forward selection with the
+``method.ordering=forward`` ranks the first ``k`` neurons by greedy forward selection with the
 probe's own model: starting from the empty set (a bias-only softmax), each step
 
 1. refits the multinomial logistic regression (or least squares, for regression concepts) on the
@@ -218,8 +218,8 @@ def _refit(Z: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, loss_fn, l2: flo
 def train_sample(dm, max_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """The training rows of ``dm`` for selection: all of them, or a seeded sample of about ``max_rows``
     rows read chunk by chunk when there are more. Returns ``(X, y, total_rows)``."""
-    n = len(dm.row_ids("train")) if hasattr(dm, "row_ids") else None
-    if n is not None and n <= max_rows:
+    n = len(dm.row_ids("train"))
+    if n <= max_rows:
         X, y = dm.arrays("train")
         return X, y, n
     rng = np.random.default_rng(seed)
@@ -239,21 +239,20 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     the accuracy path). ``fcfg``: ``k`` (count, ``"2%"`` or fraction), ``l2``, ``max_iter``, ``max_rows``.
     Adds ``forward/val_acc@<n>`` and ``time/forward_s`` to ``metrics``."""
     from ..ranking import NeuronRanking, resolve_count
-    from .linear import _has_rows
+    from .training import _has_rows
 
     get = (lambda key, d: fcfg.get(key, d)) if fcfg is not None else (lambda key, d: d)
     total = int(dm.num_features)
     k = resolve_count(get("k", 50), total)
     X, y, n_total = train_sample(dm, int(get("max_rows", 200_000)), seed)
     Xv, yv = dm.arrays("val") if _has_rows(dm, "val") else (None, None)
-    task = str(getattr(dm, "task", "classification"))
-    res = forward_select(X, y, num_classes=int(getattr(dm, "num_classes", 1) or 1), k=k, task=task,
+    task = str(dm.task)
+    res = forward_select(X, y, num_classes=int(dm.num_classes or 1), k=k, task=task,
                          l2=float(get("l2", 1e-4)), max_iter=int(get("max_iter", 100)), X_val=Xv, y_val=yv,
-                         class_weights=getattr(dm, "class_weights", None))
+                         class_weights=dm.class_weights)
     n_used = len(y)
     del X, y
-    cols = np.asarray(getattr(dm, "columns", None) if getattr(dm, "columns", None) is not None
-                      else np.arange(total), dtype=np.int64)
+    cols = np.asarray(dm.columns, dtype=np.int64)
     head = cols[res.selected]
     in_head = set(head.tolist())
     order = base.full_order()

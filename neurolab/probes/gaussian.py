@@ -76,12 +76,13 @@ import torch
 from torchmetrics import Metric
 
 from ..errors import ConfigError
+from ..methods.base import Method, RunContext
 from ..ranking import NeuronRanking, resolve_count
 from .optim import one_intraop_thread
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GaussianStats", "GaussianProbe", "SelectionResult", "run_gaussian", "CRITERIA"]
+__all__ = ["GaussianStats", "GaussianProbe", "SelectionResult", "GaussianMethod", "CRITERIA"]
 
 CRITERIA = ("mi", "loglik", "acc")
 LN2 = math.log(2.0)
@@ -683,98 +684,101 @@ def _cfg_get(cfg, key, default=None):
     return default if v is None else v
 
 
-def build_gaussian(pcfg, num_classes: int, num_features: int) -> GaussianProbe:
-    """A :class:`GaussianProbe` from ``cfg.probe`` (its ``module`` node, ``_target_``)."""
-    from hydra.utils import instantiate
-
-    module_cfg = _cfg_get(pcfg, "module")
-    if module_cfg is None:
+def build_gaussian(module: Any, num_classes: int, num_features: int) -> GaussianProbe:
+    """A :class:`GaussianProbe` from the method's ``module`` (a factory, e.g. the ``partial`` that
+    ``conf/method/gaussian.yaml`` builds, or None for the defaults)."""
+    if module is None:
         return GaussianProbe(num_classes, num_features)
-    obj = instantiate(module_cfg)
-    probe = obj(num_classes=num_classes, num_features=num_features) if callable(obj) and not isinstance(
-        obj, GaussianProbe) else obj
+    probe = module(num_classes=num_classes, num_features=num_features) if callable(module) and not isinstance(
+        module, GaussianProbe) else module
     if not isinstance(probe, GaussianProbe):
-        raise ConfigError(f"probe.module must build a GaussianProbe, got {type(probe).__name__}")
+        raise ConfigError(f"method.module must build a GaussianProbe, got {type(probe).__name__}")
     if probe.stats is None:
         probe.configure(num_classes, num_features)
     return probe
 
 
-def run_gaussian(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
-    """``probe=gaussian``: fit the Gaussians on ``dm``'s train split in one pass (Lightning), select
-    ``cfg.probe.k`` neurons greedily on ``cfg.probe.select_split``, and rank all neurons.
+class GaussianMethod(Method):
+    """``method=gaussian`` (``probe=gaussian``): fit the class-conditional Gaussians on the training
+    split in one pass (Lightning, float64 sufficient statistics summed across DDP ranks), select
+    ``k`` neurons greedily by ``criterion`` on ``select_split``, and rank all neurons (the selected
+    ones first, in selection order; the rest by their single-neuron score).
 
-    Returns the ranking (columns of the concatenation of ``dm.sites``) and metrics
-    (``gaussian/…``, ``val/…`` and ``test/…`` of the Gaussian classifier on the selected neurons).
+    Metrics: ``gaussian/k``, ``<select_split>/mi_bits`` and ``/gaussian_acc`` (and the same on
+    ``report_split``), timings. ``module`` builds the :class:`GaussianProbe` (its prior settings).
     """
-    from hydra.utils import instantiate
 
-    from ..tracking import Tracker
+    name = "gaussian"
 
-    pcfg = cfg.probe
-    if getattr(dm, "task", "classification") != "classification":
-        raise ConfigError("probe=gaussian needs a classification concept (the concept is a regression task)")
-    if getattr(dm, "num_features", None) is None:
-        dm.setup("fit")
-    C, F = int(dm.num_classes), int(dm.num_features)
-    probe = build_gaussian(pcfg, C, F)
-    t0 = time.perf_counter()
-    tcfg = cfg.get("trainer") if hasattr(cfg, "get") else None
-    # one pass of float64 sums: trainer.precision does not apply (bf16-true would cast the statistics)
-    trainer_kw = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                      num_sanity_val_steps=0, limit_val_batches=0, precision="32-true")
-    if tcfg is not None and tcfg.get("_target_"):
-        trainer = instantiate(tcfg, **trainer_kw)
-    else:
-        trainer = pl.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, **trainer_kw)
-    trainer.fit(probe, train_dataloaders=dm.train_dataloader())
-    probe.finalize(release_stats=True)  # the posterior takes over the memory of the outer products
-    fit_s = time.perf_counter() - t0
-    if trainer.world_size > 1 and trainer.global_rank != 0:
-        log.debug("rank %d: statistics synced, selection runs on every rank", trainer.global_rank)
+    def __init__(self, module: Any = None, k: Any = 50, criterion: str = "mi", select_split: str = "val",
+                 report_split: str | None = "test"):
+        self.module = module
+        self.k = k
+        self.criterion = criterion
+        self.select_split = select_split
+        self.report_split = report_split
 
-    sel_split = str(_cfg_get(pcfg, "select_split", "val"))
-    rep_split = _cfg_get(pcfg, "report_split", "test")
-    Xs, ys = dm.arrays(sel_split)
-    report = None
-    if rep_split:
-        Xr, yr = dm.arrays(str(rep_split))
-        if len(yr):
-            report = (Xr, np.asarray(yr, dtype=np.int64))
-    tracker = Tracker(logger)
-    k_spec = _cfg_get(pcfg, "k", 50)
-    crit = str(_cfg_get(pcfg, "criterion", "mi"))
+    def fit(self, data, context: RunContext | None = None) -> "GaussianMethod":
+        from hydra.utils import instantiate
 
-    def _cb(step, rec):
-        tracker.log_metrics({f"gaussian/{key}": v for key, v in rec.items() if key not in ("step", "neuron")},
-                            step=step)
+        context = RunContext.ensure(context)
+        dm = data
+        if dm.task != "classification":
+            raise ConfigError("method=gaussian needs a classification concept (the concept is a regression task)")
+        C, F = int(dm.num_classes), int(dm.num_features)
+        probe = build_gaussian(self.module, C, F)
+        t0 = time.perf_counter()
+        tcfg = context.setting("trainer")
+        # one pass of float64 sums: trainer.precision does not apply (bf16-true would cast the statistics)
+        trainer_kw = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                          num_sanity_val_steps=0, limit_val_batches=0, precision="32-true")
+        if tcfg is not None and tcfg.get("_target_"):
+            trainer = instantiate(tcfg, **trainer_kw)
+        else:
+            trainer = pl.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, **trainer_kw)
+        trainer.fit(probe, train_dataloaders=dm.train_dataloader())
+        probe.finalize(release_stats=True)  # the posterior takes over the memory of the outer products
+        fit_s = time.perf_counter() - t0
+        if trainer.world_size > 1 and trainer.global_rank != 0:
+            log.debug("rank %d: statistics synced, selection runs on every rank", trainer.global_rank)
 
-    res = probe.select(Xs, np.asarray(ys, dtype=np.int64), k_spec, crit, report=report, callback=_cb)
-    columns = np.asarray(getattr(dm, "columns", np.arange(F)), dtype=np.int64)
-    order = columns[res.order()]
-    sites = list(dm.sites)
-    nps = dict(dm.neurons_per_site)
-    concept = getattr(getattr(dm, "concept", None), "name", "") or ""
-    model_name = str(cfg.get("model", {}).get("name_or_path", "")) if hasattr(cfg, "get") else ""
-    path = [{**r, "neuron": int(columns[r["neuron"]])} for r in res.path]
-    ranking = NeuronRanking.from_order(order, res.scores(), sites=sites, neurons_per_site=nps, concept=concept,
-                                       method="gaussian", model=model_name,
-                                       extra={"criterion": crit, "k": len(res.selected), "path": path})
-    tracker.log_table("gaussian/path", ["step", "neuron", "name", "gain", "select_mi_bits", "report_mi_bits"],
-                      [[r["step"], r["neuron"], ranking.names_of([r["neuron"]])[0], r["gain"], r["select_mi_bits"],
-                        r.get("report_mi_bits")] for r in path])
-    metrics: dict[str, float] = {
-        "gaussian/k": len(res.selected),
-        "time/gaussian_fit_s": round(fit_s, 3),
-        "time/gaussian_select_s": round(res.seconds, 3),
-    }
-    if res.path:
-        last = res.path[-1]
-        metrics[f"{sel_split}/mi_bits"] = last["select_mi_bits"]
-        metrics[f"{sel_split}/gaussian_acc"] = last["select_acc"]
-        if "report_mi_bits" in last:
-            metrics[f"{rep_split}/mi_bits"] = last["report_mi_bits"]
-            metrics[f"{rep_split}/gaussian_acc"] = last["report_acc"]
-    log.info("gaussian probe: %d neurons selected by %s in %.1f s (fit %.1f s)", len(res.selected), crit,
-             res.seconds, fit_s)
-    return ranking, metrics
+        sel_split = str(self.select_split or "val")
+        rep_split = self.report_split
+        Xs, ys = dm.arrays(sel_split)
+        report = None
+        if rep_split:
+            Xr, yr = dm.arrays(str(rep_split))
+            if len(yr):
+                report = (Xr, np.asarray(yr, dtype=np.int64))
+        tracker = context.tracker
+        crit = str(self.criterion)
+
+        def _cb(step, rec):
+            tracker.log_metrics({f"gaussian/{key}": v for key, v in rec.items() if key not in ("step", "neuron")},
+                                step=step)
+
+        res = probe.select(Xs, np.asarray(ys, dtype=np.int64), self.k, crit, report=report, callback=_cb)
+        columns = np.asarray(dm.columns, dtype=np.int64)
+        order = columns[res.order()]
+        path = [{**r, "neuron": int(columns[r["neuron"]])} for r in res.path]
+        ranking = self.ranking_from_order(order, res.scores(), dm, context,
+                                          extra={"criterion": crit, "k": len(res.selected), "path": path})
+        tracker.log_table("gaussian/path", ["step", "neuron", "name", "gain", "select_mi_bits", "report_mi_bits"],
+                          [[r["step"], r["neuron"], ranking.names_of([r["neuron"]])[0], r["gain"], r["select_mi_bits"],
+                            r.get("report_mi_bits")] for r in path])
+        metrics: dict[str, float] = {
+            "gaussian/k": len(res.selected),
+            "time/gaussian_fit_s": round(fit_s, 3),
+            "time/gaussian_select_s": round(res.seconds, 3),
+        }
+        if res.path:
+            last = res.path[-1]
+            metrics[f"{sel_split}/mi_bits"] = last["select_mi_bits"]
+            metrics[f"{sel_split}/gaussian_acc"] = last["select_acc"]
+            if "report_mi_bits" in last:
+                metrics[f"{rep_split}/mi_bits"] = last["report_mi_bits"]
+                metrics[f"{rep_split}/gaussian_acc"] = last["report_acc"]
+        log.info("gaussian probe: %d neurons selected by %s in %.1f s (fit %.1f s)", len(res.selected), crit,
+                 res.seconds, fit_s)
+        self.ranking_, self.metrics_, self.probe_ = ranking, metrics, probe
+        return self

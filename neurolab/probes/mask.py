@@ -17,7 +17,7 @@ vanishing gradients.
 
 Two modes:
 
-- **probe** (:func:`run_neuron_mask`, ``probe=neuron_mask``): the gates multiply the (normalised)
+- **probe** (:class:`NeuronMaskMethod`, ``method=neuron_mask``): the gates multiply the (normalised)
   activations before a linear probe trained on all neurons; the divergence is the increase of the
   masked probe's cross-entropy over the unmasked probe's on the same batch. A closed gate replaces a
   neuron by 0, its training mean after z-scoring. With ``adapt_probe`` (default) a copy of the probe
@@ -57,6 +57,7 @@ import copy
 import logging
 import math
 import time
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -65,8 +66,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..methods.base import Method, RunContext
 from ..ranking import NeuronRanking
-from .linear import linear_probe_cfg
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ _LOG_LAMBDA_BOUND = 15.0
 # all slide down together under the L0 pressure)
 _ANNEAL_CLIP = 2.0
 
-__all__ = ["HardConcreteGates", "NeuronMask", "ModelMask", "run_neuron_mask", "kl_divergence"]
+__all__ = ["HardConcreteGates", "NeuronMask", "ModelMask", "NeuronMaskMethod", "kl_divergence"]
 
 
 class HardConcreteGates(torch.nn.Module):
@@ -552,92 +553,100 @@ class ModelMask(NeuronMask):
 
 
 # -- runner ----------------------------------------------------------------------------------------
-def build_mask(pcfg, num_gates: int) -> NeuronMask:
-    from hydra.utils import instantiate
-
-    mcfg = pcfg.get("module") if hasattr(pcfg, "get") else None
-    if mcfg is None:
+def build_mask(module: Any, num_gates: int) -> NeuronMask:
+    """A :class:`NeuronMask` from the method's ``module`` (a factory such as the ``partial`` that
+    ``conf/method/neuron_mask.yaml`` builds, or None for the defaults)."""
+    if module is None:
         return NeuronMask(num_gates)
-    obj = instantiate(mcfg)
-    mask = obj(num_gates=num_gates) if not isinstance(obj, NeuronMask) else obj
+    mask = module(num_gates=num_gates) if not isinstance(module, NeuronMask) else module
     if not isinstance(mask, NeuronMask):
-        raise ConfigError(f"probe.module must build a NeuronMask, got {type(mask).__name__}")
+        raise ConfigError(f"method.module must build a NeuronMask, got {type(mask).__name__}")
     return mask
 
 
-def run_neuron_mask(dm, cfg, logger=None) -> tuple[NeuronRanking, dict]:
-    """``probe=neuron_mask`` (probe mode): train the all-neuron linear probe with
-    :func:`neurolab.probes.fit_probe`, then the gates in front of it; rank all neurons by the
-    probability that their gate is open (kept neurons first).
+class NeuronMaskMethod(Method):
+    """``method=neuron_mask`` (``probe=neuron_mask``), probe mode: train the all-neuron linear probe
+    with :func:`~neurolab.probes.training.fit_probe` (``linear``: overrides of the run's ``probe``
+    settings for it), then the gates in front of it; rank all neurons by the probability that their
+    gate is open (kept neurons first). The probe is the ``predictor_``.
 
     Metrics: the probe's own (``val/acc``, ``test/acc`` …), ``mask/kept``, ``mask/l0_frac``,
     ``mask/anneal_kept`` (gates open when annealing ended), ``val/mask_divergence``, ``val/mask_acc``,
     ``test/mask_acc``, ``time/mask_fit_s`` (constrained and annealing epochs).
     """
-    from .batches import TensorDataModule
-    from .linear import fit_probe, quiet_lightning, trainer_from_cfg
-    from ..tracking import Tracker
 
-    pcfg = cfg.probe
-    mode = str(pcfg.get("mode", "probe"))
-    if mode != "probe":
-        raise ConfigError(f"probe.mode={mode!r}: `neurolab probe`/`run` support the probe mode of neuron_mask "
-                          f"(model mode needs a live model: use neurolab.probes.mask.ModelMask)")
-    if getattr(dm, "task", "classification") != "classification":
-        raise ConfigError("probe=neuron_mask needs a classification concept (the concept is a regression task)")
-    lcfg = linear_probe_cfg(cfg)
-    probe, metrics = fit_probe(dm, lcfg, logger=logger)
-    F_ = int(dm.num_features)
-    mask = build_mask(pcfg, F_)
-    mask.set_probe(probe)
-    seed = int(cfg.get("seed") or 0)
-    bs = int(pcfg.get("batch_size", 256))
-    pl.seed_everything(seed, workers=True, verbose=False)
-    Xtr, ytr = dm.arrays("train")
-    val = dm.arrays("val")
-    t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
-                   torch.from_numpy(np.ascontiguousarray(a[1]).astype(np.int64)))
-    has_val = len(val[1]) > 0
-    if has_val and bool(pcfg.get("constraint_on_dev", True)):
-        mask.set_dev(val[0], val[1], batch_size=bs)
-    data = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, bs, 8192, seed)
-    t0 = time.perf_counter()
-    with quiet_lightning():
-        # max_epochs under the constraint, then anneal_epochs towards target_kept (the ranking's order)
-        epochs = int(pcfg.get("max_epochs", 30)) + mask.anneal_epochs
-        trainer = trainer_from_cfg(cfg, logger=logger, max_epochs=epochs,
-                                   limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
-                                   enable_progress_bar=False, callbacks=[])
-        trainer.fit(mask, datamodule=data)
-    fit_s = time.perf_counter() - t0
-    mask.to("cpu")
-    probe.to("cpu")
-    scores = mask.scores()
-    kept = mask.kept()
-    columns = np.asarray(getattr(dm, "columns", np.arange(F_)), dtype=np.int64)
-    order_local = np.lexsort((np.arange(F_), -scores))
-    kept_set = set(kept.tolist())
-    order_local = np.concatenate([kept, [i for i in order_local if i not in kept_set]]).astype(np.int64)
-    concept = getattr(getattr(dm, "concept", None), "name", "") or ""
-    model_name = str(cfg.get("model", {}).get("name_or_path", "")) if hasattr(cfg, "get") else ""
-    ranking = NeuronRanking.from_order(columns[order_local], scores[order_local], sites=list(dm.sites),
-                                       neurons_per_site=dict(dm.neurons_per_site), concept=concept,
-                                       method="neuron_mask", model=model_name,
-                                       extra={"kept": int(len(kept)), "eps": mask.eps, "path": mask.path_})
-    metrics = dict(metrics)
-    metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(mask.gates.p_open().detach().mean()),
-                    "time/mask_fit_s": round(fit_s, 3)})
-    if mask.anneal_kept_ is not None:
-        metrics["mask/anneal_kept"] = int(len(mask.anneal_kept_))
-    for split in ("val", "test"):
-        X, y = dm.arrays(split)
-        if len(y):
-            ev = mask.evaluate_probe(X, y)
-            metrics[f"{split}/mask_acc"] = ev["acc"]
-            metrics[f"{split}/mask_divergence"] = ev["loss"] - ev["base_loss"]
-    Tracker(logger).log_table("neuron_mask/path", ["epoch", "l0", "divergence", "lambda", "kept"],
-                              [[r.get("epoch"), r.get("l0"), r.get("divergence"), r.get("lambda"), r.get("kept")]
-                               for r in mask.path_])
-    log.info("neuron mask: kept %d of %d neurons (eps %.3g) in %.1f s", len(kept), F_, mask.eps, fit_s)
-    metrics["_module"] = probe  # the all-neuron probe, for the evaluation's masking (popped by the probe task)
-    return ranking, metrics
+    name = "neuron_mask"
+
+    def __init__(self, module: Any = None, mode: str = "probe", constraint_on_dev: bool = True, max_epochs: int = 30,
+                 batch_size: int = 256, linear: Mapping[str, Any] = MappingProxyType({})):
+        self.module = module
+        self.mode = mode
+        self.constraint_on_dev = constraint_on_dev
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.linear = linear
+
+    def fit(self, data, context: RunContext | None = None) -> "NeuronMaskMethod":
+        from ..data.batches import TensorDataModule
+        from .training import default_probe_config, fit_probe, linear_probe_cfg, quiet_lightning, trainer_from_cfg
+
+        context = RunContext.ensure(context)
+        dm = data
+        if str(self.mode) != "probe":
+            raise ConfigError(f"method.mode={self.mode!r}: `neurolab probe`/`rank` support the probe mode of neuron_mask "
+                              f"(model mode needs a live model: use neurolab.probes.mask.ModelMask)")
+        if dm.task != "classification":
+            raise ConfigError("method=neuron_mask needs a classification concept (the concept is a regression task)")
+        cfg = context.cfg if context.cfg is not None else default_probe_config(context.run_dir)
+        lcfg = linear_probe_cfg(cfg, self.linear)
+        probe, metrics = fit_probe(dm, lcfg, logger=context.logger)
+        F_ = int(dm.num_features)
+        mask = build_mask(self.module, F_)
+        mask.set_probe(probe)
+        seed = int(cfg.get("seed") or 0)
+        bs = int(self.batch_size)
+        pl.seed_everything(seed, workers=True, verbose=False)
+        Xtr, ytr = dm.arrays("train")
+        val = dm.arrays("val")
+        t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
+                       torch.from_numpy(np.ascontiguousarray(a[1]).astype(np.int64)))
+        has_val = len(val[1]) > 0
+        if has_val and bool(self.constraint_on_dev):
+            mask.set_dev(val[0], val[1], batch_size=bs)
+        data_ = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, bs, 8192, seed)
+        t0 = time.perf_counter()
+        with quiet_lightning():
+            # max_epochs under the constraint, then anneal_epochs towards target_kept (the ranking's order)
+            epochs = int(self.max_epochs) + mask.anneal_epochs
+            trainer = trainer_from_cfg(cfg, logger=context.logger, max_epochs=epochs,
+                                       limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
+                                       enable_progress_bar=False, callbacks=[])
+            trainer.fit(mask, datamodule=data_)
+        fit_s = time.perf_counter() - t0
+        mask.to("cpu")
+        probe.to("cpu")
+        scores = mask.scores()
+        kept = mask.kept()
+        columns = np.asarray(dm.columns, dtype=np.int64)
+        order_local = np.lexsort((np.arange(F_), -scores))
+        kept_set = set(kept.tolist())
+        order_local = np.concatenate([kept, [i for i in order_local if i not in kept_set]]).astype(np.int64)
+        ranking = self.ranking_from_order(columns[order_local], scores[order_local], dm, context,
+                                          extra={"kept": int(len(kept)), "eps": mask.eps, "path": mask.path_})
+        metrics = dict(metrics)
+        metrics.update({"mask/kept": int(len(kept)), "mask/l0_frac": float(mask.gates.p_open().detach().mean()),
+                        "time/mask_fit_s": round(fit_s, 3)})
+        if mask.anneal_kept_ is not None:
+            metrics["mask/anneal_kept"] = int(len(mask.anneal_kept_))
+        for split in ("val", "test"):
+            X, y = dm.arrays(split)
+            if len(y):
+                ev = mask.evaluate_probe(X, y)
+                metrics[f"{split}/mask_acc"] = ev["acc"]
+                metrics[f"{split}/mask_divergence"] = ev["loss"] - ev["base_loss"]
+        context.tracker.log_table("neuron_mask/path", ["epoch", "l0", "divergence", "lambda", "kept"],
+                                  [[r.get("epoch"), r.get("l0"), r.get("divergence"), r.get("lambda"), r.get("kept")]
+                                   for r in mask.path_])
+        log.info("neuron mask: kept %d of %d neurons (eps %.3g) in %.1f s", len(kept), F_, mask.eps, fit_s)
+        self.ranking_, self.metrics_, self.predictor_, self.mask_ = ranking, metrics, probe, mask
+        return self

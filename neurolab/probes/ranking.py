@@ -10,7 +10,7 @@ selected (zero weight for every class) come last by the same key. The score of a
 entered at step ``i`` is ``1 - i / (stride + 1)`` (non-increasing along the ranking, > 0), 0 for
 neurons never selected.
 
-**Regularisation-path ranking** (:func:`path_order`, ``probe.ranking.method=path``): the elastic net is
+**Regularisation-path ranking** (:func:`path_order`, ``method.ordering=path``): the elastic net is
 refitted with proximal (truly sparse) L1 at a few decreasing ``lambda_l1`` values; a neuron's score
 is the largest ``lambda_l1`` at which it has a non-zero weight for some class (the order in which
 neurons *enter* the lasso / elastic-net path, as in LARS-style variable ordering). Neurons that enter
@@ -160,10 +160,9 @@ def rank_from_weights(
         sites = list(dm.sites) if sites is None else sites
         neurons_per_site = dict(dm.neurons_per_site) if neurons_per_site is None else neurons_per_site
         if columns is None:
-            columns = getattr(dm, "columns", None)
+            columns = dm.columns
         if not concept:
-            c = getattr(dm, "concept", None)
-            concept = "" if c is None else str(getattr(c, "name", c))
+            concept = dm.concept_name
     if sites is None or neurons_per_site is None:
         raise ValueError("rank_from_weights needs a DataModule or sites and neurons_per_site")
     total = sum(int(neurons_per_site[s]) for s in sites)

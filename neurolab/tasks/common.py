@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+RANKING_FILE = "ranking.json"
 
 
 def write_metrics(run_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
@@ -101,3 +102,28 @@ def model_label(cfg: DictConfig | None, store) -> str:
         return str(cfg.model.name_or_path)
     except Exception:
         return ""
+
+
+def ranking_file(stem: str = "") -> str:
+    """``ranking.json``, or ``<stem>_ranking.json`` for the extra rankings of a run."""
+    return f"{stem}_{RANKING_FILE}" if stem else RANKING_FILE
+
+
+def log_to_tracker(tracker, metrics: dict, rankings: dict, images) -> None:
+    """The same tables (ranking, metrics) and images as the run directory, to the logger (W&B)."""
+    try:
+        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        tracker.log_table("metrics", ["name", "value"],
+                          [[k, float(v)] for k, v in sorted(metrics.items()) if isinstance(v, (int, float))])
+        for name, r in rankings.items():
+            tracker.log_table(f"{name}_ranking" if name else "ranking",
+                              ["rank", "name", "site", "unit", "index", "score"], r.to_rows())
+        for p in images:
+            tracker.log_image(Path(p).stem, p)
+    except Exception as e:  # tracking must not break the science
+        log.warning("could not log to the tracker: %s", e)
+
+
+def headline(metrics: dict) -> str:
+    keys = ("test/acc", "top/acc@1%", "random/acc@1%", "bottom/acc@1%", "control/acc", "selectivity")
+    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))

@@ -19,36 +19,29 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..config import config_dir, output_dir
-from ..errors import ConfigError
+from ..config import group_option, output_dir
 from ..tracking import Tracker, make_logger
-from .common import task
-from .probe import headline, probe_pipeline
+from .common import headline, task
+from .probe import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 
 
-def method_config(name: str) -> DictConfig:
-    """``conf/method/<name>.yaml`` (a corpus-based ranker)."""
-    path = Path(config_dir()) / "method" / f"{name}.yaml"
-    if not path.exists():
-        have = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(f"run.rank_methods: unknown method {name!r}; expected one of {have}")
-    return OmegaConf.load(path)
-
-
 def _methods_eval_cfg(cfg: DictConfig) -> DictConfig:
-    """The config the corpus-based rankings are evaluated with: as the probe's, except
-    ``run.methods_minimal_set`` (default false: the minimal-set search is the costliest part)."""
-    rcfg = cfg.get("run") or {}
-    if rcfg.get("methods_minimal_set", False) or cfg.get("evaluation") is None:
+    """The config the extra rankings are evaluated with: the run's, keeping only the evaluators named in
+    ``run.methods_evaluation`` (null: all of them)."""
+    keep = (cfg.get("run") or {}).get("methods_evaluation")
+    if keep is None or cfg.get("evaluation") is None:
         return cfg
+    keep = {str(k) for k in keep}
     new = copy.deepcopy(cfg)
     with open_dict(new):
-        if new.evaluation.get("minimal_set") is not None:
-            new.evaluation.minimal_set.enabled = False
+        for k in list(new.evaluation.keys()):
+            v = new.evaluation.get(k)
+            if OmegaConf.is_dict(v) and v.get("_target_") and str(k) not in keep:
+                del new.evaluation[k]
     return new
 
 
@@ -71,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
     tracker = Tracker(logger)
 
     t = time.perf_counter()
-    res = probe_pipeline(cfg, store, run_dir, logger)
+    res = train_and_evaluate(cfg, store, run_dir, logger, pages=False)
     metrics.update(res.metrics)
     metrics["time/probe_and_evaluate_s"] = round(time.perf_counter() - t, 3)
     rankings = {res.ranking.method or "probe": res.ranking}
@@ -80,13 +73,19 @@ def run(cfg: DictConfig) -> dict:
     rcfg = cfg.get("run") or {}
     methods = list(rcfg.get("rank_methods") or [])
     if methods:
-        from .rank import rank_pipeline
+        from ..evaluation import Retrainer, evaluation_settings
+        from .pipeline import rank_pipeline
 
         mcfg = _methods_eval_cfg(res.cfg or cfg)
+        settings = evaluation_settings(mcfg)
+        retrainer = Retrainer(res.dm, mcfg, split=str(settings.get("split", "test")),
+                              metric="mse" if res.dm.task == "regression" else "acc",
+                              retrain_probe=settings.get("retrain_probe"), bank=bool(settings.get("bank", True)))
         for name in methods:
             t = time.perf_counter()
-            rr = rank_pipeline(mcfg, store, run_dir, logger, method_cfg=method_config(str(name)),
-                               prefix=f"{name}/", dm=res.dm, pages=bool(rcfg.get("pages", False)))
+            rr = rank_pipeline(mcfg, res.dm, run_dir, logger=logger, method_node=group_option("method", str(name)),
+                               prefix=f"{name}/", shared_predictor=res.method.predictor_, retrainer=retrainer,
+                               pages=bool(rcfg.get("pages", False)))
             metrics.update(rr.metrics)
             rankings[str(name)] = rr.ranking
             images.extend(rr.images)
@@ -102,8 +101,8 @@ def run(cfg: DictConfig) -> dict:
             "sites": ", ".join(res.ranking.sites),
             "neurons": str(res.ranking.total),
             "store": str(store.path),
-            "probe": f"{cfg.probe.get('name', '')}, regularization {cfg.regularization.get('name', '')} "
-                     f"(λ1={cfg.regularization.get('lambda_l1', 0)}, λ2={cfg.regularization.get('lambda_l2', 0)})",
+            "method": f"{res.ranking.method}, regularization {cfg.regularization.get('name', '')} "
+                      f"(λ1={cfg.regularization.get('lambda_l1', 0)}, λ2={cfg.regularization.get('lambda_l2', 0)})",
             "seed": str(cfg.get("seed")),
             "run directory": str(run_dir),
         }

@@ -200,68 +200,44 @@ def concept_page(ranking: NeuronRanking, *, top: int = 20, descriptions: Mapping
     return _page(f"{ranking.concept} — {ranking.method}", head + table + sites + met)
 
 
-def write_pages(run_dir: str | os.PathLike, ranking: NeuronRanking, store: Any, corpus: Any, *,
-                rows: np.ndarray | None = None, top_neurons: int = 10, k: int = 20, context: int = 12,
-                columns: Sequence[str] | None = None, alpha: float = 0.01, explanations: Sequence[Any] = (),
-                metrics: Mapping[str, float] | None = None, tracker: Any = None, chunk_rows: int = 8192,
-                sites: Sequence[str] | None = None) -> dict[str, Any]:
-    """Concept search for the top ``top_neurons`` of ``ranking`` and their pages under ``run_dir/pages``.
+def write_pages(run_dir: str | os.PathLike, ranking: NeuronRanking, reports: Sequence[Any], *, context: int = 12,
+                explanations: Sequence[Any] = (), metrics: Mapping[str, float] | None = None, tracker: Any = None,
+                site_counts: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Pages under ``run_dir/pages`` for the neurons of ``reports`` (concept search results,
+    :func:`neurolab.methods.concept_search.describe_neurons`): one page per neuron and an index.
 
-    ``store`` rows (all, or the sorted ``rows``, e.g. one split) are joined with ``corpus`` by
-    (sentence, word) ids; ``sites`` default to ``ranking.sites`` (the columns ``ranking`` indexes).
     Returns ``{"index": path, "neurons": {name: path}, "images": [...], "descriptions": {name: [...]}}``
     and logs pages, a table and images to ``tracker`` (a Tracker or a Lightning logger) when given.
     """
-    import torch
-
-    from ..methods.annotations import AnnotationTable
-    from ..methods.concept_search import ConceptSearch, top_contexts
-    from ..methods.stats import TopActivations
     from ..tracking import Tracker
     from .figures import plot_scores
+    from .plots import plot_site_distribution
 
     out_dir = Path(run_dir) / "pages"
     out_dir.mkdir(parents=True, exist_ok=True)
-    sites = list(sites or ranking.sites)
-    chosen = ranking.indices[: int(top_neurons)]
-    sel = np.arange(store.num_tokens, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-    top = TopActivations(len(chosen), int(k))
-    for a in range(0, len(sel), int(chunk_rows)):
-        r = sel[a : a + int(chunk_rows)]
-        contiguous = len(r) and int(r[-1]) - int(r[0]) + 1 == len(r)
-        X = store.read(slice(int(r[0]), int(r[-1]) + 1) if contiguous else r, sites)[:, chosen]
-        top.update(torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(r))
-    cs = ConceptSearch(k=int(k)).fit_top(top, sel)
-    ann = AnnotationTable.from_store(store, corpus, columns)
-    descs = cs.describe(ann, alpha=alpha)
     expl = {int(e.neuron): e for e in explanations}
-    names = ranking.names_of(chosen)
     links, pages, desc_by_index, words_by_index, table_rows = {}, {}, {}, {}, []
-    for j, (ix, nm) in enumerate(zip(chosen, names)):
-        ctx = top_contexts(store, corpus, int(ix), cs.top_rows_[:, j], cs.top_values_[:, j], sites=sites)
-        n = ranking.neurons[j]
-        page = neuron_page(nm, ctx, descriptions=descs[j], explanation=expl.get(int(ix)), score=n.score, rank=j,
-                           concept=ranking.concept, method=ranking.method, window=context)
+    for rep in reports:
+        ix, nm = rep.index, rep.name
+        page = neuron_page(nm, rep.contexts, descriptions=rep.descriptions, explanation=expl.get(ix), score=rep.score,
+                           rank=rep.rank, concept=ranking.concept, method=ranking.method, window=context)
         fname = page_name(nm)
         (out_dir / fname).write_text(page, encoding="utf-8")
-        links[int(ix)], pages[nm] = fname, out_dir / fname
-        desc_by_index[int(ix)] = descs[j]
-        words_by_index[int(ix)] = [c.words[c.word] for c in ctx]
-        table_rows.append([j, nm, float(n.score), "; ".join(d.label for d in descs[j][:3]),
-                           ", ".join(words_by_index[int(ix)][:10]), expl[int(ix)].formula if int(ix) in expl else ""])
+        links[ix], pages[nm] = fname, out_dir / fname
+        desc_by_index[ix] = rep.descriptions
+        words_by_index[ix] = rep.top_words
+        table_rows.append([rep.rank, nm, float(rep.score), "; ".join(d.label for d in rep.descriptions[:3]),
+                           ", ".join(words_by_index[ix][:10]), expl[ix].formula if ix in expl else ""])
     images = []
     site_png = None
-    try:
-        from .plots import plot_site_distribution
-
-        site_png = plot_site_distribution(ranking, "10%", out_dir / "sites.png")
+    if site_counts:
+        site_png = plot_site_distribution(site_counts, out_dir / "sites.png",
+                                          title=f"top neurons per site: {ranking.concept} / {ranking.method}")
         images.append(site_png)
-    except ImportError:  # pragma: no cover - EVAL's plots module absent
-        log.info("plot_site_distribution unavailable; the concept page shows the site table only")
     score_png = plot_scores(ranking, out_dir / "scores.png")
     images.append(score_png)
     index = out_dir / "index.html"
-    index.write_text(concept_page(ranking, top=max(int(top_neurons), 20), descriptions=desc_by_index,
+    index.write_text(concept_page(ranking, top=max(len(reports), 20), descriptions=desc_by_index,
                                   top_words=words_by_index, links=links, site_plot=site_png,
                                   extra_images=[("scores", score_png)], explanations=expl, metrics=metrics),
                      encoding="utf-8")
@@ -269,10 +245,10 @@ def write_pages(run_dir: str | os.PathLike, ranking: NeuronRanking, store: Any, 
         tr = tracker if isinstance(tracker, Tracker) else Tracker(tracker)
         tr.log_table("concept_search", ["rank", "neuron", "score", "description", "top_words", "formula"], table_rows)
         tr.log_html("pages/concept", index)
-        for nm in names[:5]:
+        for nm in list(pages)[:5]:
             tr.log_html(f"pages/{nm}", pages[nm])
         for p in images:
             tr.log_image(f"plots/{Path(p).stem}", p)
     log.info("wrote %d neuron pages and %s", len(pages), index)
     return {"index": index, "neurons": pages, "images": images,
-            "descriptions": {nm: [d.to_dict() for d in descs[j]] for j, nm in enumerate(names)}}
+            "descriptions": {rep.name: [d.to_dict() for d in rep.descriptions] for rep in reports}}

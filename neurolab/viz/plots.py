@@ -14,7 +14,6 @@ from typing import Mapping
 
 import numpy as np
 
-from ..ranking import NeuronRanking
 
 __all__ = ["plot_site_distribution", "plot_accuracy_curve", "curve_points"]
 
@@ -28,10 +27,9 @@ def _plt():
     return plt
 
 
-def plot_site_distribution(ranking: NeuronRanking, spec="10%", path: str | os.PathLike = "sites.png",
+def plot_site_distribution(counts: Mapping[str, int], path: str | os.PathLike = "sites.png",
                            title: str | None = None) -> Path:
-    """Bar plot of the number of top-``spec`` neurons per site (in site order); returns ``path``."""
-    counts = ranking.by_site(spec)
+    """Bar plot of ``counts`` (neurons per site, in site order); returns ``path``."""
     plt = _plt()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +40,8 @@ def plot_site_distribution(ranking: NeuronRanking, spec="10%", path: str | os.Pa
         ax.set_xticks(range(len(sites)))
         ax.set_xticklabels(sites, rotation=45 if len(sites) > 4 else 0, ha="right" if len(sites) > 4 else "center",
                            fontsize=8)
-        k = ranking.count(spec)
         ax.set_ylabel("neurons")
-        ax.set_title(title or f"top {spec} ({k} neurons) per site: {ranking.concept} / {ranking.method}", fontsize=9)
+        ax.set_title(title or f"top neurons per site ({sum(counts.values())})", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, metadata={"Software": None})
     finally:

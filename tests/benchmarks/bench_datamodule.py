@@ -172,8 +172,7 @@ def cli_probe_rss(d: Path, tmp: Path) -> float:
     cmd = [sys.executable, "-m", "neurolab.cli", "probe", "corpus=parallel",
            f"corpus.path={d / 'corpus' / 'sentences.txt'}", f"corpus.labels={d / 'corpus' / 'labels.txt'}",
            "concept=label", f"store.dir={d / 'store'}", "data.memory_budget_mb=0", "probe.in_memory=false",
-           "logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "evaluation.retrain=false",
-           "evaluation.control=false", "evaluation.mask=false", "evaluation.minimal_set.enabled=false",
+           "logger=none", "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "evaluation=[]",
            "evaluation.plots=false", f"hydra.run.dir={tmp}"]
     out = subprocess.run([sys.executable, "-c", PEAK] + cmd, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="disabled"))

@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     yt = torch.from_numpy(ytr)
     for a in range(0, len(yt), 8192):
         probe.stats.update(Xt[a:a + 8192].to(dev), yt[a:a + 8192].to(dev))
-    probe.finalize(release_stats=True)  # as run_gaussian does
+    probe.finalize(release_stats=True)  # as the Gaussian method does
     if dev.type == "cuda":
         torch.cuda.synchronize()
     out["gaussian_fit_s"] = round(time.perf_counter() - t0, 3)
@@ -133,20 +133,21 @@ def main(argv=None) -> dict:
     # the mask as `neurolab probe probe=neuron_mask` runs it (its default config): a linear probe on all
     # neurons first (not timed), then the constrained and annealing epochs (timed: time/mask_fit_s)
     from neurolab.config import compose
-    from neurolab.probes import ArrayData
-    from neurolab.probes.mask import run_neuron_mask
+    from neurolab.data import ArrayData
+    from neurolab.methods import RunContext
+    from neurolab.tasks.pipeline import build_method
 
     data = ArrayData({"train": (Xtr, ytr), "val": (Xva, yva), "test": (Xva, yva)},
                      class_names=[str(c) for c in range(C)])
     mcfg = compose("probe", ["probe=neuron_mask", "logger=none", "trainer.enable_progress_bar=false",
-                             f"probe.max_epochs={args.epochs}", "+probe.linear.checkpoint=false",
+                             f"method.max_epochs={args.epochs}", "probe.checkpoint=false",
                              f"trainer.accelerator={'gpu' if dev.type == 'cuda' else 'cpu'}"],
                    run_dir=str(Path(os.environ.get("TMPDIR", "/tmp")) / "bench_gaussmask_run"))
     pl.seed_everything(0, verbose=False)
-    _, m = run_neuron_mask(data, mcfg)
+    m = build_method(mcfg.method).fit(data, RunContext(cfg=mcfg)).metrics_
     out["mask_train_s"] = round(float(m["time/mask_fit_s"]), 3)
     out["mask_epochs"] = args.epochs
-    out["mask_anneal_epochs"] = int(mcfg.probe.module.get("anneal_epochs", 0) or 0)
+    out["mask_anneal_epochs"] = int(mcfg.method.module.get("anneal_epochs", 0) or 0)
     out["mask_kept"] = int(m["mask/kept"])
     out["mask_dev_divergence"] = round(float(m.get("val/mask_divergence", float("nan"))), 4)
     out["mask_dev_acc"] = round(float(m.get("val/mask_acc", float("nan"))), 4)

@@ -111,8 +111,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from neurolab.corpus import read_conllu
     from neurolab.corpus.concepts import ColumnConcept
-    from neurolab.methods import (AnnotationTable, APRanker, ChunkSource, ConceptSearch, IoURanker, ProbelessRanker,
-                                  SelectivityRanker, fit_rankers, row_labels)
+    from neurolab.data import ChunkSource, row_labels
+    from neurolab.methods import (AnnotationTable, APRanker, ConceptSearch, IoURanker, ProbelessRanker,
+                                  SelectivityRanker, fit_rankers)
     from neurolab.methods.compositional import explain_neurons
 
     out: dict = {"benchmark": "methods", "corpus": args.conllu}

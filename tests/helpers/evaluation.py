@@ -3,28 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from neurolab.probes import ArrayData
-
-
-class PlantedData(ArrayData):
-    """``ArrayData`` plus ``with_control()``: labels drawn independently of the features (a control
-    task no probe can beat the majority class on)."""
-
-    def __init__(self, splits, control_splits=None, **kw):
-        super().__init__(splits, **kw)
-        self._control = control_splits
-
-    def with_control(self):
-        if self._control is None:
-            raise RuntimeError("no control labels")
-        return ArrayData(self._control, class_names=self.class_names, task=self.task, sites=self.sites,
-                         neurons_per_site=self.neurons_per_site, columns=self.columns, concept="control")
+from neurolab.data import ArrayData
 
 
 def planted_data(n: int = 3000, sites=("layers.0", "layers.1"), units: int = 20, planted=(3, 25, 31),
-                 num_classes: int = 3, strength: float = 2.5, seed: int = 0) -> tuple[PlantedData, list[int]]:
+                 num_classes: int = 3, strength: float = 2.5, seed: int = 0) -> tuple[ArrayData, list[int]]:
     """``n`` rows; class j shifts planted neuron j by ``strength`` (and the others a little less).
-    Columns are the concatenation of ``sites`` (``units`` each). Split 80/10/10 in row order."""
+    Columns are the concatenation of ``sites`` (``units`` each). Split 80/10/10 in row order. The
+    control task's labels are drawn independently of the features (no probe beats the majority class)."""
     rng = np.random.default_rng(seed)
     F = units * len(sites)
     y = rng.integers(0, num_classes, size=n)
@@ -36,9 +22,8 @@ def planted_data(n: int = 3000, sites=("layers.0", "layers.1"), units: int = 20,
     cut = lambda v: {"train": v[:a], "val": v[a:b], "test": v[b:]}
     xs, ys, ycs = cut(X), cut(y), cut(yc)
     splits = {k: (xs[k], ys[k]) for k in xs}
-    control = {k: (xs[k], ycs[k]) for k in xs}
-    dm = PlantedData(splits, control, class_names=[f"c{i}" for i in range(num_classes)], sites=list(sites),
-                     neurons_per_site={s: units for s in sites}, concept="planted")
+    dm = ArrayData(splits, class_names=[f"c{i}" for i in range(num_classes)], sites=list(sites),
+                   neurons_per_site={s: units for s in sites}, concept="planted", control=ycs)
     return dm, list(planted)
 
 

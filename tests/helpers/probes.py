@@ -64,6 +64,16 @@ def probe_cfg(run_dir, *overrides: str):
 
 
 
+def fit_method(dm, cfg):
+    """The method of ``cfg.method`` (built through ``_target_``, as the CLI builds it) fitted on ``dm``
+    with the run context of ``cfg``: returns ``(ranking, metrics, method)``."""
+    from neurolab.methods import RunContext
+    from neurolab.tasks.pipeline import build_method
+
+    m = build_method(cfg.method).fit(dm, RunContext(cfg=cfg, seed=int(cfg.get("seed") or 0)))
+    return m.ranking_, m.metrics_, m
+
+
 def ewt_datamodule(ewt_dev, minilm_dir, store, run_dir, *overrides: str):
     """``(dm, cfg)``: EWT dev, the packaged MiniLM, all 7 hidden-state sites, UPOS, the default split,
     on the session's store (``ewt_store`` fixture: extracted by the first test that needs it)."""

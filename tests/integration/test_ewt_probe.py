@@ -15,9 +15,9 @@ import pytest
 from neurolab.config import compose
 
 # The defaults: the accuracy probe as configured; the ranking by greedy forward selection for the first 50
-# neurons, then the sparse elastic-net path (probe.ranking.method=forward); retrained probes at lr 1e-2
+# neurons, then the sparse elastic-net path (method.ordering=forward); retrained probes at lr 1e-2
 # (evaluation.retrain_probe). With the path ranking alone the top-1% set retrains to about 0.78, with the older
-# toolkit's cumulative-mass ordering of the accuracy probe's weights (probe.ranking.method=mass) to about 0.61.
+# toolkit's cumulative-mass ordering of the accuracy probe's weights (method.ordering=mass) to about 0.61.
 SETTINGS: list[str] = []
 
 
@@ -28,8 +28,8 @@ def test_ewt_minilm_upos(ewt_dev, minilm_dir, ewt_store, tmp_path, one_thread):
     common = ["corpus=ewt_dev", f"corpus.path={ewt_dev}", f"model.name_or_path={minilm_dir}", "sites=all_layers",
               "concept=upos", "logger=none", "trainer.enable_progress_bar=false", f"store.dir={ewt_store}",
               *SETTINGS]
-    cfg = compose("probe", common + ["evaluation.percentages=[1,5]", "evaluation.random_seeds=[0,1,2]",
-                                     "evaluation.control_on_selected=false", "evaluation.minimal_set.enabled=false"],
+    cfg = compose("probe", common + ["evaluation.percentages=[1,5]", "evaluation.retrain.random_seeds=[0,1,2]",
+                                     "evaluation.control.on_selected=false", "evaluation.minimal=null"],
                   run_dir=tmp_path / "a")
     m = probe(cfg)
     shown = {k: round(v, 4) for k, v in sorted(m.items()) if k.startswith(
@@ -46,8 +46,7 @@ def test_ewt_minilm_upos(ewt_dev, minilm_dir, ewt_store, tmp_path, one_thread):
     assert m["top/acc@5%"] > m["random/acc@5%"] > m["bottom/acc@5%"]
     assert m["selectivity"] > 0.2
     # the same run again (store reused, probe and ranking only): identical ranking.json and accuracy
-    cfg2 = compose("probe", common + ["evaluation.retrain=false", "evaluation.mask=false", "evaluation.control=false",
-                                      "evaluation.minimal_set.enabled=false"], run_dir=tmp_path / "b")
+    cfg2 = compose("probe", common + ["evaluation=[]"], run_dir=tmp_path / "b")
     m2 = probe(cfg2)
     assert (tmp_path / "a" / "ranking.json").read_bytes() == (tmp_path / "b" / "ranking.json").read_bytes()
     assert m2["test/acc"] == m["test/acc"]

@@ -35,17 +35,19 @@ def _mi_bits(log_joint: np.ndarray, y: np.ndarray, log_prior: np.ndarray) -> flo
 
 
 def test_gaussian_selection_on_ewt(ewt_dm):
-    from neurolab.evaluation.suite import retrain_cfg
-    from neurolab.probes.gaussian import build_gaussian, run_gaussian
-    from neurolab.probes.linear import fit_probe
+    from hydra.utils import instantiate
+
+    from neurolab.probes import fit_probe, linear_probe_cfg
+    from neurolab.probes.gaussian import build_gaussian
+    from tests.helpers.probes import fit_method
 
     dm, cfg = ewt_dm
     n = dm.num_features
-    ranking, m = run_gaussian(dm, cfg)
+    ranking, m = fit_method(dm, cfg)[:2]
     path = ranking.extra["path"]
     mi = [r["select_mi_bits"] for r in path]
     k = max(1, round(0.01 * n))
-    lcfg = retrain_cfg(cfg)
+    lcfg = linear_probe_cfg(cfg, cfg.evaluation.retrain_probe)
     acc_top = fit_probe(dm, lcfg, columns=np.sort(ranking.top(k)), save=False)[1]["test/acc"]
     rng = np.random.default_rng(0)
     acc_random = [fit_probe(dm, lcfg, columns=np.sort(rng.choice(n, k, replace=False)), save=False)[1]["test/acc"]
@@ -63,7 +65,7 @@ def test_gaussian_selection_on_ewt(ewt_dm):
     assert mi[0] < 1.5 and 2.5 < mi[-1] and max(mi) < 4.1
     assert m["val/gaussian_acc"] > 0.85
     # the logged MI of the first 5 neurons, recomputed with one Cholesky per subset on the dev rows
-    probe = build_gaussian(cfg.probe, int(dm.num_classes), n)
+    probe = build_gaussian(instantiate(cfg.method.module), int(dm.num_classes), n)
     X, y = dm.arrays("train")
     probe.fit_arrays(X, y)
     probe.finalize()

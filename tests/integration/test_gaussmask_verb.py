@@ -13,7 +13,7 @@ from tests.helpers.evaluation import planted_store, write_tagged_conllu  # noqa:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["logger=none", "trainer.enable_progress_bar=false", "evaluation.percentages=[10,25]",
-        "evaluation.random_seeds=[0]", "evaluation.minimal_set.enabled=false"]
+        "evaluation.retrain.random_seeds=[0]", "evaluation.minimal=null"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def _probe(data, run_dir, *extra):
 
 def test_gaussian_probe_verb(data, tmp_path):
     run = tmp_path / "run"
-    m = _probe(data, run, "probe=gaussian", "probe.k=6")
+    m = _probe(data, run, "probe=gaussian", "method.k=6")
     _, store, planted = data
     r = json.loads((run / "ranking.json").read_text())
     assert r["method"] == "gaussian"
@@ -51,7 +51,7 @@ def test_gaussian_probe_verb(data, tmp_path):
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_neuron_mask_verb(data, tmp_path, precision):
     run = tmp_path / "run"
-    m = _probe(data, run, "probe=neuron_mask", "probe.max_epochs=15", "probe.batch_size=64",
+    m = _probe(data, run, "probe=neuron_mask", "method.max_epochs=15", "method.batch_size=64",
                f"trainer.precision={precision}")
     _, store, planted = data
     ranking = NeuronRanking.from_json(run / "ranking.json")
@@ -66,16 +66,16 @@ def test_gaussian_statistics_ignore_trainer_precision(data, tmp_path):
     """The Gaussian pass sums float64 statistics whatever trainer.precision says (bf16-true would
     otherwise cast the statistics' buffers): the same ranking and selection as at 32-true."""
     from neurolab.data import build_datamodule
-    from neurolab.probes.gaussian import run_gaussian
+    from tests.helpers.probes import fit_method
 
     conllu, store, planted = data
     out = {}
     for prec in ("32-true", "bf16-true"):
         cfg = compose("probe", [f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false", *FAST,
-                                "probe=gaussian", "probe.k=6", f"trainer.precision={prec}"], run_dir=tmp_path / prec)
+                                "probe=gaussian", "method.k=6", f"trainer.precision={prec}"], run_dir=tmp_path / prec)
         dm = build_datamodule(cfg)
         dm.setup()
-        out[prec] = run_gaussian(dm, cfg)
+        out[prec] = fit_method(dm, cfg)[:2]
     (r32, m32), (rbf, mbf) = out["32-true"], out["bf16-true"]
     assert r32.indices.tolist() == rbf.indices.tolist()
     assert set(r32.top(len(planted)).tolist()) == set(planted)

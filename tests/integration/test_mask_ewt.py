@@ -26,17 +26,17 @@ def ewt_dm(ewt_dev, minilm_dir, ewt_store, tmp_path_factory):
 
 
 def test_mask_is_sparse_within_eps_and_its_top_percent_retrains_well(ewt_dm):
-    from neurolab.probes.linear import fit_probe, linear_probe_cfg
-    from neurolab.probes.mask import run_neuron_mask
+    from neurolab.probes import fit_probe
+    from tests.helpers.probes import fit_method
 
     dm, cfg = ewt_dm
     n = dm.num_features
     assert n == 2688
-    ranking, m = run_neuron_mask(dm, cfg)
-    m.pop("_module")
-    eps = float(cfg.probe.module.eps)
+    ranking, m, method = fit_method(dm, cfg)
+    assert method.predictor_ is not None  # the all-neuron probe, for the mask evaluator
+    eps = float(cfg.method.module.eps)
     k = max(1, round(0.01 * n))
-    lcfg = linear_probe_cfg(cfg)
+    lcfg = cfg
     top = ranking.top(k)
     acc_top = fit_probe(dm, lcfg, columns=np.sort(top))[1]["test/acc"]
     rng = np.random.default_rng(0)

@@ -14,13 +14,13 @@ def ewt_dm(ewt_dev, minilm_dir, ewt_store, tmp_path_factory):
 
 
 def test_all_neuron_accuracy_and_identical_rerun(ewt_dm, tmp_path):
-    from neurolab.probes import run_linear
+    from tests.helpers.probes import fit_method
 
     dm, cfg = ewt_dm
     assert dm.num_features == 2688 and dm.num_classes == 17
-    r1, m1 = run_linear(dm, cfg)
+    r1, m1 = fit_method(dm, cfg)[:2]
     assert m1["test/acc"] >= 0.94, m1
-    r2, m2 = run_linear(dm, cfg)
+    r2, m2 = fit_method(dm, cfg)[:2]
     r1.to_json(tmp_path / "a.json")
     r2.to_json(tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()

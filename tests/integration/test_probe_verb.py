@@ -12,7 +12,7 @@ from tests.helpers.evaluation import planted_store, write_tagged_conllu  # noqa:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = ["logger=none", "trainer.enable_progress_bar=false", "probe.batch_size=64", "probe.module.optimizer.lr=0.02",
-        "evaluation.percentages=[10,25]", "evaluation.random_seeds=[0,1]"]
+        "evaluation.percentages=[10,25]", "evaluation.retrain.random_seeds=[0,1]"]
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,8 @@ def test_probe_from_store_and_corpus_alone(data, tmp_path):
 
 def test_same_seed_same_ranking_bytes_and_metrics(data, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    ma = _probe(data, a, "evaluation.minimal_set.enabled=false")
-    mb = _probe(data, b, "evaluation.minimal_set.enabled=false")
+    ma = _probe(data, a, "evaluation.minimal=null")
+    mb = _probe(data, b, "evaluation.minimal=null")
     assert (a / "ranking.json").read_bytes() == (b / "ranking.json").read_bytes()
     strip = lambda m: {k: v for k, v in m.items() if not k.startswith("time/") and "_s" not in k.split("/")[-1]}
     assert strip(ma) == strip(mb)
@@ -69,9 +69,9 @@ def test_evaluate_verb_on_probe_ranking(data, tmp_path):
 
     conllu, store, _ = data
     run = tmp_path / "probe"
-    m = _probe(data, run, "evaluation.minimal_set.enabled=false")
+    m = _probe(data, run, "evaluation.minimal=null")
     cfg = compose("evaluate", [f"ranking={run / 'ranking.json'}", f"store.dir={store.path}", f"corpus.path={conllu}",
-                               *FAST, "evaluation.minimal_set.enabled=false"], run_dir=tmp_path / "eval")
+                               *FAST, "evaluation.minimal=null"], run_dir=tmp_path / "eval")
     e = evaluate(cfg)
     assert (tmp_path / "eval" / "metrics.json").exists()
     # same ranking, data, seed and settings: the same retrained accuracies
@@ -100,7 +100,7 @@ def test_multirun_over_two_seeds(data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "multi"
     argv = ["probe", "-m", "seed=1,2", f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false",
-            *FAST, "evaluation.percentages=[25]", "evaluation.random_seeds=[0]", "evaluation.minimal_set.enabled=false",
+            *FAST, "evaluation.percentages=[25]", "evaluation.retrain.random_seeds=[0]", "evaluation.minimal=null",
             f"hydra.sweep.dir={sweep}"]
     assert main(argv) == 0
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
@@ -116,7 +116,7 @@ def test_multirun_over_two_seeds(data, tmp_path, monkeypatch):
 
 def test_probe_with_lambda_chosen_on_dev(data, tmp_path):
     m = _probe(data, tmp_path / "lam", "evaluation.lambda_search.enabled=true", "evaluation.lambda_search.grid=[0,0.001,10]",
-               "evaluation.retrain=false", "evaluation.minimal_set.enabled=false", "evaluation.control=false")
+               "evaluation=[mask,sites]", fast=FAST[:-1])
     assert m["lambda/chosen"] in (0.0, 0.001)  # λ=10 zeroes every weight: far below the best on dev
     assert m["lambda/acc@10"] < m["lambda/acc@0"] - 0.2
     assert "test/acc" in m and (tmp_path / "lam" / "ranking.json").exists()
@@ -125,10 +125,9 @@ def test_probe_with_lambda_chosen_on_dev(data, tmp_path):
 def test_other_probes_are_evaluated_with_linear_retraining(data, tmp_path):
     """probe=gaussian ranks with its own method; the evaluation retrains *linear* probes, so the
     ranking-independent figures (control task) equal the linear run's."""
-    over = ["evaluation.minimal_set.enabled=false", "evaluation.percentages=[25]", "evaluation.random_seeds=[0]"]
+    over = ["evaluation.minimal=null", "evaluation.percentages=[25]", "evaluation.retrain.random_seeds=[0]"]
     lin = _probe(data, tmp_path / "lin", *over)
-    fast = [f.replace("probe.", "+probe.linear.") if f.startswith("probe.") else f for f in FAST]
-    gau = _probe(data, tmp_path / "gau", "probe=gaussian", *over, fast=fast)
+    gau = _probe(data, tmp_path / "gau", "probe=gaussian", *over)
     assert json.loads((tmp_path / "gau" / "ranking.json").read_text())["method"] != "linear"
     assert gau["control/acc"] == pytest.approx(lin["control/acc"], abs=1e-6)
     assert gau["random/acc@25%"] == pytest.approx(lin["random/acc@25%"], abs=1e-6)

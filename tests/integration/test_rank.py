@@ -11,8 +11,8 @@ from neurolab.corpus import read_conllu
 from neurolab.errors import ConfigError
 from neurolab.store import write_store
 
-FAST_EVAL = ["evaluation.percentages=[10]", "evaluation.random_seeds=[0]", "evaluation.minimal_set.enabled=false",
-             "evaluation.mask=false", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+FAST_EVAL = ["evaluation.percentages=[10]", "evaluation=[retrain,control,sites]", "evaluation.retrain.random_seeds=[0]",
+             "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
 
 
 @pytest.fixture()
@@ -38,7 +38,7 @@ def test_rank_binary_concept_finds_the_planted_neuron(tmp_path, planted_store, m
     if method == "ap":
         over += FAST_EVAL
     else:
-        over += ["~evaluation"]
+        over += ["evaluation=[]"]
     if method == "iou":  # a neuron firing on ~20% of the words: threshold at its top 20%
         over += ["method.quantile=0.8"]
     metrics = rank(compose("rank", over, run_dir=run))
@@ -64,15 +64,15 @@ def test_rank_multiclass_and_errors(tmp_path, planted_store):
     from neurolab.tasks.rank import rank
 
     run = tmp_path / "multi"
-    rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "~evaluation", "viz.enabled=false"], run_dir=run))
+    rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "evaluation=[]", "viz.enabled=false"], run_dir=run))
     r = json.loads((run / "ranking.json").read_text())
     assert r["neurons"][0]["index"] == 17 and "NOUN" in r["extra"]["classes"]
     assert not (run / "pages").exists()
     with pytest.raises(ConfigError, match="positive='NOPE'"):
-        rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "method.positive=NOPE", "~evaluation"],
+        rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "method.positive=NOPE", "evaluation=[]"],
                      run_dir=tmp_path / "bad"))
     with pytest.raises(ConfigError, match="word-level classification"):
-        rank(compose("rank", [f"store.dir={planted_store}", "concept=sentence.length", "~evaluation"],
+        rank(compose("rank", [f"store.dir={planted_store}", "concept=sentence.length", "evaluation=[]"],
                      run_dir=tmp_path / "bad2"))
 
 
@@ -83,7 +83,7 @@ def test_rank_real_minilm_on_demo_corpus(tmp_path, minilm_dir):
 
     run = tmp_path / "real"
     over = [f"model.name_or_path={minilm_dir}", f"store.dir={tmp_path / 'store'}", "method=ap", "concept.value=NOUN",
-            "~evaluation", "viz.top_neurons=3"]
+            "evaluation=[]", "viz.top_neurons=3"]
     metrics = rank(compose("rank", over, run_dir=run))
     r = json.loads((run / "ranking.json").read_text())
     assert len(r["neurons"]) == 2688 and r["concept"] == "upos=NOUN" and isinstance(r["model"], str)
@@ -93,18 +93,21 @@ def test_rank_real_minilm_on_demo_corpus(tmp_path, minilm_dir):
 
 
 def test_rank_pipeline_by_method_name_with_prefix(tmp_path, planted_store):
-    """How `neurolab run` calls it: a method name, a metrics prefix, outputs beside the probe's."""
-    from neurolab.store import ActivationStore
-    from neurolab.tasks.rank import method_config, rank_pipeline
+    """How `neurolab run` calls it: a method by name, a metrics prefix, outputs beside the probe's."""
+    from neurolab.config import group_option
+    from neurolab.data import build_datamodule
+    from neurolab.tasks.pipeline import rank_pipeline
 
-    cfg = compose("run", [f"store.dir={planted_store}", "concept.value=NOUN", "logger=none"], run_dir=tmp_path / "r")
-    res = rank_pipeline(cfg, ActivationStore.open(planted_store), tmp_path / "r", method_cfg="selectivity",
-                        prefix="selectivity/", evaluate=False)
+    cfg = compose("run", [f"store.dir={planted_store}", "concept.value=NOUN", "logger=none", "evaluation=[]"],
+                  run_dir=tmp_path / "r")
+    dm = build_datamodule(cfg)
+    res = rank_pipeline(cfg, dm, tmp_path / "r", method_node=group_option("method", "selectivity"),
+                        prefix="selectivity/", pages=True)
     assert res.ranking.indices[0] == 17 and "selectivity/rank/rows" in res.metrics
     assert (tmp_path / "r" / "selectivity_ranking.json").exists()
     assert (tmp_path / "r" / "selectivity" / "pages" / "index.html").exists()
-    with pytest.raises(ConfigError, match="no such method"):
-        method_config("nope")
+    with pytest.raises(ConfigError, match="no such option"):
+        group_option("method", "nope")
 
 
 @pytest.mark.slow
@@ -113,7 +116,7 @@ def test_rank_logs_pages_tables_and_images_to_wandb_offline(tmp_path, planted_st
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "wb"
-    rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "concept.value=NOUN", "~evaluation",
+    rank(compose("rank", [f"store.dir={planted_store}", "method=ap", "concept.value=NOUN", "evaluation=[]",
                           "logger=wandb", "viz.top_neurons=2"], run_dir=run))
     media = list((run / "wandb").glob("offline-run-*/files/media"))
     assert media, "no offline W&B run with media"

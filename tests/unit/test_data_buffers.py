@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from neurolab.data.buffers import BatchRing
-from neurolab.probes.batches import TensorBatches
+from neurolab.data.batches import TensorBatches
 
 
 def test_ring_reuses_only_released_buffers():

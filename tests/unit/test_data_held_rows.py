@@ -13,7 +13,7 @@ from neurolab.corpus import split_sentences
 from neurolab.corpus.concepts import ColumnConcept
 from neurolab.data import ActivationDataModule
 from neurolab.data.reader import RowReader, raw_to_float32
-from neurolab.probes.batches import TensorBatches
+from neurolab.data.batches import TensorBatches
 from neurolab.store.format import from_storage
 from tests.helpers.data import random_corpus, store_for
 

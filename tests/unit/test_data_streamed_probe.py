@@ -39,7 +39,7 @@ def test_streamed_and_in_memory_probes_use_probe_batch_size(tmp_path, monkeypatc
     dm = planted_datamodule(tmp_path, num_sentences=120, memory_budget_mb=budget, batch_size=512)
     assert dm.in_memory == (budget > 0)
     steps = _Steps()
-    import neurolab.probes.linear as linear
+    import neurolab.probes.training as linear
 
     orig = linear.trainer_from_cfg
 

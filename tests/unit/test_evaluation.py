@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from neurolab.config import compose
-from neurolab.evaluation import evaluate_ranking, masked_accuracy, minimal_neuron_set, select_lambda, sizes_from_config
+from neurolab.evaluation import ProbeJob, Retrainer, evaluate_ranking, masked_accuracy, minimal_neuron_set, sizes_from_config
+from neurolab.probes.lambda_search import choose_lambda, select_lambda, with_lambda
 from neurolab.ranking import NeuronRanking
 from tests.helpers.evaluation import planted_data  # noqa: F401
 
@@ -20,7 +21,7 @@ def planted():
 def _cfg(tmp_path, *extra):
     return compose("probe", ["logger=none", "trainer.enable_progress_bar=false", "probe.batch_size=256", "probe.module.optimizer.lr=0.03",
                              "evaluation.percentages=[5,25]",
-                             "evaluation.random_seeds=[0,1,2]", *extra], run_dir=tmp_path)
+                             "evaluation.retrain.random_seeds=[0,1,2]", *extra], run_dir=tmp_path)
 
 
 def _ranking(dm, order):
@@ -74,10 +75,9 @@ def test_bank_equals_separate_probes(planted, tmp_path):
     dm, plant = planted
     rest = [i for i in range(dm.num_features) if i not in plant]
     ranking = _ranking(dm, plant + rest)
-    over = ["evaluation.minimal_set.enabled=false", "evaluation.mask=false", "evaluation.random_seeds=[0]",
-            "evaluation.percentages=[5]"]
+    over = ["evaluation=[retrain,control,sites]", "evaluation.retrain.random_seeds=[0]", "evaluation.percentages=[5]"]
     a = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over))
-    b = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over, "+evaluation.bank=false"))
+    b = evaluate_ranking(ranking, dm, _cfg(tmp_path, *over, "evaluation.bank=false"))
     # two banks: the all-neuron probes (task and control, as the probe is configured) and the retrained ones
     assert a["eval/probe_banks"] == 2 and b["eval/probe_banks"] == 0
     for k, v in a.items():
@@ -86,29 +86,30 @@ def test_bank_equals_separate_probes(planted, tmp_path):
 
 
 def test_banked_retraining_keeps_proximal_l1_and_the_retrain_overrides(planted, tmp_path):
-    from neurolab.evaluation.suite import _Trainer
+    from neurolab.evaluation.masking import probe_weights
     from neurolab.probes import fit_probe
 
     dm, plant = planted
     cfg = _cfg(tmp_path, "regularization.l1_mode=proximal", "regularization.lambda_l1=0.02",
                "evaluation.retrain_probe.module.optimizer.lr=0.2")
-    tr = _Trainer(dm, cfg)
+    tr = Retrainer(dm, cfg, retrain_probe=cfg.evaluation.retrain_probe)
     assert tr.cfg.probe.module.optimizer.lr == 0.2 and tr.cfg_all.probe.module.optimizer.lr == 0.03
     cols = np.arange(0, dm.num_features, 2)
-    res = tr.many([("all", None, False), ("half", cols, False)])
-    bank, k = tr.bank_of["all"]
-    W = bank.weight_matrix(k)
+    all_job, half = ProbeJob("all", None, kind="all"), ProbeJob("half", cols)
+    tr.train([all_job, half])
+    assert tr.banks == 2 and tr.num_fits == 2
+    W = probe_weights(tr.predictor(all_job))[0]
     single, m_all = fit_probe(tr.dm, tr.cfg_all, save=False)  # all neurons: the probe's own settings
     Ws = single.weight_matrix
     assert (Ws == 0).mean() > 0.3  # proximal L1 at this lambda zeroes many weights
     assert ((W == 0) == (Ws == 0)).mean() > 0.97
-    assert res["all"][0] == pytest.approx(m_all["test/acc"], abs=0.01)
+    assert tr.score(all_job) == pytest.approx(m_all["test/acc"], abs=0.01)
+    # asking again (under another name) trains nothing
+    assert tr.score(ProbeJob("again", cols)) == tr.score(half) and tr.num_fits == 2
     # selected neurons: the retrain overrides (a 0.2 learning rate gives other weights than 0.03)
-    bank_h, k_h = tr.bank_of["half"]
-    _, m_fast = fit_probe(tr.dm, tr.cfg, columns=cols, save=False)
     slow, _ = fit_probe(tr.dm, tr.cfg_all, columns=cols, save=False)
     fast, _ = fit_probe(tr.dm, tr.cfg, columns=cols, save=False)
-    Wh = bank_h.weight_matrix(k_h)
+    Wh = probe_weights(tr.predictor(half))[0]
     assert np.abs(Wh - fast.weight_matrix).max() < 0.1 * np.abs(fast.weight_matrix).max()
     assert np.abs(Wh - slow.weight_matrix).max() > np.abs(Wh - fast.weight_matrix).max()
 
@@ -149,8 +150,6 @@ def test_select_lambda_largest_within_tolerance():
 
 
 def test_choose_lambda_on_dev(planted, tmp_path):
-    from neurolab.evaluation import choose_lambda, with_lambda
-
     dm, _ = planted
     cfg = _cfg(tmp_path)
     lam, m = choose_lambda(dm, cfg, grid=[0.0, 1e-3, 1.0], tolerance=0.01)

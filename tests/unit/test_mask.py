@@ -55,7 +55,7 @@ def test_kl_divergence_matches_numpy():
 def test_probe_mode_keeps_the_five_informative_neurons():
     from sklearn.linear_model import LogisticRegression
 
-    from neurolab.probes.batches import TensorDataModule
+    from neurolab.data.batches import TensorDataModule
 
     rng = np.random.default_rng(0)
     n, D = 5000, 200
@@ -98,7 +98,7 @@ def test_annealing_orders_the_survivors_by_signal_strength():
     order; the constrained solution is restored afterwards."""
     from sklearn.linear_model import LogisticRegression
 
-    from neurolab.probes.batches import TensorDataModule
+    from neurolab.data.batches import TensorDataModule
 
     rng = np.random.default_rng(0)
     n, D = 5000, 200
@@ -147,7 +147,7 @@ def test_gates_close_once_a_huge_multiplier_has_fallen():
     """The constraint always holds (eps far above any divergence), so lambda falls from 1e5 and the L0
     objective alone must close every gate: the gates' gradients must not keep a lambda-sized scale
     (Adam's second moment would freeze them) nor vanish at saturated log_alpha."""
-    from neurolab.probes.batches import TensorDataModule
+    from neurolab.data.batches import TensorDataModule
 
     pl.seed_everything(0, verbose=False)
     D = 30

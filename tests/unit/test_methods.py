@@ -9,10 +9,13 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from neurolab.errors import ConfigError
+from neurolab.data import ChunkSource, row_labels
 from neurolab.methods import (
-    APRanker, ChunkSource, ClassHistogram, ClassMoments, ConceptSearch, IoURanker, ProbelessRanker, RANKERS, SelectivityRanker,
-    TopActivations, compute_stats, fit_rankers, row_labels,
+    APRanker, ClassHistogram, ClassMoments, ConceptSearch, IoURanker, ProbelessRanker, SelectivityRanker,
+    TopActivations, compute_stats, fit_rankers,
 )
+
+RANKERS = {"probeless": ProbelessRanker, "selectivity": SelectivityRanker, "iou": IoURanker, "ap": APRanker}
 from neurolab.store import write_store
 
 

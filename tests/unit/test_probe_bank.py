@@ -173,7 +173,7 @@ def test_bank_penalty_gradient_matches_autograd():
 
 def test_bank_trains_on_float16_arrays(dm, tmp_path):
     """Features held as float16 (converted per batch) train the same probes as their float32 values."""
-    from neurolab.probes import ArrayData
+    from neurolab.data import ArrayData
 
     X = {s: dm.arrays(s)[0].astype(np.float16) for s in ("train", "val", "test")}
     splits = {s: (X[s].astype(np.float32), dm.arrays(s)[1]) for s in X}

@@ -7,7 +7,8 @@ import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from neurolab.errors import ConfigError
-from neurolab.probes import ArrayData, run_linear
+from neurolab.data import ArrayData
+from tests.helpers.probes import fit_method
 from neurolab.probes.forward import _refit, forward_select
 from tests.helpers.probes import PLANTED, planted_datamodule, planted_index
 from tests.helpers.probes import probe_cfg as _probe_cfg
@@ -96,29 +97,29 @@ def _arraydata(X, y):
     return ArrayData.from_split(X, y, class_names=["a", "b", "c"])
 
 
-def test_forward_ranking_through_run_linear(tmp_path):
+def test_forward_ranking_through_the_linear_method(tmp_path):
     X, y = _data(n=1200, f=24)
     dm = _arraydata(X, y)
-    cfg = _probe_cfg(tmp_path, "probe.ranking.method=forward", "probe.ranking.forward.k=3",
-                     "probe.ranking.forward.then=mass", "trainer.max_epochs=3")
-    ranking, metrics = run_linear(dm, cfg)
+    cfg = _probe_cfg(tmp_path, "method.ordering=forward", "method.forward.k=3",
+                     "method.forward.then=mass", "trainer.max_epochs=3")
+    ranking, metrics = fit_method(dm, cfg)[:2]
     assert set(ranking.indices[:3].tolist()) == {4, 11, 23}
     assert sorted(ranking.indices.tolist()) == list(range(24))
     s = ranking.scores
     assert np.all(np.diff(s) <= 0) and s[2] > s[3]
     assert ranking.extra["ordering"] == "forward+mass" and ranking.extra["forward_k"] == 3
     assert metrics["forward/val_acc@1"] <= metrics["forward/val_acc@3"]
-    again, _ = run_linear(dm, cfg)
+    again, _ = fit_method(dm, cfg)[:2]
     assert again.to_dict() == ranking.to_dict()
     with pytest.raises(ConfigError, match="forward.then"):
-        run_linear(dm, _probe_cfg(tmp_path, "probe.ranking.forward.then=random"))
+        fit_method(dm, _probe_cfg(tmp_path, "method.forward.then=random"))
 
 
 def test_forward_is_the_default_and_finds_planted_neurons(tmp_path):
     planted = planted_datamodule(tmp_path / "planted")
     planted_ix = {planted_index(*v) for v in PLANTED.values()}
-    cfg = _probe_cfg(tmp_path, "probe.ranking.forward.k=4", "trainer.max_epochs=3")
-    assert cfg.probe.ranking.method == "forward"
-    ranking, _ = run_linear(planted, cfg)
+    cfg = _probe_cfg(tmp_path, "method.forward.k=4", "trainer.max_epochs=3")
+    assert cfg.method.ordering == "forward"
+    ranking, _ = fit_method(planted, cfg)[:2]
     assert set(ranking.indices[:4].tolist()) == planted_ix
     assert ranking.extra["ordering"] == "forward+path"

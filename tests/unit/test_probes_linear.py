@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from neurolab.errors import ConfigError
-from neurolab.probes import LinearProbe, Regularization, fit_probe, load_probe, run_linear
+from neurolab.probes import LinearProbe, Regularization, fit_probe, load_probe
+from tests.helpers.probes import fit_method
 from tests.helpers.probes import PLANTED, planted_datamodule, planted_index
 from tests.helpers.probes import probe_cfg as _probe_cfg
 
@@ -98,7 +99,7 @@ def planted(tmp_path_factory):
 
 def test_planted_neurons_lead_the_ranking(planted, tmp_path):
     cfg = probe_cfg(tmp_path)
-    ranking, metrics = run_linear(planted, cfg)
+    ranking, metrics = fit_method(planted, cfg)[:2]
     planted_ix = {planted_index(*v) for v in PLANTED.values()}
     assert set(ranking.indices[:4].tolist()) == planted_ix
     # sklearn's logistic regression on the same data agrees on the accuracy
@@ -126,8 +127,8 @@ def test_planted_neurons_lead_the_ranking(planted, tmp_path):
 
 
 def test_same_seed_same_ranking_bytes(planted, tmp_path):
-    a, _ = run_linear(planted, probe_cfg(tmp_path / "a"))
-    b, _ = run_linear(planted, probe_cfg(tmp_path / "b"))
+    a, _ = fit_method(planted, probe_cfg(tmp_path / "a"))[:2]
+    b, _ = fit_method(planted, probe_cfg(tmp_path / "b"))[:2]
     a.to_json(tmp_path / "a.json")
     b.to_json(tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
@@ -152,7 +153,7 @@ def test_streaming_datamodule(tmp_path):
     """Data that does not fit the memory budget is trained from the DataModule's streaming loaders."""
     dm = planted_datamodule(tmp_path, memory_budget_mb=0)
     assert not dm.in_memory
-    ranking, met = run_linear(dm, probe_cfg(tmp_path))
+    ranking, met = fit_method(dm, probe_cfg(tmp_path))[:2]
     assert set(ranking.indices[:4].tolist()) == {planted_index(*v) for v in PLANTED.values()}
     assert met["test/acc"] > 0.75
 
@@ -167,14 +168,14 @@ def test_early_stopping_and_scheduler(planted, tmp_path):
 
 
 def test_regression_probe(tmp_path):
-    from neurolab.probes import ArrayData
+    from neurolab.data import ArrayData
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(800, 6)).astype(np.float32)
     t = (2 * X[:, 4] - X[:, 1] + 0.1 * rng.normal(size=800)).astype(np.float32)
     dm = ArrayData.from_split(X, t, task="regression")
-    ranking, met = run_linear(dm, probe_cfg(tmp_path, "regularization=none", "probe.module.optimizer.lr=0.05",
-                                            "trainer.max_epochs=30"))
+    ranking, met = fit_method(dm, probe_cfg(tmp_path, "regularization=none", "probe.module.optimizer.lr=0.05",
+                                            "trainer.max_epochs=30"))[:2]
     from sklearn.metrics import r2_score
     from sklearn.linear_model import LinearRegression
 
@@ -266,7 +267,7 @@ def test_lightning_steps_equal_a_manual_loop_with_the_penalty_in_the_graph(tmp_p
     clipped, where the penalty counts once per step and before clipping)."""
     import pytorch_lightning as pl
 
-    from neurolab.probes.batches import TensorBatches, TensorDataModule
+    from neurolab.data.batches import TensorBatches, TensorDataModule
 
     rng = np.random.default_rng(5)
     X = torch.from_numpy(rng.normal(size=(256, 6)).astype(np.float32))  # 4 batches of 64: 2 windows of 2
@@ -312,7 +313,7 @@ def test_lightning_steps_equal_a_manual_loop_with_the_penalty_in_the_graph(tmp_p
 
 def test_validation_metrics_count_with_bincount_in_a_deterministic_fit(tmp_path, monkeypatch):
     """trainer.deterministic=true (the default): the per-epoch dev metrics still use bincount."""
-    from neurolab.probes.batches import TensorDataModule
+    from neurolab.data.batches import TensorDataModule
 
     import pytorch_lightning as pl
 

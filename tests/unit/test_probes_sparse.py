@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from neurolab.errors import ConfigError
-from neurolab.probes import Regularization, fit_probe, run_linear
+from neurolab.probes import Regularization, fit_probe
+from tests.helpers.probes import fit_method
 from neurolab.probes.ranking import path_order
 from neurolab.probes.regularization import proximal_l1_, soft_threshold_
 from tests.helpers.probes import PLANTED, planted_datamodule, planted_index
@@ -113,13 +114,13 @@ def test_sparse_fit_keeps_planted_neurons(planted, tmp_path):
 
 def test_path_ranking_puts_planted_first(planted, tmp_path):
     planted_ix = {planted_index(*v) for v in PLANTED.values()}
-    cfg = probe_cfg(tmp_path, "probe.ranking.method=path", "probe.ranking.path_lambdas=[0.05,0.01]")
-    ranking, metrics = run_linear(planted, cfg)
+    cfg = probe_cfg(tmp_path, "method.ordering=path", "method.path_lambdas=[0.05,0.01]")
+    ranking, metrics = fit_method(planted, cfg)[:2]
     assert set(ranking.indices[:4].tolist()) == planted_ix
     assert sorted(ranking.indices.tolist()) == list(range(24))
     assert ranking.extra["ordering"] == "path"
     assert metrics["path/nonzero@0.05"] <= metrics["path/nonzero@0.01"]
     s = np.array([n.score for n in ranking.neurons])
     assert np.all(np.diff(s) <= 0)
-    with pytest.raises(ConfigError, match="ranking.method"):
-        run_linear(planted, probe_cfg(tmp_path, "probe.ranking.method=lars"))
+    with pytest.raises(ConfigError, match="method.ordering"):
+        fit_method(planted, probe_cfg(tmp_path, "method.ordering=lars"))

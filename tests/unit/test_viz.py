@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from neurolab.corpus import read_conllu
-from neurolab.methods import APRanker, ChunkSource, row_labels
+from neurolab.data import ChunkSource, row_labels
+from neurolab.methods import APRanker
 from neurolab.store import write_store
 from neurolab.viz.html import NEGATIVE_RGB, POSITIVE_RGB, activation_color, neuron_page, sentence_html, write_pages
 
@@ -55,7 +56,11 @@ def test_write_pages_from_store_and_corpus(tmp_path, demo_conllu):
     labels = row_labels(store, [["NOUN" if u == "NOUN" else "rest" for u in s.annotations["upos"]] for s in corpus])
     r = APRanker(positive="NOUN").fit(ChunkSource.from_store(store, labels), concept="upos=NOUN")
     assert r.ranking_.names[0] == "layers.0:3"
-    out = write_pages(tmp_path / "run", r.ranking_, store, corpus, top_neurons=3, k=10, columns=["upos", "deprel"])
+    from neurolab.methods.concept_search import describe_neurons
+
+    reports = describe_neurons(r.ranking_, store, corpus, top_neurons=3, k=10, columns=["upos", "deprel"])
+    assert [rep.name for rep in reports] == r.ranking_.names[:3]
+    out = write_pages(tmp_path / "run", r.ranking_, reports, site_counts=r.ranking_.by_site("10%"))
     assert out["index"].exists() and len(out["neurons"]) == 3
     top = out["descriptions"]["layers.0:3"]
     assert top[0]["column"] == "upos" and top[0]["value"] == "NOUN" and top[0]["precision"] == 1.0

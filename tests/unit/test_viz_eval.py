@@ -18,7 +18,7 @@ def _ranking():
 def test_site_distribution_plot(tmp_path):
     r = _ranking()
     assert r.by_site("50%") == {"embeddings": 10, "layers.0": 5, "layers.1": 0}
-    p = plot_site_distribution(r, "50%", tmp_path / "sites.png")
+    p = plot_site_distribution(r.by_site("50%"), tmp_path / "sites.png")
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import pytorch_lightning as pl
 import torch
 
-from ..data.buffers import BatchRing
+from .buffers import BatchRing
 
 __all__ = ["TensorBatches", "TensorDataModule"]
 

@@ -1,5 +1,5 @@
-"""``ArrayData``: labelled activation matrices already in memory, with the probe-facing part of the
-``ActivationDataModule`` interface (``arrays``, ``iter_chunks``, ``subset``, ``num_features`` ...).
+"""``ArrayData``: labelled activation matrices already in memory, as a :class:`~neurolab.data.ConceptData`
+(the interface methods and evaluators use; an ``ActivationDataModule`` is the other implementation).
 
 For activations that come from elsewhere as numpy arrays (another toolkit, a notebook, a synthetic
 test). Labels are class indices into ``class_names`` (classification) or floats (regression).
@@ -15,9 +15,13 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .source import ChunkSource
 
 __all__ = ["ArrayData"]
 
@@ -28,7 +32,8 @@ class ArrayData:
     def __init__(self, splits: Mapping[str, tuple[np.ndarray, np.ndarray]], *, class_names: Sequence[str] | None = None,
                  task: str = "classification", sites: Sequence[str] | None = None,
                  neurons_per_site: Mapping[str, int] | None = None, columns: np.ndarray | None = None,
-                 concept: str = "", class_weights=None):
+                 concept: str = "", class_weights=None, positive: str | None = None,
+                 control: Mapping[str, np.ndarray] | None = None):
         self._splits = {k: (np.asarray(v[0], dtype=np.float32), np.asarray(v[1])) for k, v in splits.items()}
         F = next(iter(self._splits.values()))[0].shape[1]
         for k, (X, y) in self._splits.items():
@@ -53,6 +58,26 @@ class ArrayData:
             raise ValueError(f"{F} features but {len(self.columns)} columns")
         self.concept = concept
         self.class_weights = class_weights
+        self.positive_class = positive
+        self.batch_size = 512
+        self._control = None if control is None else {k: np.asarray(v) for k, v in control.items()}
+
+    # -- ConceptData ---------------------------------------------------------------------------------
+    @property
+    def concept_name(self) -> str:
+        return str(self.concept or "")
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    @property
+    def store(self) -> Any:
+        return None
+
+    @property
+    def corpus(self) -> Any:
+        return None
 
     @classmethod
     def from_split(cls, X: np.ndarray, y: np.ndarray, *, fractions=(0.8, 0.1), **kw) -> "ArrayData":
@@ -77,10 +102,57 @@ class ArrayData:
     def row_ids(self, split: str) -> np.ndarray:
         return np.arange(len(self.arrays(split)[0]), dtype=np.int64)
 
-    def iter_chunks(self, split: str, chunk_rows: int = 65536, normalize: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def targets(self, split: str) -> np.ndarray:
+        return self.arrays(split)[1].copy()
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split as float32 tensors (no normalisation: :meth:`norm_tensors` is None)."""
         X, y = self.arrays(split)
-        for a in range(0, len(X), chunk_rows):
-            yield X[a:a + chunk_rows], y[a:a + chunk_rows]
+        return torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.ascontiguousarray(y))
+
+    def norm_tensors(self) -> None:
+        return None
+
+    # Lightning loaders (one process: the batches are not sharded across DDP ranks)
+    def _batches(self, split: str, batch_size: int | None, shuffle: bool):
+        from .batches import TensorBatches
+
+        return TensorBatches(*self.tensors(split), int(batch_size or self.batch_size), shuffle=shuffle, seed=0)
+
+    def train_dataloader(self, batch_size: int | None = None):
+        return self._batches("train", batch_size, True)
+
+    def val_dataloader(self, batch_size: int | None = None):
+        return self._batches("val", batch_size, False)
+
+    def eval_batches(self, split: str, batch_size: int | None = None):
+        for x, y, _ in self._batches(split, batch_size, False):
+            yield x, y
+
+    def raw_source(self, split: str = "train", chunk_rows: int = 8192) -> ChunkSource:
+        """The split's rows and class codes as a :class:`ChunkSource` (the arrays as given)."""
+        if self.task != "classification":
+            raise ConfigError("the corpus-based methods need a classification concept, not a regression one")
+        X, y = self.arrays(split)
+        return ChunkSource.from_arrays(X, y, class_names=self.class_names, sites=self.sites,
+                                       neurons_per_site=self.neurons_per_site if len(self.columns) == sum(
+                                           self.neurons_per_site[s] for s in self.sites) else None,
+                                       chunk_rows=chunk_rows)
+
+    def with_control(self) -> "ArrayData":
+        """The same features with the control-task labels given as ``control={split: labels}``."""
+        if self._control is None:
+            raise ConfigError("ArrayData: no control-task labels were given (control={split: labels})")
+        return ArrayData({k: (X, self._control[k]) for k, (X, _) in self._splits.items()},
+                         class_names=self.class_names or None, task=self.task, sites=self.sites,
+                         neurons_per_site=self.neurons_per_site, columns=self.columns, concept=self.concept,
+                         class_weights=self.class_weights)
+
+    def iter_chunks(self, split: str, chunk_rows: int | None = 65536, normalize: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        X, y = self.arrays(split)
+        step = int(chunk_rows or 65536)
+        for a in range(0, len(X), step):
+            yield X[a:a + step], y[a:a + step]
 
     def subset(self, neurons: Sequence[int] | np.ndarray) -> "ArrayData":
         """Only the given neurons (indices into the full concatenation of ``sites``)."""
@@ -92,4 +164,5 @@ class ArrayData:
             raise ValueError(f"neuron {e.args[0]} is not among this data's columns") from None
         return ArrayData({k: (X[:, local], y) for k, (X, y) in self._splits.items()}, class_names=self.class_names or None,
                          task=self.task, sites=self.sites, neurons_per_site=self.neurons_per_site,
-                         columns=self.columns[local], concept=self.concept, class_weights=self.class_weights)
+                         columns=self.columns[local], concept=self.concept, class_weights=self.class_weights,
+                         positive=self.positive_class, control=self._control)

@@ -60,9 +60,6 @@ def choose_lambda(
 ) -> tuple[float, dict[str, float]]:
     """Choose λ on dev (see the module docstring). Returns ``(λ, metrics)`` with metrics
     ``lambda/chosen`` and ``lambda/val_acc@<λ>`` for each grid value."""
-    from ..probes.linear import linear_probe_cfg
-
-    cfg = linear_probe_cfg(cfg)
     ls = cfg.get("evaluation", {}).get("lambda_search", {}) if cfg.get("evaluation") is not None else {}
     grid = [float(x) for x in (grid if grid is not None else ls.get("grid", [0.0, 1e-5, 1e-4, 1e-3, 1e-2]))]
     tolerance = float(tolerance if tolerance is not None else ls.get("tolerance", 0.005))
@@ -72,7 +69,7 @@ def choose_lambda(
         raise ConfigError("evaluation.lambda_search needs regularization=elasticnet|l1|l2, not none")
     scores = _bank_scores(dm, cfg, grid, metric)
     if scores is None:
-        from ..probes import fit_probe
+        from .training import fit_probe
 
         scores = {}
         for lam in grid:
@@ -92,19 +89,11 @@ def choose_lambda(
 def _bank_scores(dm, cfg, grid, metric):
     """Dev scores of all λ from one :class:`~neurolab.probes.ProbeBank` pass (the probes share all
     columns, so they are one stacked weight tensor); None when a bank cannot be used here."""
-    try:
-        from ..probes import ProbeSpec, fit_probe_bank
-        from ..probes.regularization import Regularization
-    except ImportError:
+    from .bank import ProbeSpec, fit_probe_bank
+    from .regularization import Regularization
+
+    if dm.task != "classification" or not dm.in_memory:
         return None
-    if getattr(dm, "task", "classification") != "classification":
-        return None
-    if hasattr(dm, "in_memory"):
-        try:
-            if not dm.in_memory:
-                return None
-        except Exception:
-            return None
     specs = []
     for lam in grid:
         reg = Regularization.from_cfg(with_lambda(cfg, lam).regularization)
