@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -85,9 +85,3 @@ def output_dir(cfg: DictConfig) -> Path:
     p = Path(str(d))
     p.mkdir(parents=True, exist_ok=True)
     return p
-
-
-def to_plain(cfg: Any) -> Any:
-    if isinstance(cfg, DictConfig) or OmegaConf.is_config(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg

@@ -29,7 +29,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import ConfigError
 from .types import Corpus, CorpusFormatError
@@ -440,14 +440,3 @@ class SentenceLengthConcept(Concept):
             if n <= b:
                 return f"len<={b}"
         return f"len>{self.bands[-1]}"
-
-
-def label_counts(labels: Iterable) -> Counter:
-    """Counts of the labels (flattening word-level labels); ``None`` counted under ``None``."""
-    c: Counter = Counter()
-    for x in labels:
-        if isinstance(x, list):
-            c.update(x)
-        else:
-            c[x] += 1
-    return c

@@ -41,23 +41,22 @@ Example::
 from __future__ import annotations
 
 import logging
-import mmap
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, IterableDataset
 
 from ..corpus.concepts import CLASSIFICATION, REGRESSION, SENTENCE, Concept
 from ..corpus.control import control_task
 from ..corpus.types import Corpus
 from ..errors import ConfigError
-from ..store.format import StoreMismatchError
 from .buffers import BatchRing
-from .plan import chunk_ids, make_plan, num_batches_per_rank
+from .join import OTHER, Examples, balance, check_corpus, join_labels, store_keys
+from .plan import chunk_ids
 from .reader import RowReader, raw_to_float32
+from .streaming import _BufferSlot, _EpochLoader, _fork_ok, _Norm, _Source, _StreamDataset
 from .sites import select_sites
 from .source import ChunkSource, row_labels, rows_of_sentences
 
@@ -67,7 +66,6 @@ __all__ = ["ActivationDataModule", "build_datamodule", "SPLITS", "OTHER"]
 
 SPLITS = ("train", "dev", "test")
 ALIASES = {"train": "train", "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev", "test": "test"}
-OTHER = "__other__"
 NORMALIZE = ("zscore", "none")
 BALANCE = ("none", "undersample", "class_weights")
 UNSEEN = ("drop", "error", "other")
@@ -79,312 +77,6 @@ def _split_name(split: str) -> str:
         return ALIASES[str(split)]
     except KeyError:
         raise ConfigError(f"unknown split {split!r}; expected one of train, dev (val), test") from None
-
-
-def _corpus_source(corpus: Corpus) -> str:
-    src = corpus.sentences[0].source if corpus.sentences else None
-    if src:
-        return src.rsplit(":", 1)[0]
-    return "<in memory>"
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-# ---------------------------------------------------------------------------------------------
-# examples of one split
-# ---------------------------------------------------------------------------------------------
-class _Examples:
-    """The examples of one split: store row ranges ``[start, start + length)`` (``length`` None: one
-    row each) and targets."""
-
-    def __init__(self, start: np.ndarray, length: np.ndarray | None, y: np.ndarray):
-        self.start, self.length, self.y = start, length, y
-
-    def __len__(self) -> int:
-        return len(self.start)
-
-    def take(self, idx: np.ndarray) -> "_Examples":
-        return _Examples(self.start[idx], None if self.length is None else self.length[idx], self.y[idx])
-
-    @property
-    def rows(self) -> int:
-        return len(self.start) if self.length is None else int(self.length.sum())
-
-    def lengths(self, idx: np.ndarray | None = None):
-        if self.length is None:
-            return None
-        return self.length if idx is None else self.length[idx]
-
-
-def _is_identity(keys: np.ndarray, lens: np.ndarray, block: int = 1 << 20) -> bool:
-    """Whether the store rows are exactly the corpus words in order (checked block by block)."""
-    n = int(lens.sum())
-    if len(keys) != n:
-        return False
-    starts = np.cumsum(lens) - lens
-    for a in range(0, n, block):
-        b = min(a + block, n)
-        pos = np.arange(a, b, dtype=np.int64)
-        s = np.searchsorted(starts, pos, side="right") - 1
-        if not np.array_equal(keys[a:b], (s << 32) | (pos - starts[s])):
-            return False
-    return True
-
-
-def _store_keys(store) -> np.ndarray:
-    """``sentence << 32 | word`` of every row of ``store``, shard by shard, without caching."""
-    from ..store.format import INDEX_FILE, SHARDS
-
-    out = np.empty(store.num_tokens, dtype=np.int64)
-    at = 0
-    for sh in store.shards:
-        f = Path(store.path) / SHARDS / sh["dir"] / INDEX_FILE
-        idx = np.load(f, mmap_mode="r", allow_pickle=False)
-        n = idx.shape[0]
-        out[at:at + n] = (idx[:, 0].astype(np.int64) << 32) | idx[:, 1].astype(np.int64)
-        at += n
-        del idx
-    if at != len(out):
-        raise StoreMismatchError(f"store {store.path}: index files hold {at} rows, the manifest {len(out)}")
-    return out
-
-
-class _Source:
-    """Produces feature blocks for example index arrays: from the shard files or from memory.
-
-    Blocks are in the *held* type: the store's element type (``RowReader.raw_dtype``) for one row
-    per example, float32 for pooled sentence rows; :meth:`_Norm.apply` turns them into normalised
-    float32 batch by batch.
-    """
-
-    def __init__(self, reader: RowReader | None, memory: np.ndarray | None, pooled: bool):
-        self.reader, self.memory, self.pooled = reader, memory, pooled
-
-    def load_indirect(self, ex: _Examples, idx: np.ndarray, buf: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """``(block, pos)`` with the features of example ``idx[i]`` in ``block[pos[i]]`` (no reordering
-        copy); rows read from the store go into ``buf`` (held type, at least ``len(idx)`` rows) if given."""
-        if self.memory is not None:
-            return self.memory, idx
-        if ex.length is not None:
-            return self.load(ex, idx), np.arange(len(idx))
-        starts = ex.start[idx]
-        order = np.argsort(starts, kind="stable")
-        block = self.reader.read_rows(starts[order], raw=True, out=None if buf is None else buf[:len(idx)])
-        pos = np.empty(len(idx), dtype=np.int64)
-        pos[order] = np.arange(len(idx))
-        return block, pos
-
-    def load(self, ex: _Examples, idx: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Held-type ``[len(idx), F]`` raw features of examples ``idx`` read from the store (into
-        ``out`` when given: rows in increasing store order are read straight into it)."""
-        starts, lens = ex.start[idx], ex.lengths(idx)
-        if lens is None:
-            if len(starts) < 2 or bool(np.all(starts[1:] > starts[:-1])):
-                return self.reader.read_rows(starts, out=out, raw=True)
-            order = np.argsort(starts, kind="stable")
-            block = self.reader.read_rows(starts[order], raw=True)
-            if out is None:
-                out = np.empty_like(block)
-            out[order] = block
-            return out
-        total = int(lens.sum())
-        offs = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-        rows = np.repeat(starts, lens) + (np.arange(total, dtype=np.int64) - np.repeat(offs, lens))
-        order = np.argsort(rows, kind="stable")
-        block = self.reader.read_rows(rows[order], raw=True)
-        full = np.empty_like(block)
-        full[order] = block
-        del block
-        if self.reader.dtype == "bf16":
-            full = raw_to_float32(full, "bf16")
-        pooled = np.add.reduceat(full, offs, axis=0, dtype=np.float64) / lens[:, None]
-        if out is None:
-            return pooled.astype(np.float32)
-        out[...] = pooled
-        return out
-
-
-class _Norm:
-    """Held-type rows -> normalised float32: ``(x - mean) / std`` (in-memory data, the values it held
-    when it was stored normalised) or ``(x - mean) * (1 / std)`` (streamed data)."""
-
-    def __init__(self, store_dtype: str, mean: np.ndarray | None, std: np.ndarray | None, divide: bool):
-        self.store_dtype, self.mean, self.divide = store_dtype, mean, divide
-        self.std = std
-        self.inv_std = None if std is None else (1.0 / std.astype(np.float64)).astype(np.float32)
-        self._t = None
-
-    def apply_torch(self, x: torch.Tensor, normalize: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The same values as :meth:`apply` for a tensor of held rows (float16, bfloat16, float32),
-        in a new float32 tensor (or ``out``): one converting copy, then in-place subtract and scale
-        (torch's kernels: several times faster than numpy's converting copy, no temporaries)."""
-        if out is None:
-            out = torch.empty(x.shape, dtype=torch.float32)
-        out.copy_(x)
-        if normalize and self.mean is not None:
-            if self._t is None:
-                self._t = (torch.from_numpy(np.ascontiguousarray(self.mean, dtype=np.float32)),
-                           torch.from_numpy(np.ascontiguousarray(self.std if self.divide else self.inv_std,
-                                                                 dtype=np.float32)))
-            out.sub_(self._t[0])
-            if self.divide:
-                out.div_(self._t[1])
-            else:
-                out.mul_(self._t[1])
-        return out
-
-    def apply(self, block: np.ndarray, normalize: bool = True, fresh: bool = False) -> np.ndarray:
-        """A new float32 array; ``block`` is not modified unless ``fresh`` (a float32 temporary of the
-        caller's, normalised in place)."""
-        if block.dtype != np.float32:
-            x = raw_to_float32(block, self.store_dtype)
-        else:
-            x = block if fresh else block.copy()
-        if normalize and self.mean is not None:
-            x -= self.mean
-            if self.divide:
-                x /= self.std
-            else:
-                x *= self.inv_std
-        return x
-
-
-def _anon_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An array in its own anonymous memory map, returned to the system when the array is dropped.
-    (A heap block of this size, tens of MB, would raise the allocator's thresholds and could stay
-    in the process after it is freed, so the peak memory of a streamed run would depend on the
-    allocator's history.)"""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if n == 0:
-        return np.empty(shape, dtype=dtype)
-    return np.frombuffer(mmap.mmap(-1, n), dtype=dtype).reshape(shape)
-
-
-class _BufferSlot:
-    """One unit buffer lent to one pass at a time and kept between passes: the loaders of a data
-    module (training, then dev, every epoch) share it instead of each faulting in their own tens
-    of MB. A pass that finds the slot empty (another pass holds the buffer) gets a new one."""
-
-    def __init__(self):
-        self.buf: np.ndarray | None = None
-
-    def take(self, rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
-        buf, self.buf = self.buf, None
-        if buf is not None and len(buf) >= rows and buf.shape[1] == cols and buf.dtype == np.dtype(dtype):
-            return buf
-        buf = None  # dropped before a larger one is made
-        return _anon_array((rows, cols), dtype)
-
-    def give(self, buf: np.ndarray) -> None:
-        if self.buf is None or len(buf) >= len(self.buf):
-            self.buf = buf
-
-
-def _held_tensor(block: np.ndarray) -> torch.Tensor:
-    """A tensor view of held rows (bf16 bit patterns as bfloat16)."""
-    if block.dtype == np.uint16:
-        return torch.from_numpy(block.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(block)
-
-
-class _StreamDataset(IterableDataset):
-    """Yields ready batches ``(x float32 [B, F], y)``; see :mod:`neurolab.data.plan`."""
-
-    def __init__(self, source: _Source, ex: _Examples, chunks: np.ndarray, norm: _Norm, batch_size: int,
-                 shuffle: bool, seed: int, task: str):
-        super().__init__()
-        self.source, self.ex, self.chunks, self.norm = source, ex, chunks, norm
-        self.batch_size, self.shuffle, self.seed, self.task = int(batch_size), bool(shuffle), int(seed), task
-        self.epoch, self.rank, self.world = 0, 0, 1
-        self.slot = _BufferSlot()  # the unit buffer, kept between passes (shared by a data module's loaders)
-        self.ring = BatchRing()  # float32 batch tensors, reused once released (shared likewise)
-
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["slot"] = _BufferSlot()  # a worker process makes its own
-        d["ring"] = BatchRing()
-        return d
-
-    def __len__(self) -> int:
-        return num_batches_per_rank(len(self.ex), self.batch_size, self.world)
-
-    def plan(self):
-        return make_plan(self.chunks, self.batch_size, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                         rank=self.rank, world=self.world)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-        p = self.plan()
-        ydt = torch.float32 if self.task == REGRESSION else torch.int64
-        src = self.source
-        units = range(wid, p.num_units, nw)
-        # one buffer for the rows of a unit, reused unit after unit and pass after pass (an epoch
-        # does not fault in tens of MB again); taken from the dataset while in use, so a second
-        # pass running at the same time gets its own
-        rows_max = max((int(p.batches[p.units[u + 1]] - p.batches[p.units[u]]) for u in units), default=0)
-        ubuf = None
-        if src.memory is None and self.ex.length is None and rows_max:
-            ubuf = self.slot.take(rows_max, src.reader.num_features, src.reader.raw_dtype)
-        buf = None
-        for u in units:
-            b0, b1 = int(p.units[u]), int(p.units[u + 1])
-            a, z = int(p.batches[b0]), int(p.batches[b1])
-            idx = p.order[a:z]
-            block, pos = src.load_indirect(self.ex, idx, ubuf)
-            Y = torch.as_tensor(self.ex.y[idx], dtype=ydt)
-            bt = _held_tensor(block)
-            pos_t = torch.from_numpy(np.ascontiguousarray(pos, dtype=np.int64))
-            last_unit = u == units[-1]
-            for b in range(b0, b1):
-                s, e = int(p.batches[b]) - a, int(p.batches[b + 1]) - a
-                # the batch's rows in visiting order, gathered (held type) into a buffer reused
-                # within the unit, then one new float32 tensor, normalised in place
-                if buf is None or len(buf) < e - s:
-                    buf = torch.empty((max(e - s, self.batch_size), bt.shape[1]), dtype=bt.dtype)
-                xb = self.norm.apply_torch(torch.index_select(bt, 0, pos_t[s:e], out=buf[:e - s]),
-                                           out=self.ring.empty(e - s, bt.shape[1], min(self.batch_size, len(self.ex))))
-                if last_unit and b == b1 - 1:  # the unit buffer goes back to the dataset before the last
-                    if ubuf is not None:  # batch is handed out (a consumer may stop after it)
-                        self.slot.give(ubuf)
-                    block = bt = buf = ubuf = None
-                yield xb, Y[s:e]
-
-
-class _EpochLoader(DataLoader):
-    """A DataLoader that tells its dataset the epoch, rank and world size before each pass.
-
-    The epoch counts this loader's passes unless :meth:`set_epoch` sets it.
-    """
-
-    def __init__(self, dataset: _StreamDataset, **kw):
-        super().__init__(dataset, batch_size=None, **kw)
-        self._passes = 0
-        self._fixed_epoch: int | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self._fixed_epoch = int(epoch)
-
-    def _sync(self) -> None:
-        ds = self.dataset
-        ds.rank, ds.world = _dist_rank_world()
-
-    def __len__(self) -> int:
-        self._sync()
-        return len(self.dataset)
-
-    def __iter__(self):
-        self._sync()
-        ds = self.dataset
-        ds.epoch = self._fixed_epoch if self._fixed_epoch is not None else self._passes
-        self._passes += 1
-        self._fixed_epoch = None
-        return super().__iter__()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,14 +243,18 @@ class ActivationDataModule(pl.LightningDataModule):
                 self._splits_in[name] = np.zeros(0, np.int64)
         self.stats: dict[str, Any] = {"sentences": len(corpus), "words": corpus.num_words}
         keys = self._keys()
-        self._check_corpus(keys)
+        check_corpus(self.store, corpus, keys)
         labels = concept.labels(corpus)
         if self.control:
             if level == SENTENCE or self.task != CLASSIFICATION:
                 raise ConfigError(f"control tasks need a word-level classification concept; {concept.name} is "
                                   f"{level}-level {self.task}")
             labels = control_task(corpus.words(), labels, train=self._splits_in["train"], seed=self.seed)
-        self._examples = self._join_encode(labels, level, keys)
+        self._examples, classes = join_labels(self.store, corpus, labels, level=level, keys=keys, name=concept.name,
+                                              task=self.task, splits=self._splits_in,
+                                              sentence_pooling=self.sentence_pooling,
+                                              unseen_labels=self.unseen_labels, stats=self.stats)
+        self.class_names = classes
         del labels, keys, corpus
         if self._corpus_cfg is not None:
             # the parsed corpus (Python objects, ~1 kB per word) is not needed after the join; a
@@ -568,7 +264,10 @@ class ActivationDataModule(pl.LightningDataModule):
         for name in SPLITS:
             self.stats[f"examples/{name}"] = len(self._examples[name])
         self._train_full = self._examples["train"]
-        self._balance()
+        self.class_weights = None
+        if self.task == CLASSIFICATION:
+            self._examples["train"], self.class_weights = balance(self._examples["train"], self.balance,
+                                                                  len(self.class_names), self.seed, self.stats)
         self._chunks = {k: chunk_ids(v.lengths() if v.length is not None else len(v), self.chunk_rows)
                         for k, v in self._examples.items()}
         self._reader = RowReader(store, self.sites, self.columns)
@@ -584,191 +283,9 @@ class ActivationDataModule(pl.LightningDataModule):
             {k: v for k, v in self.stats.items() if k.startswith(("unlabelled", "missing", "unseen", "dropped"))},
         )
 
-    def _check_corpus(self, keys: np.ndarray) -> None:
-        store, corpus = self.store, self.corpus
-        fp = store.identity.get("corpus_fingerprint") or store.meta.get("corpus_fingerprint")
-        where = f"corpus {corpus.name!r} ({_corpus_source(corpus)})"
-        if fp:
-            mine = corpus.fingerprint()
-            if fp != mine:
-                raise StoreMismatchError(
-                    f"store {store.path} was built from another corpus than {where}: corpus fingerprint "
-                    f"{str(fp)[:16]}… in the store, {mine[:16]}… for the corpus"
-                )
-            return
-        lens = np.array([len(s.words) for s in corpus.sentences], dtype=np.int64)
-        sid = keys >> 32
-        if len(sid) and (sid.min() < 0 or sid.max() >= len(lens)):
-            raise StoreMismatchError(
-                f"store {store.path} does not match {where}: the store has {int(sid.max()) + 1} sentences "
-                f"({store.num_tokens} rows), the corpus {len(lens)} sentences ({int(lens.sum())} words)"
-            )
-        counts = np.bincount(sid, minlength=len(lens)) if len(sid) else np.zeros(len(lens), np.int64)
-        if not np.array_equal(counts, lens):
-            k = int(np.flatnonzero(counts != lens)[0])
-            raise StoreMismatchError(
-                f"store {store.path} does not match {where}: the store has {int(sid.max()) + 1 if len(sid) else 0} sentences and "
-                f"{store.num_tokens} rows, the corpus {len(lens)} sentences and {int(lens.sum())} words; first "
-                f"difference at sentence {k} ({corpus.sentences[k].source or ''}): {int(counts[k])} rows in the "
-                f"store, {int(lens[k])} words in the corpus"
-            )
-
     def _keys(self) -> np.ndarray:
         """``sentence << 32 | word`` of every store row, read shard by shard (not cached)."""
-        return _store_keys(self.store)
-
-    def _join_encode(self, labels: list, level: str, keys: np.ndarray) -> dict[str, _Examples]:
-        """Labels → codes, joined with store rows by (sentence, word) and split (see the module docstring)."""
-        store, corpus, name = self.store, self.corpus, self.concept.name
-        regression = self.task == REGRESSION
-        lens = np.fromiter((len(s.words) for s in corpus.sentences), dtype=np.int64, count=len(corpus))
-        table: dict[Any, int] = {}
-
-        def bad(i: int, lab: Any) -> ConfigError:
-            s = corpus.sentences[i]
-            got = 0 if lab is None or isinstance(lab, str) else len(lab)
-            return ConfigError(f"concept {name}: sentence {i} ({s.source or ''}) has {len(s.words)} words but {got} labels")
-
-        def code(x: Any) -> float:
-            if x is None:
-                return -1 if not regression else np.nan
-            return float(x) if regression else table.setdefault(x, len(table))
-
-        dt = np.float64 if regression else np.int32
-        if level == SENTENCE:
-            if len(labels) != len(corpus):
-                raise ConfigError(f"concept {name}: {len(labels)} sentence labels for {len(corpus)} sentences")
-            codes = np.fromiter((code(x) for x in labels), dtype=dt, count=len(corpus))
-            sid = keys >> 32
-            ids = np.arange(len(corpus), dtype=np.int64)
-            first, last = np.searchsorted(sid, ids, side="left"), np.searchsorted(sid, ids, side="right")
-            del sid
-            have = last > first
-            if self.sentence_pooling == "first":
-                rows, length = first, None
-            elif self.sentence_pooling == "last":
-                rows, length = last - 1, None
-            else:
-                rows, length = first, last - first
-            sent_of = ids
-        else:
-            def gen():
-                for i, lab in enumerate(labels):
-                    if lab is None or isinstance(lab, str) or len(lab) != lens[i]:
-                        raise bad(i, lab)
-                    for x in lab:
-                        yield code(x)
-
-            codes = np.fromiter(gen(), dtype=dt, count=int(lens.sum()))
-            sent_of = np.repeat(np.arange(len(corpus), dtype=np.int32), lens)
-            if _is_identity(keys, lens):
-                # one store row per corpus word, in corpus order: row i is word i (no join arrays)
-                rows, have = None, np.ones(len(sent_of), dtype=bool)
-            else:
-                want = (sent_of.astype(np.int64) << 32) | (
-                    np.arange(len(sent_of), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens))
-                rows = np.searchsorted(keys, want)
-                rows_c = np.minimum(rows, max(len(keys) - 1, 0))
-                have = (rows < len(keys)) & (keys[rows_c] == want) if len(keys) else np.zeros(len(want), bool)
-                rows = rows_c
-                del want
-            length = None
-        del keys
-        labelled = ~np.isnan(codes) if regression else codes >= 0
-        self.stats["unlabelled"] = int((~labelled).sum())
-        self.stats["missing_rows"] = int((labelled & ~have).sum())
-        if self.stats["missing_rows"]:
-            log.warning("%d labelled %ss of corpus %r have no row in store %s; they are left out (counted in "
-                        "stats['missing_rows'])", self.stats["missing_rows"], level, corpus.name, store.path)
-        if self.stats["unlabelled"]:
-            log.info("%d %ss have no %s label (missing annotation or outside the concept)", self.stats["unlabelled"],
-                     level, name)
-        ok = labelled & have
-        del labelled, have
-        sel = {}
-        for split in SPLITS:
-            member = np.zeros(len(corpus), dtype=bool)
-            idx = self._splits_in[split]
-            if len(idx) and (idx.min() < 0 or idx.max() >= len(corpus)):
-                raise ConfigError(f"split {split}: sentence indices out of range [0, {len(corpus)})")
-            member[idx] = True
-            sel[split] = np.flatnonzero(ok & member[sent_of])
-            if len(sel[split]) == 0:
-                raise ConfigError(
-                    f"split {split} has no labelled example of concept {name!r} (corpus {corpus.name!r}, "
-                    f"{len(idx)} sentences in the split); check corpus.split / the train/dev/test files"
-                )
-        del ok, sent_of
-
-        def make(s: np.ndarray, y: np.ndarray) -> _Examples:
-            start = s.astype(np.int64) if rows is None else rows[s].astype(np.int64)
-            return _Examples(start, None if length is None else length[s].astype(np.int64), y)
-
-        if regression:
-            self.class_names = []
-            return {k: make(s, codes[s].astype(np.float32)) for k, s in sel.items()}
-        names = {c: lab for lab, c in table.items()}
-        train_counts = np.bincount(codes[sel["train"]], minlength=len(table))
-        classes = sorted(str(names[c]) for c in np.flatnonzero(train_counts))
-        if len(classes) < 2:
-            raise ConfigError(
-                f"concept {name!r} has a single class {classes} in the training split "
-                f"({int(train_counts.sum())} examples); a probe needs at least two"
-            )
-        if self.unseen_labels == "other":
-            classes = sorted(set(classes) | {OTHER})
-        self.class_names = classes
-        index = {c: i for i, c in enumerate(classes)}
-        lut = np.array([index.get(str(names[c]), -1) for c in range(len(table))], dtype=np.int64)
-        self.stats["class_counts/train"] = {str(names[c]): int(train_counts[c]) for c in np.flatnonzero(train_counts)}
-        out = {}
-        for split, s in sel.items():
-            y = lut[codes[s]]
-            unseen = y < 0
-            if unseen.any():
-                cnt = np.bincount(codes[s][unseen], minlength=len(table))
-                desc = ", ".join(f"{names[c]} ({int(cnt[c])})" for c in np.flatnonzero(cnt)[:10])
-                self.stats[f"unseen/{split}"] = int(unseen.sum())
-                if self.unseen_labels == "error":
-                    raise ConfigError(
-                        f"split {split}: {int(unseen.sum())} examples of concept {name!r} have labels never seen in "
-                        f"training: {desc}; set data.unseen_labels=drop or other"
-                    )
-                if self.unseen_labels == "drop":
-                    log.warning("split %s: dropped %d examples with labels unseen in training: %s", split,
-                                int(unseen.sum()), desc)
-                    s, y = s[~unseen], y[~unseen]
-                    if len(y) == 0:
-                        raise ConfigError(f"split {split}: every example has a label unseen in training ({desc})")
-                else:
-                    log.warning("split %s: %d examples with labels unseen in training mapped to %s: %s", split,
-                                int(unseen.sum()), OTHER, desc)
-                    y[unseen] = index[OTHER]
-            out[split] = make(s, y)
-        return out
-
-    def _balance(self) -> None:
-        self.class_weights = None
-        if self.task != CLASSIFICATION or self.balance == "none":
-            return
-        tr = self._examples["train"]
-        counts = np.bincount(tr.y, minlength=len(self.class_names))
-        if self.balance == "class_weights":
-            present = counts > 0
-            w = np.zeros(len(counts), dtype=np.float64)
-            w[present] = len(tr) / (present.sum() * counts[present])
-            self.class_weights = torch.tensor(w, dtype=torch.float32)
-            return
-        m = int(counts[counts > 0].min())
-        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, 0xBA1])
-        keep = []
-        for c in range(len(counts)):
-            idx = np.flatnonzero(tr.y == c)
-            if len(idx):
-                keep.append(rng.choice(idx, size=m, replace=False))
-        keep_idx = np.sort(np.concatenate(keep))
-        self.stats["dropped/undersample"] = int(len(tr) - len(keep_idx))
-        self._examples["train"] = tr.take(keep_idx)
+        return store_keys(self.store)
 
     # -- normalisation and memory ---------------------------------------------------------------------
     @property
@@ -777,18 +294,18 @@ class ActivationDataModule(pl.LightningDataModule):
         for one row per example, float32 for pooled sentence rows."""
         return np.dtype(np.float32) if self.pooled else self._reader.raw_dtype
 
-    def _held_bytes(self, examples: Mapping[str, _Examples], num_columns: int) -> int:
+    def _held_bytes(self, examples: Mapping[str, Examples], num_columns: int) -> int:
         """Bytes of all splits held in memory (examples x columns x the held element size)."""
         return sum(len(v) for v in examples.values()) * num_columns * self._held_dtype.itemsize
 
-    def _raw_chunks(self, ex: _Examples, chunk_rows: int | None = None, reader: RowReader | None = None
+    def _raw_chunks(self, ex: Examples, chunk_rows: int | None = None, reader: RowReader | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(idx, held-type block)`` of raw features read from the store, in example order."""
         src = _Source(reader or self._reader, None, self.pooled)
         for idx in self._chunk_bounds(ex, chunk_rows):
             yield idx, src.load(ex, idx)
 
-    def _chunk_bounds(self, ex: _Examples, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
+    def _chunk_bounds(self, ex: Examples, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
         n = len(ex)
         step = int(chunk_rows) if chunk_rows else None
         if step is None:
@@ -800,7 +317,7 @@ class ActivationDataModule(pl.LightningDataModule):
             if b > a:
                 yield np.arange(a, b, dtype=np.int64)
 
-    def _load_memory(self, examples: Mapping[str, _Examples], reader: RowReader) -> dict[str, np.ndarray]:
+    def _load_memory(self, examples: Mapping[str, Examples], reader: RowReader) -> dict[str, np.ndarray]:
         """Every split read once into a preallocated array of the held type (no float32 copy, no
         list of chunks): rows read block by block straight into their place."""
         src = _Source(reader, None, self.pooled)
@@ -873,7 +390,7 @@ class ActivationDataModule(pl.LightningDataModule):
         return _Norm(self._reader.dtype, m32, s32, divide=divide)
 
     # -- data access --------------------------------------------------------------------------------
-    def _ex(self, split: str) -> _Examples:
+    def _ex(self, split: str) -> Examples:
         self._need()
         return self._examples[_split_name(split)]
 
@@ -1079,11 +596,11 @@ class ActivationDataModule(pl.LightningDataModule):
 
         keys = self._keys()
 
-        def relabel(ex: _Examples) -> _Examples:
+        def relabel(ex: Examples) -> Examples:
             k = keys[ex.start]
             sw = zip((k >> 32).tolist(), (k & 0xFFFFFFFF).tolist())
             y = np.fromiter((index[ctl[s][w]] for s, w in sw), dtype=np.int64, count=len(ex))
-            return _Examples(ex.start, ex.length, y)
+            return Examples(ex.start, ex.length, y)
 
         new._examples = {k: relabel(v) for k, v in self._examples.items()}
         new._train_full = relabel(self._train_full)
@@ -1104,12 +621,6 @@ class ActivationDataModule(pl.LightningDataModule):
         return (f"ActivationDataModule(concept={self.concept.name!r}, sites={self.sites}, features={len(self.columns)}, "
                 f"classes={self.num_classes}, examples={[len(self._examples[s]) for s in SPLITS]}, "
                 f"{'in memory' if self._memory is not None else 'streaming'})")
-
-
-def _fork_ok() -> bool:
-    import multiprocessing as mp
-
-    return "fork" in mp.get_all_start_methods()
 
 
 def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:

@@ -1,14 +1,15 @@
-"""Selecting sites of a store by the ``sites`` spec (presets, ranges, names, lists)."""
+"""Selecting sites of a store by the ``sites`` spec (the grammar of :func:`neurolab.models.sites.site_items`:
+presets, ranges, names, lists), resolved against the store's sites."""
 from __future__ import annotations
 
 import re
 from typing import Any, Sequence
 
 from ..errors import ConfigError
+from ..models.sites import PRESETS, parse_range, range_names, site_items
 
 __all__ = ["select_sites", "PRESETS"]
 
-PRESETS = ("all_layers", "layers", "embeddings", "mlp", "attn", "all")
 _PREFIX = r"(?:(?:encoder|decoder)\.)?"
 _PATTERNS = {
     "layers": re.compile(rf"^{_PREFIX}layers\.\d+$"),
@@ -16,24 +17,6 @@ _PATTERNS = {
     "mlp": re.compile(rf"^{_PREFIX}layers\.\d+\.mlp$"),
     "attn": re.compile(rf"^{_PREFIX}layers\.\d+\.attn$"),
 }
-_RANGE = re.compile(r"^((?:encoder|decoder)\.)?layers\.(\d+)-(\d+)(\.mlp|\.attn)?$")
-
-
-def _items(spec: Any) -> list[str]:
-    if spec is None:
-        return []
-    if isinstance(spec, str):
-        return [spec]
-    try:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(spec):
-            spec = OmegaConf.to_container(spec, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(spec, (list, tuple)):
-        return [str(x) for x in spec]
-    return [str(spec)]
 
 
 def select_sites(available: Sequence[str], spec: Any) -> list[str]:
@@ -50,7 +33,7 @@ def select_sites(available: Sequence[str], spec: Any) -> list[str]:
     ['embeddings', 'layers.0']
     """
     available = list(available)
-    items = _items(spec)
+    items = site_items(spec)
     if not items:
         return available
     out: list[str] = []
@@ -71,12 +54,8 @@ def select_sites(available: Sequence[str], spec: Any) -> list[str]:
             add([s for s in available if _PATTERNS["embeddings"].match(s) or _PATTERNS["layers"].match(s)], item)
         elif item in _PATTERNS:
             add([s for s in available if _PATTERNS[item].match(s)], item)
-        elif _RANGE.match(item):
-            m = _RANGE.match(item)
-            prefix, a, b, suffix = m.group(1) or "", int(m.group(2)), int(m.group(3)), m.group(4) or ""
-            if b < a:
-                raise ConfigError(f"sites={item!r}: empty layer range ({a} > {b})")
-            want = [f"{prefix}layers.{i}{suffix}" for i in range(a, b + 1)]
+        elif parse_range(item) is not None:
+            want = range_names(*parse_range(item))
             missing = [w for w in want if w not in available]
             if missing:
                 raise ConfigError(f"sites={item!r}: the store has no sites {missing}; it has {available}")

@@ -171,30 +171,7 @@ class ChunkSource:
                 yield r, X, codes[r]
 
         nps = {s: store.neurons_per_site[s] for s in sites}
-        model = str(store.identity.get("model") or store.meta.get("model") or "")
-        return cls(it, names, sum(nps.values()), sites, nps, len(sel), model, store)
-
-    @classmethod
-    def from_datamodule(cls, dm: Any, split: str = "train", *, chunk_rows: int = 65536, normalize: bool = False) -> "ChunkSource":
-        """The rows of one split of an ``ActivationDataModule`` (raw activations unless ``normalize``)."""
-        if getattr(dm, "task", "classification") != "classification":
-            raise ConfigError("the corpus-based methods need a classification concept, not a regression one")
-        rows_all = np.asarray(dm.row_ids(split), dtype=np.int64)
-
-        def it() -> Iterator[Chunk]:
-            at = 0
-            for X, y in dm.iter_chunks(split, chunk_rows=chunk_rows, normalize=normalize):
-                n = len(X)
-                yield rows_all[at : at + n], np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
-                at += n
-
-        sites = list(dm.sites)
-        nps = {s: int(dm.neurons_per_site[s]) for s in sites}
-        store = getattr(dm, "store", None)
-        model = ""
-        if store is not None:
-            model = str(store.identity.get("model") or store.meta.get("model") or "")
-        return cls(it, list(dm.class_names), int(dm.num_features), sites, nps, len(rows_all), model, store)
+        return cls(it, names, sum(nps.values()), sites, nps, len(sel), store.model_name, store)
 
 
 def _codes(y: Any, class_names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:

@@ -191,25 +191,43 @@ def _preset(table: dict[str, Site], preset: str, stack: str | None) -> list[str]
     raise AssertionError(preset)
 
 
-def _flatten(spec: Any) -> list[str]:
+def site_items(spec: Any) -> list[str]:
+    """The items of a ``sites`` spec: a string (comma-separated names allowed), a list (nested lists and
+    OmegaConf lists too) or None (no items). The one grammar of ``sites=``: each item is a preset
+    (:data:`PRESETS`, optionally ``encoder.``/``decoder.``-prefixed), a range (:func:`parse_range`) or
+    a name; :func:`resolve_sites` resolves items against a model, :func:`neurolab.data.select_sites`
+    against a store's sites."""
     if spec is None:
-        return ["all_layers"]
+        return []
     if isinstance(spec, str):
         parts = [p.strip() for p in spec.split(",")] if "," in spec and not spec.startswith("[") else [spec.strip()]
         return [p for p in parts if p]
-    try:
-        from omegaconf import ListConfig, OmegaConf
+    from omegaconf import OmegaConf
 
-        if isinstance(spec, ListConfig):
-            spec = OmegaConf.to_container(spec, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if OmegaConf.is_config(spec):
+        spec = OmegaConf.to_container(spec, resolve=True)
     if isinstance(spec, (list, tuple)):
         out = []
         for s in spec:
-            out += _flatten(s)
+            out += site_items(s)
         return out
     raise ConfigError(f"sites={spec!r}: expected a preset name, a site name, a range or a list of these")
+
+
+def parse_range(item: str) -> tuple[str | None, int, int, str | None] | None:
+    """``(stack, first, last, "mlp" | "attn" | None)`` of a range item such as ``layers.0-3``,
+    ``layers.2-4.mlp`` or ``decoder.layers.0-1``; None when ``item`` is not a range."""
+    m = _RANGE.match(item)
+    if not m:
+        return None
+    st, a, b, which = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+    if b < a:
+        raise ConfigError(f"sites: range {item!r} is empty (start {a} > end {b})")
+    return st, a, b, which
+
+
+def range_names(stack: str | None, a: int, b: int, which: str | None) -> list[str]:
+    return [(f"{stack}." if stack else "") + f"layers.{i}" + (f".{which}" if which else "") for i in range(a, b + 1)]
 
 
 def resolve_sites(model, spec: Any) -> list[Site]:
@@ -219,7 +237,7 @@ def resolve_sites(model, spec: Any) -> list[Site]:
     names: list[str] = []
     raw: dict[str, Site] = {}
     enc_dec = _is_enc_dec(model)
-    for item in _flatten(spec):
+    for item in site_items(spec) or ["all_layers"]:
         stack, rest = None, item
         for st in STACKS:
             if enc_dec and item.startswith(st + "."):
@@ -227,18 +245,11 @@ def resolve_sites(model, spec: Any) -> list[Site]:
         if rest in PRESETS:
             names += _preset(table, rest, stack)
             continue
-        m = _RANGE.match(item)
-        if m:
-            st, a, b, which = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
-            if enc_dec and st is None:
-                st_list = list(STACKS)
-            else:
-                st_list = [st]
-            if b < a:
-                raise ConfigError(f"sites: range {item!r} is empty (start {a} > end {b})")
-            for s in st_list:
-                for i in range(a, b + 1):
-                    n = (f"{s}." if s else "") + f"layers.{i}" + (f".{which}" if which else "")
+        rng = parse_range(item)
+        if rng is not None:
+            st, a, b, which = rng
+            for s in (list(STACKS) if enc_dec and st is None else [st]):
+                for n in range_names(s, a, b, which):
                     if n not in table:
                         raise ConfigError(_unknown(n, table, f" (from the range {item!r})"))
                     names.append(n)

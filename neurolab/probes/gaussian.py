@@ -77,7 +77,7 @@ from torchmetrics import Metric
 
 from ..errors import ConfigError
 from ..methods.base import Method, RunContext
-from ..ranking import NeuronRanking, resolve_count
+from ..ranking import resolve_count
 from .optim import one_intraop_thread
 
 log = logging.getLogger(__name__)
@@ -676,14 +676,6 @@ class _SelState:
 
 
 # -- runner ----------------------------------------------------------------------------------------
-def _cfg_get(cfg, key, default=None):
-    try:
-        v = cfg.get(key, default)
-    except AttributeError:
-        v = getattr(cfg, key, default)
-    return default if v is None else v
-
-
 def build_gaussian(module: Any, num_classes: int, num_features: int) -> GaussianProbe:
     """A :class:`GaussianProbe` from the method's ``module`` (a factory, e.g. the ``partial`` that
     ``conf/method/gaussian.yaml`` builds, or None for the defaults)."""
@@ -719,7 +711,7 @@ class GaussianMethod(Method):
         self.report_split = report_split
 
     def fit(self, data, context: RunContext | None = None) -> "GaussianMethod":
-        from hydra.utils import instantiate
+        from .training import default_probe_config, quiet_lightning, trainer_from_cfg
 
         context = RunContext.ensure(context)
         dm = data
@@ -728,15 +720,12 @@ class GaussianMethod(Method):
         C, F = int(dm.num_classes), int(dm.num_features)
         probe = build_gaussian(self.module, C, F)
         t0 = time.perf_counter()
-        tcfg = context.setting("trainer")
+        cfg = context.cfg if context.cfg is not None else default_probe_config(context.run_dir)
         # one pass of float64 sums: trainer.precision does not apply (bf16-true would cast the statistics)
-        trainer_kw = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                          num_sanity_val_steps=0, limit_val_batches=0, precision="32-true")
-        if tcfg is not None and tcfg.get("_target_"):
-            trainer = instantiate(tcfg, **trainer_kw)
-        else:
-            trainer = pl.Trainer(accelerator="cpu", devices=1, enable_progress_bar=False, **trainer_kw)
-        trainer.fit(probe, train_dataloaders=dm.train_dataloader())
+        with quiet_lightning():
+            trainer = trainer_from_cfg(cfg, max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0,
+                                       precision="32-true")
+            trainer.fit(probe, train_dataloaders=dm.train_dataloader())
         probe.finalize(release_stats=True)  # the posterior takes over the memory of the outer products
         fit_s = time.perf_counter() - t0
         if trainer.world_size > 1 and trainer.global_rank != 0:

@@ -25,18 +25,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
-from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .optim import fused

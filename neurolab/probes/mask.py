@@ -67,7 +67,6 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..methods.base import Method, RunContext
-from ..ranking import NeuronRanking
 
 log = logging.getLogger(__name__)
 

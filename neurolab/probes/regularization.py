@@ -161,20 +161,6 @@ def proximal_l1_(weight: torch.nn.Parameter, optimizer: torch.optim.Optimizer, l
     return soft_threshold_(weight, t)
 
 
-def batched_penalty(weight: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, squared: torch.Tensor) -> torch.Tensor:
-    """Per-probe penalties of a stacked weight tensor ``[K, ...]`` → ``[K]``.
-
-    ``l1``, ``l2`` are ``[K]`` lambdas, ``squared`` a ``[K]`` bool tensor (squared or plain Frobenius).
-    """
-    dims = tuple(range(1, weight.ndim))
-    a = weight.abs().sum(dim=dims)
-    sq = weight.pow(2).sum(dim=dims)
-    # sqrt(0) has an infinite derivative: guard it (the penalty's subgradient at 0 is 0)
-    root = _safe_sqrt(sq)
-    r2 = torch.where(squared, sq, root)
-    return l1 * a + l2 * r2
-
-
 def _safe_sqrt(sq: torch.Tensor) -> torch.Tensor:
     """sqrt with a zero (sub)gradient at 0 instead of NaN (a zero-initialised probe starts there)."""
     pos = sq > 0

@@ -17,12 +17,9 @@ def main(argv: list[str]) -> int:
     p_info.add_argument("path")
     p_ver = sub.add_parser("verify", help="recompute every checksum; exit 1 if anything is wrong")
     p_ver.add_argument("path")
-    try:
-        from .importers import add_import_parser  # NeuroX HDF5/JSON import
-    except ImportError:  # pragma: no cover
-        add_import_parser = None
-    if add_import_parser is not None:
-        add_import_parser(sub)
+    from .importers import add_import_parser  # NeuroX HDF5/JSON import
+
+    add_import_parser(sub)
     args = ap.parse_args(argv)
     try:
         if args.cmd == "info":

@@ -298,13 +298,10 @@ def _fsync_dir(path: Path) -> None:
 
 def _jsonable(obj: Any) -> Any:
     """Plain JSON types only (OmegaConf containers, numpy scalars and tuples converted)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-        if isinstance(obj, (DictConfig, ListConfig)):
-            obj = OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(obj, (DictConfig, ListConfig)):
+        obj = OmegaConf.to_container(obj, resolve=True)
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -423,6 +420,18 @@ class ActivationStore:
     @property
     def word_ids(self) -> np.ndarray:
         return self._load_index()[:, 1]
+
+    @property
+    def model_name(self) -> str:
+        """The model that made the activations, as recorded in the manifest (its ``name`` when the
+        record is a mapping); ``""`` when the store does not say (a ``write_store`` store without meta)."""
+        for src in (self.identity or {}, self.meta or {}):
+            v = src.get("model") if isinstance(src, dict) else None
+            if isinstance(v, dict):
+                v = v.get("name") or v.get("name_or_path")
+            if v:
+                return str(v)
+        return ""
 
     @property
     def num_sentences(self) -> int:

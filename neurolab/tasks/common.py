@@ -90,18 +90,13 @@ def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictCo
 
 
 def model_label(cfg: DictConfig | None, store) -> str:
-    """A short model name for rankings: the store's recorded model (its ``name`` when it is a record),
-    else ``cfg.model.name_or_path``."""
-    for src in (getattr(store, "identity", None) or {}, getattr(store, "meta", None) or {}):
-        v = src.get("model") if isinstance(src, dict) else None
-        if isinstance(v, dict):
-            v = v.get("name") or v.get("name_or_path")
-        if v:
-            return str(v)
-    try:
-        return str(cfg.model.name_or_path)
-    except Exception:
-        return ""
+    """The model's name for rankings: the store's record (:attr:`ActivationStore.model_name`), else
+    ``cfg.model.name_or_path``."""
+    name = store.model_name if store is not None else ""
+    if name:
+        return name
+    model = cfg.get("model") if cfg is not None else None
+    return str(model.get("name_or_path") or "") if model is not None else ""
 
 
 def ranking_file(stem: str = "") -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 

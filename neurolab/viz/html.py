@@ -22,7 +22,6 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from ..ranking import NeuronRanking
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurolab.data.datamodule import _held_tensor, _Norm
+from neurolab.data.streaming import _held_tensor, _Norm
 from neurolab.data.plan import chunk_ids, make_plan
 from neurolab.probes import fit_probe
 from tests.helpers.probes import planted_datamodule, probe_cfg
