@@ -1,9 +1,8 @@
 """Float32 batch tensors reused once nobody holds them.
 
-Every batch a loader hands out is a float32 tensor of ``batch_size x features`` (5.5 MB for a probe
-over MiniLM's 7 layers at batch 512). Allocated anew, a block of that size is mapped and zeroed by the
-system on every batch; on EWT dev a 10-epoch probe fit takes about 10% less time when the blocks are
-reused (0.91-0.98 s instead of 1.03-1.10 s on 2 cores). :class:`BatchRing` keeps a few such
+Every batch a loader hands out is a float32 tensor of ``batch_size x features``. Allocated anew, a
+block of that size is mapped and zeroed by the system on every batch (what reuse saves is measured
+in ``tests/benchmarks/BENCHMARKS.md``). :class:`BatchRing` keeps a few such
 tensors and lends one out again only when nothing else refers to its memory: not the batch handed
 out before, not a view or a numpy array of it, not a tensor autograd saved for backward. Otherwise
 (all busy, or no way to tell) it allocates a new tensor, so reuse never changes what a consumer sees.

@@ -142,9 +142,8 @@ def _batched_part(x: torch.Tensor) -> int:
     On CPU torch shares a batched product out over its threads batch by batch, so 7 layer blocks on
     2 threads take as long as 8. When there are at least as many products as threads, the largest
     multiple of the thread count goes through the batched call and each remaining product uses every
-    thread: 7 MiniLM layers x 4 probes, 2 threads, 512 rows: 1.04 instead of 1.15-1.19 ms forward,
-    0.96-0.97 instead of 1.03 ms for the weight gradient. Fewer products than threads (e.g. 7 layers
-    on 16 cores) stay one batched call (not measured); so does everything off the CPU."""
+    thread. Fewer products than threads (e.g. 7 layers on 16 cores) stay one batched call; so does
+    everything off the CPU."""
     n = x.shape[0]
     t = torch.get_num_threads() if x.device.type == "cpu" else 1
     return n if t <= 1 or n % t == 0 or n < t else n - n % t

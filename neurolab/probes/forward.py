@@ -17,9 +17,7 @@ of one probe on all neurons, every choice accounts for the neurons already chose
 neurons (many MiniLM neurons carry the same direction) are not picked twice. Standardising makes the
 scores independent of each neuron's scale.
 
-On EWT dev / all-MiniLM-L6-v2 / UPOS (2,688 neurons) the first 26 neurons (1%) retrained give 0.819
-test accuracy with the evaluation's retraining, against 0.780 for the regularisation-path ranking,
-0.609 for the cumulative weight mass ranking and 0.536 for random sets (see ``conf/probe/linear.yaml``).
+How the orderings compare on real data: ``tests/benchmarks/BENCHMARKS.md``.
 
 Cost per step: one pass over the training rows (``N x F x C`` multiply-adds for the gradients, done
 in row chunks so the rows may be float16) and a refit on at most ``k`` columns. Corpora larger than

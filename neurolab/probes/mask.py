@@ -22,8 +22,8 @@ Two modes:
   masked probe's cross-entropy over the unmasked probe's on the same batch. A closed gate replaces a
   neuron by 0, its training mean after z-scoring. With ``adapt_probe`` (default) a copy of the probe
   is fine-tuned along with the gates: a probe frozen with weights spread over all neurons cannot lose
-  most of them and stay within eps (on EWT dev / MiniLM / UPOS the frozen probe restricted to its 10%
-  heaviest neurons is 0.94 nats worse), while a re-weighted probe on a few % of them can. With
+  most of them and stay within eps, while a re-weighted probe on a few % of them can (figures in
+  ``tests/benchmarks/BENCHMARKS.md``). With
   :meth:`NeuronMask.set_dev` (the runner passes the dev split) the multiplier follows the divergence
   on held-out rows with the test-time gates: the training loss of a probe fit on all neurons is
   optimistic, and no sparse mask could match it on the training rows.

@@ -125,13 +125,11 @@ def _in_memory(dm, cfg: DictConfig) -> bool:
 
 
 def resolve_batch_size(spec: Any, n_train: int) -> int:
-    """``probe.batch_size``: an int, or ``auto`` = about 40 steps per epoch, between 32 and 512 rows
-    (512 on EWT dev's 20k training words; 73 on the 2.9k-word demo). A linear probe step costs little
-    next to the training loop's fixed cost per step, so fewer, larger steps train faster: on EWT dev /
-    MiniLM / UPOS (10 epochs) batch 512 trains in 1.0 s to 0.941 test accuracy, batch 256 in 1.3 s to
-    0.939, and the forward-selection ranking's retrained top 1% is 0.819 vs 0.822. Much larger batches
-    make the elastic net's per-step penalty act too rarely for weight-based rankings (batch 1024: a
-    cumulative-mass top-1% set no better than a random one)."""
+    """``probe.batch_size``: an int, or ``auto`` = about 40 steps per epoch, between 32 and 512 rows.
+    A linear probe step costs little next to the training loop's fixed cost per step, so fewer, larger
+    steps train faster at the same accuracy; much larger batches make the elastic net's per-step
+    penalty act too rarely for weight-based rankings (the measurements behind this choice:
+    ``tests/benchmarks/BENCHMARKS.md``)."""
     if spec is None or str(spec).lower() == "auto":
         return int(max(32, min(512, math.ceil(max(n_train, 1) / 40))))
     try:
