@@ -129,3 +129,21 @@ def test_an_unknown_target_is_refused(planted, tmp_path):
 
     with pytest.raises(ConfigError, match="not a neurolab Method"):
         build_method(OmegaConf.create({"_target_": "collections.OrderedDict"}))
+
+
+def test_the_readme_example_method_works(planted, tmp_path):
+    """The README's "Adding a method" example, run as written on the planted store."""
+    import re
+    import types
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Adding a method"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    node = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    mod = types.ModuleType("my_method")
+    exec(compile(code, "README.md", "exec"), mod.__dict__)
+    cls = getattr(mod, node.pop("_target_").rsplit(".", 1)[1])
+    cfg = _cfg(planted, tmp_path)
+    dm = build_datamodule(cfg)
+    m = cls(**node).fit(dm, RunContext(cfg=cfg))
+    assert isinstance(m, Method) and m.ranking_.indices[0] == PLANTED and m.ranking_.method == "mean_gap"
