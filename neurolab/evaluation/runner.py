@@ -90,7 +90,7 @@ def check_evaluation(cfg, total: int | None = None) -> None:
     build_evaluators(cfg)
 
 
-def evaluate_ranking(ranking: NeuronRanking, data, cfg: DictConfig, **kw: Any) -> dict[str, float]:
+def evaluate_ranking(ranking: NeuronRanking, data, cfg: DictConfig | None = None, **kw: Any) -> dict[str, float]:
     """The metrics of :func:`run_evaluation` (no plots unless ``run_dir`` is given)."""
     return run_evaluation(ranking, data, cfg, **kw).metrics
 
@@ -98,7 +98,7 @@ def evaluate_ranking(ranking: NeuronRanking, data, cfg: DictConfig, **kw: Any) -
 def run_evaluation(
     ranking: NeuronRanking,
     data,
-    cfg: DictConfig,
+    cfg: DictConfig | None = None,
     *,
     predictor: Any = None,
     base_metrics: Mapping[str, float] | None = None,
@@ -109,7 +109,7 @@ def run_evaluation(
     retrainer: Retrainer | None = None,
 ) -> Evaluation:
     """Evaluate ``ranking`` on ``data`` (a :class:`~neurolab.data.ConceptData`) with the evaluators of
-    ``cfg.evaluation`` (or ``evaluators``).
+    ``cfg.evaluation`` (or ``evaluators``); without ``cfg``, the defaults of ``neurolab probe``.
 
     ``predictor`` is the method's all-neuron classifier (``Method.predictor_``) and ``base_metrics``
     its metrics (its ``test/acc`` is the all-neuron score). ``prefix`` goes in front of every
@@ -119,6 +119,10 @@ def run_evaluation(
     rankings on the same data (its control task is then built once).
     """
     t0 = time.perf_counter()
+    if cfg is None:
+        from ..probes.training import default_probe_config
+
+        cfg = default_probe_config(run_dir)
     data.setup()
     settings = evaluation_settings(cfg)
     evaluators = build_evaluators(cfg) if evaluators is None else list(evaluators)

@@ -241,6 +241,24 @@ class LinearProbe(pl.LightningModule):
         self.log_dict({k: v for k, v in vals.items() if "/acc/" not in k}, on_step=False, on_epoch=True,
                       sync_dist=False)
 
+    def test_step(self, batch, batch_idx):
+        x, y, _ = self._unpack(batch)
+        out = self(x)
+        if len(y):
+            self.test_loss.update(self.data_loss(out, y, "sum") / len(y), weight=len(y))
+            with native_bincount(y, self.task == "classification"):
+                self.test_metrics.update(self._preds(out), y)
+
+    def on_test_epoch_start(self):
+        self.test_loss.reset()
+        self.test_metrics.reset()
+
+    def on_test_epoch_end(self):
+        vals = self._flatten("test", self.test_loss.compute(), self.test_metrics.compute())
+        self.test_loss.reset()
+        self.test_metrics.reset()
+        self.log_dict(vals, on_step=False, on_epoch=True, sync_dist=False)
+
     def _preds(self, out: torch.Tensor) -> torch.Tensor:
         return out.argmax(-1) if self.task == "classification" else out
 
@@ -267,9 +285,13 @@ class LinearProbe(pl.LightningModule):
 
     # -- evaluation outside the trainer -------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, chunks: Iterable[tuple[Any, Any]], stage: str = "test") -> dict[str, float]:
+    def evaluate(self, chunks: Any, stage: str = "test") -> dict[str, float]:
         """Metrics (``{stage}/loss``, ``{stage}/acc``, ``{stage}/f1_macro``, ``{stage}/acc/<class>`` or
-        ``mse``/``r2``/``pearson``) over ``(x, y)`` chunks (numpy or torch), locally on this process."""
+        ``mse``/``r2``/``pearson``) over ``(x, y)`` chunks (numpy or torch), locally on this process.
+        ``chunks`` may be the data itself (a :class:`~neurolab.data.ConceptData`): its ``stage`` split
+        (``test``, ``val`` ...) is read block by block, normalised as the probe was trained."""
+        if hasattr(chunks, "iter_chunks"):  # the data, not blocks of it
+            chunks = chunks.iter_chunks(stage, normalize=True)
         was_training = self.training
         self.eval()
         self.test_loss.reset()
