@@ -113,6 +113,14 @@ class ArrayData:
     def norm_tensors(self) -> None:
         return None
 
+    def outlier_columns(self, factor: float = 25.0) -> list[tuple[int, float]]:
+        """Columns whose training variance exceeds ``factor`` times their site's median variance (see
+        :meth:`neurolab.data.ActivationDataModule.outlier_columns`)."""
+        from .datamodule import site_outliers
+
+        return site_outliers(np.var(self.arrays("train")[0], axis=0, dtype=np.float64), self.columns, self.sites,
+                             self.neurons_per_site, factor)
+
     # Lightning loaders (one process: the batches are not sharded across DDP ranks)
     def _batches(self, split: str, batch_size: int | None, shuffle: bool):
         from .batches import TensorBatches

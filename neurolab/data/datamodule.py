@@ -378,6 +378,16 @@ class ActivationDataModule(pl.LightningDataModule):
         else:
             self.mean_, self.std_ = None, None
 
+    def outlier_columns(self, factor: float = 25.0) -> list[tuple[int, float]]:
+        """Outlier dimensions: columns whose training variance is more than ``factor`` times the median
+        variance of their site (MiniLM carries one such unit in every layer, and raw-activation
+        statistics rank it first for unrelated concepts). ``[(column id, variance / site median)]``,
+        largest first; empty without z-score statistics (``data.normalize=none``)."""
+        self._need()
+        if self.std_ is None:
+            return []
+        return site_outliers(np.square(self.std_), self.columns, self.sites, self.neurons_per_site, factor)
+
     def _mean32(self):
         if self.mean_ is None:
             return None, None
@@ -621,6 +631,21 @@ class ActivationDataModule(pl.LightningDataModule):
         return (f"ActivationDataModule(concept={self.concept.name!r}, sites={self.sites}, features={len(self.columns)}, "
                 f"classes={self.num_classes}, examples={[len(self._examples[s]) for s in SPLITS]}, "
                 f"{'in memory' if self._memory is not None else 'streaming'})")
+
+
+def site_outliers(var: np.ndarray, columns: np.ndarray, sites: Sequence[str], neurons_per_site: Mapping[str, int],
+                  factor: float) -> list[tuple[int, float]]:
+    """``[(column, variance / its site's median variance)]`` above ``factor``, largest first."""
+    starts = np.cumsum([0] + [int(neurons_per_site[s]) for s in sites])
+    site_of = np.searchsorted(starts, np.asarray(columns), side="right") - 1
+    out = []
+    for si in np.unique(site_of):
+        pos = np.flatnonzero(site_of == si)
+        med = float(np.median(var[pos]))
+        if med <= 0:
+            continue
+        out += [(int(columns[q]), float(var[q] / med)) for q in pos if var[q] / med > factor]
+    return sorted(out, key=lambda t: -t[1])
 
 
 def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:

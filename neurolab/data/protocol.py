@@ -100,6 +100,9 @@ class ConceptData(Protocol):
     def corpus(self) -> Any:
         """The parsed corpus behind the rows (words and annotations), or None for arrays."""
 
+    def outlier_columns(self, factor: float = 25.0) -> list[tuple[int, float]]:
+        """``[(column, variance / median variance of its site)]`` of the columns above ``factor``."""
+
     # held rows (``in_memory``): the training loops' fast path
     def tensors(self, split: str) -> tuple[Any, Any]:
         """Raw held rows as a tensor (store element type) and labels, no copy."""

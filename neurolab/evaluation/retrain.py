@@ -3,7 +3,10 @@
 For each size k (``evaluation.percentages`` / ``counts``): a linear probe on the ranking's top k,
 on k neurons drawn at random (once per seed of ``random_seeds``; mean and std reported) and, with
 ``bottom``, on the worst k. Metrics: ``top/acc@1%``, ``random/acc@1%``, ``random/acc_std@1%``,
-``bottom/acc@1%`` (``mse`` instead of ``acc`` for regression concepts), and ``accuracy.png``.
+``bottom/acc@1%`` (``mse`` instead of ``acc`` for regression concepts), the same with ``f1_macro`` for
+classification (``top/f1_macro@1%`` ...: on an imbalanced concept accuracy alone can hide a probe that
+predicts the majority class), the majority-class rate of the split (``majority/acc``, the accuracy of
+always answering the most frequent class), and ``accuracy.png``.
 """
 from __future__ import annotations
 
@@ -47,6 +50,12 @@ class Retrain(Evaluator):
         jobs = {j.name: j for j in self.jobs(ranking, data, context)}
         scores = context.probes.scores(list(jobs.values()))
         p, metric, out = context.prefix, context.metric, {}
+        f1_key = f"{context.split}/f1_macro"
+        f1 = lambda name: context.probes.metrics(jobs[name]).get(f1_key)  # noqa: E731
+        classification = metric == "acc"
+        if classification and not p:
+            y = np.asarray(data.targets(context.split))
+            out["majority/acc"] = float(np.bincount(y).max() / len(y)) if len(y) else float("nan")
         for s in context.sizes:
             a = scores[f"top@{s.label}"]
             out[f"{p}top/{metric}@{s.label}"] = a
@@ -55,6 +64,12 @@ class Retrain(Evaluator):
             out[f"{p}random/{metric}_std@{s.label}"] = float(np.std(r, ddof=1)) if len(r) > 1 else 0.0
             if self.bottom:
                 out[f"{p}bottom/{metric}@{s.label}"] = scores[f"bottom@{s.label}"]
+            if classification:
+                out[f"{p}top/f1_macro@{s.label}"] = f1(f"top@{s.label}")
+                out[f"{p}random/f1_macro@{s.label}"] = float(np.mean([f1(f"random{seed}@{s.label}")
+                                                                       for seed in self.random_seeds]))
+                if self.bottom:
+                    out[f"{p}bottom/f1_macro@{s.label}"] = f1(f"bottom@{s.label}")
             log.info("%sk=%d (%s): top %.4f, random %.4f, bottom %s", p, s.k, s.label, a,
                      out[f"{p}random/{metric}@{s.label}"], out.get(f"{p}bottom/{metric}@{s.label}"))
         return out

@@ -209,15 +209,29 @@ class ProbelessRanker(CorpusRanker):
     ``scores_[c] = sum_{b != c} |mean_c - mean_b|`` is the one-concept variant for class ``c``; with
     ``positive`` the ranking uses it, otherwise the sum over all pairs (= half the sum of ``scores_``).
     A class without rows takes no part. Needs one pass (per-class means).
+
+    ``normalize``: ``zscore`` (default) divides each neuron's class means by its standard deviation
+    over the ranked words, so a neuron's score measures how far apart the classes are in units of its
+    own spread; ``none`` is the original raw score, where a neuron of very high variance (MiniLM has
+    such an outlier unit in every layer) ranks first for any concept.
     """
 
     name = "probeless"
 
-    def __init__(self, *, positive: str | None = None, chunk_rows: int = 8192) -> None:
+    def __init__(self, *, positive: str | None = None, chunk_rows: int = 8192, normalize: str = "zscore") -> None:
         super().__init__(positive=positive, chunk_rows=chunk_rows)
+        self.normalize = normalize
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.normalize not in ("zscore", "none"):
+            raise ConfigError(f"method.normalize must be 'zscore' or 'none', got {self.normalize!r}")
 
     def _class_scores(self, stats: NeuronStats, pos: int | None) -> np.ndarray:
         mu = stats.means  # [C, F]
+        if self.normalize == "zscore":
+            sd = np.sqrt(stats.variance)
+            mu = mu / np.where(sd > 0, sd, 1.0)[None, :]
         present = stats.count > 0
         mu = mu[present]
         out = np.full((stats.num_classes, stats.num_features), np.nan)

@@ -36,7 +36,7 @@ def _t(x: Any, dtype=None) -> torch.Tensor:
 
 
 class ClassMoments(Metric):
-    """Per-class count / sum (float64) and per-neuron min / max of labelled rows."""
+    """Per-class count / sum (float64), per-neuron sum of squares and min / max of labelled rows."""
 
     full_state_update = False
     higher_is_better = None
@@ -49,6 +49,7 @@ class ClassMoments(Metric):
         self.add_state("sum", torch.zeros(C, F, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("min", torch.full((F,), float("inf"), dtype=torch.float64), dist_reduce_fx="min")
         self.add_state("max", torch.full((F,), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state("sumsq", torch.zeros(F, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("unlabelled", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:  # type: ignore[override]
@@ -60,13 +61,15 @@ class ClassMoments(Metric):
         if len(y) == 0:
             return
         self.count += torch.bincount(y, minlength=self.num_classes).to(torch.float64)
-        self.sum.index_add_(0, y, x.to(torch.float64))
+        xd = x.to(torch.float64)
+        self.sum.index_add_(0, y, xd)
+        self.sumsq += xd.square_().sum(0)
         mn, mx = torch.aminmax(x, dim=0)
         self.min = torch.minimum(self.min, mn.to(torch.float64))
         self.max = torch.maximum(self.max, mx.to(torch.float64))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max}
+        return {"count": self.count, "sum": self.sum, "sumsq": self.sumsq, "min": self.min, "max": self.max}
 
 
 def bin_index(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bins: int) -> torch.Tensor:
@@ -204,6 +207,13 @@ class NeuronStats:
         c = self.moments.count.numpy()[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.moments.sum.numpy() / np.where(c > 0, c, np.nan)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """``[F]`` population variance of every neuron over the labelled rows."""
+        n = max(float(self.moments.count.sum()), 1.0)
+        mean = self.moments.sum.numpy().sum(0) / n
+        return np.maximum(self.moments.sumsq.numpy() / n - mean**2, 0.0)
 
     @property
     def minimum(self) -> np.ndarray:

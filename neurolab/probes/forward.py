@@ -256,10 +256,12 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     order = base.full_order()
     base_scores = dict(zip(base.indices.tolist(), base.scores.tolist()))
     rest = [int(c) for c in order if int(c) not in in_head]
-    kk = max(len(head), 1)
-    scores = [1.0 + (kk - i) / kk for i in range(len(head))] + [float(base_scores.get(c, 0.0)) for c in rest]
+    # the head's score is what selected each neuron (the norm of the loss gradient of its weights at
+    # entry); the rest keep the base ordering's scores (recorded in extra.score)
+    scores = [float(g) for g in res.gain[: len(head)]] + [float(base_scores.get(c, 0.0)) for c in rest]
     extra = dict(base.extra)
     extra.update({"ordering": f"forward+{extra.get('ordering', 'mass')}", "forward_k": int(len(head)),
+                  "score": f"forward: loss-gradient norm at entry; then {extra.get('ordering', 'mass')} scores",
                   "forward_gain": [round(float(g), 6) for g in res.gain],
                   "forward_val_acc": [round(float(a), 4) for a in res.val_acc],
                   "forward_rows": int(n_used), "train_rows": int(n_total)})

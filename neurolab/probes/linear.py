@@ -27,7 +27,7 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl

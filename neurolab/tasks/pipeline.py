@@ -24,7 +24,7 @@ from .common import model_label, ranking_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RankResult", "build_method", "rank_pipeline", "run_context", "choose_lambda_first"]
+__all__ = ["RankResult", "build_method", "rank_pipeline", "run_context", "choose_lambda_first", "report_outliers"]
 
 
 @dataclass
@@ -68,6 +68,28 @@ def choose_lambda_first(dm, cfg: DictConfig) -> tuple[DictConfig, dict]:
 
     lam, m = choose_lambda(dm, cfg)
     return with_lambda(cfg, lam), m
+
+
+OUTLIERS_FILE = "outliers.json"
+
+
+def report_outliers(dm, run_dir: Path, factor: float = 25.0) -> dict[str, float]:
+    """Outlier dimensions of the data (variance above ``factor`` x their site's median): logged,
+    written to ``outliers.json`` and counted in the metrics (``data/outlier_neurons``). Raw-activation
+    statistics (``method.normalize=none``) tend to rank such neurons first whatever the concept."""
+    import json
+
+    found = dm.outlier_columns(factor)
+    names = NeuronRanking.from_order([c for c, _ in found], sites=list(dm.sites),
+                                     neurons_per_site=dict(dm.neurons_per_site)).names if found else []
+    rows = [{"neuron": n, "index": c, "variance_ratio": round(r, 2)} for n, (c, r) in zip(names, found)]
+    (Path(run_dir) / OUTLIERS_FILE).write_text(json.dumps({"factor": factor, "neurons": rows}, indent=1) + "\n",
+                                               encoding="utf-8")
+    if found:
+        log.warning("%d outlier dimensions (training variance over %g x their site's median): %s%s", len(found),
+                    factor, ", ".join(f"{n} ({r['variance_ratio']:g}x)" for n, r in zip(names[:8], rows)),
+                    " ..." if len(found) > 8 else "")
+    return {"data/outlier_neurons": len(found)}
 
 
 def _tag(prefix: str) -> str:

@@ -21,7 +21,7 @@ from ..config import output_dir
 from ..tracking import make_logger
 from .common import headline, log_to_tracker, task
 from .stores import open_store
-from .pipeline import RankResult, choose_lambda_first, rank_pipeline
+from .pipeline import RankResult, choose_lambda_first, rank_pipeline, report_outliers
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,10 @@ def train_and_evaluate(cfg: DictConfig, store, run_dir, logger=None, *, pages: b
 
     dm = build_datamodule(cfg, store=store)
     dm.setup()
+    data_metrics = report_outliers(dm, run_dir)
     cfg, lam_metrics = choose_lambda_first(dm, cfg)
     res = rank_pipeline(cfg, dm, run_dir, logger=logger, pages=pages)
-    res.metrics = {**lam_metrics, **res.metrics}
+    res.metrics = {**data_metrics, **lam_metrics, **res.metrics}
     res.dm = dm
     log_to_tracker(Tracker(logger), res.metrics, {"": res.ranking}, res.images)
     return res

@@ -94,6 +94,9 @@ def plot_accuracy_curve(metrics: Mapping[str, float], path: str | os.PathLike = 
         full = metrics.get("test/acc")
         if isinstance(full, (int, float)):
             ax.axhline(full, color="black", lw=0.8, label="all neurons")
+        majority = metrics.get("majority/acc")
+        if isinstance(majority, (int, float)):
+            ax.axhline(majority, color="#8C8C8C", lw=0.8, ls=":", label="majority class")
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels)
         ax.set_xlabel("neurons kept")

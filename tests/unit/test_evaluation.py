@@ -160,3 +160,27 @@ def test_choose_lambda_on_dev(planted, tmp_path):
     assert m["lambda/chosen"] == lam
     c = with_lambda(cfg, 0.5)
     assert c.regularization.lambda_l1 == 0.5 and c.regularization.lambda_l2 == 0.5 and cfg.regularization.lambda_l1 != 0.5
+
+
+def test_imbalanced_concept_reports_majority_rate_and_macro_f1(tmp_path):
+    """On a 95/5 binary concept, pure-noise neurons retrain to the majority rate: accuracy alone looks
+    fine, macro-F1 shows the probe never predicts the rare class (sklearn's f1 of all-majority
+    predictions is 0.487 here)."""
+    from sklearn.metrics import f1_score
+
+    from neurolab.data import ArrayData
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = (rng.random(n) < 0.05).astype(np.int64)
+    X = rng.standard_normal((n, 20)).astype(np.float32)
+    X[:, 7] += 4.0 * y
+    dm = ArrayData.from_split(X, y, class_names=["no", "yes"], sites=["layers.0"], neurons_per_site={"layers.0": 20})
+    ranking = _ranking(dm, [7] + [i for i in range(20) if i != 7])
+    m = evaluate_ranking(ranking, dm, _cfg(tmp_path, "evaluation=[retrain]", "evaluation.percentages=[5]"))
+    yt = dm.arrays("test")[1]
+    assert m["majority/acc"] == pytest.approx(np.bincount(yt).max() / len(yt))
+    assert m["bottom/acc@5%"] == pytest.approx(m["majority/acc"], abs=0.01)
+    all_majority = f1_score(yt, np.zeros_like(yt), average="macro")
+    assert m["bottom/f1_macro@5%"] == pytest.approx(all_majority, abs=0.03)
+    assert m["top/f1_macro@5%"] > 0.85 > m["bottom/f1_macro@5%"] + 0.3

@@ -43,14 +43,44 @@ def _ref_selectivity(X, pos):
 def test_probeless_equals_brute_force():
     X, y = _data()
     classes = sorted(set(y))
-    r = ProbelessRanker(chunk_rows=257).fit(X, y)
+    r = ProbelessRanker(chunk_rows=257, normalize="none").fit(X, y)
     pairs, per_class = _ref_probeless(X, y, classes)
     np.testing.assert_allclose(r.score_, pairs, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(r.scores_, per_class, rtol=1e-9, atol=1e-12)
-    one = ProbelessRanker(positive="VERB").fit(X, y)
+    one = ProbelessRanker(positive="VERB", normalize="none").fit(X, y)
     np.testing.assert_allclose(one.score_, per_class[classes.index("VERB")], rtol=1e-9)
     assert r.ranking_.indices[0] == 11
     assert r.ranking_.method == "probeless"
+    # normalised (the default): the raw score of the activations divided by each neuron's std
+    z = ProbelessRanker(chunk_rows=257).fit(X, y)
+    Xd = X.astype(np.float64)
+    np.testing.assert_allclose(z.score_, _ref_probeless(Xd / Xd.std(0), y, classes)[0], rtol=1e-7)
+
+
+def test_a_high_variance_outlier_does_not_top_normalised_probeless(tmp_path):
+    """A unit with 100x the variance of the others and no relation to the labels ranks high in the raw
+    probeless ranking (its class means differ by noise times its scale), not in the normalised one;
+    the data module reports it as an outlier dimension."""
+    from neurolab.data import ActivationDataModule
+    from tests.helpers.probes import planted_corpus, planted_store
+
+    corpus = planted_corpus(300, seed=1)
+    store = planted_store(corpus, tmp_path / "s", seed=1)
+    X = store.read(slice(0, store.num_tokens))
+    rng = np.random.default_rng(3)
+    X[:, 20] = 10.0 * rng.standard_normal(len(X))  # layers.1:4, unrelated to the tags
+    sites = {s: X[:, a:b] for s, (a, b) in store.column_ranges().items()}
+    moved = write_store(tmp_path / "outlier", sites, store.sentence_ids, store.word_ids, dtype="fp32")
+    from neurolab.corpus import split_sentences
+    from neurolab.corpus.concepts import ColumnConcept
+
+    dm = ActivationDataModule(moved, corpus, split_sentences(len(corpus)), ColumnConcept("upos"))
+    assert [c for c, _ in dm.outlier_columns()] == [20]
+    raw = ProbelessRanker(normalize="none").fit(dm)
+    norm = ProbelessRanker().fit(dm)
+    rank = lambda r: r.ranking_.indices.tolist().index(20)  # noqa: E731
+    assert rank(raw) < 6 and rank(norm) > 8
+    assert set(norm.ranking_.indices[:4].tolist()) == {6, 13, 18, 23}  # the planted units
 
 
 def test_selectivity_equals_brute_force():
