@@ -24,7 +24,8 @@ from .common import model_label, ranking_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RankResult", "build_method", "rank_pipeline", "run_context", "choose_lambda_first", "report_outliers"]
+__all__ = ["RankResult", "build_method", "rank_pipeline", "run_context", "choose_lambda_first", "report_outliers",
+           "write_run_report"]
 
 
 @dataclass
@@ -71,6 +72,43 @@ def choose_lambda_first(dm, cfg: DictConfig) -> tuple[DictConfig, dict]:
 
 
 OUTLIERS_FILE = "outliers.json"
+REPORT_FILE = "report.html"
+
+
+def write_run_report(cfg: DictConfig, run_dir: Path, metrics: dict, rankings: dict[str, NeuronRanking], images,
+                     store, tracker, *, verb: str) -> Path:
+    """``report.html`` of a run (``probe``, ``rank``, ``run``): settings, headline figures, plots, top
+    neurons of each ranking, outlier dimensions, all metrics; also logged to the tracker (W&B)."""
+    import json
+
+    from ..viz.report import write_report
+
+    main = next(iter(rankings.values()))
+    reg = cfg.get("regularization") or {}
+    info = {
+        "model": main.model,
+        "corpus": str((cfg.get("corpus") or {}).get("path", "")),
+        "concept": main.concept,
+        "sites": ", ".join(main.sites),
+        "neurons": str(main.total),
+        "store": str(store.path),
+        "method": ", ".join(r.method for r in rankings.values()),
+        "regularization": f"{reg.get('name', '')} (λ1={reg.get('lambda_l1', 0)}, λ2={reg.get('lambda_l2', 0)})",
+        "seed": str(cfg.get("seed")),
+        "run directory": str(run_dir),
+    }
+    out = Path(run_dir) / OUTLIERS_FILE
+    if out.exists():
+        found = json.loads(out.read_text())["neurons"]
+        info["outlier dimensions"] = (", ".join(f"{o['neuron']} ({o['variance_ratio']:g}x)" for o in found[:10])
+                                      + (" ..." if len(found) > 10 else "")) if found else "none"
+    report = write_report(Path(run_dir) / REPORT_FILE, metrics, rankings, images,
+                          title=f"neurolab {verb}: {main.concept} in {main.model}", info=info)
+    try:
+        tracker.log_html("report", report)
+    except Exception as e:  # tracking must not break the science
+        log.warning("could not log the report: %s", e)
+    return report
 
 
 def report_outliers(dm, run_dir: Path, factor: float = 25.0) -> dict[str, float]:

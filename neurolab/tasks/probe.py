@@ -21,7 +21,7 @@ from ..config import output_dir
 from ..tracking import make_logger
 from .common import headline, log_to_tracker, task
 from .stores import open_store
-from .pipeline import RankResult, choose_lambda_first, rank_pipeline, report_outliers
+from .pipeline import RankResult, choose_lambda_first, rank_pipeline, report_outliers, write_run_report
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ def train_and_evaluate(cfg: DictConfig, store, run_dir, logger=None, *, pages: b
     return res
 
 
+def report(cfg: DictConfig, res: RankResult, run_dir, store, logger, verb: str) -> None:
+    """``report.html`` of a ``probe`` / ``rank`` run."""
+    from ..tracking import Tracker
+
+    write_run_report(cfg, run_dir, res.metrics, {res.ranking.method or verb: res.ranking}, res.images, store,
+                     Tracker(logger), verb=verb)
+
+
 @task("probe")
 def probe(cfg: DictConfig) -> dict:
     """Rank with ``cfg.method`` on the store + concept, write ``ranking.json``, evaluate it."""
@@ -52,5 +60,6 @@ def probe(cfg: DictConfig) -> dict:
     store = open_store(cfg)
     logger = make_logger(cfg, run_dir)
     res = train_and_evaluate(cfg, store, run_dir, logger)
+    report(cfg, res, run_dir, store, logger, "probe")
     log.info("probe: %s", headline(res.metrics))
     return res.metrics

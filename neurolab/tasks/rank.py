@@ -20,7 +20,7 @@ from ..config import output_dir
 from ..tracking import make_logger
 from .common import headline, task
 from .stores import open_store
-from .probe import train_and_evaluate
+from .probe import report, train_and_evaluate
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ def rank(cfg: DictConfig) -> dict:
     store = open_store(cfg)
     logger = make_logger(cfg, run_dir)
     res = train_and_evaluate(cfg, store, run_dir, logger)
+    report(cfg, res, run_dir, store, logger, "rank")
     top = ", ".join(res.ranking.names[:5])
     log.info("rank %s / %s: top neurons %s%s", res.ranking.method, res.ranking.concept, top,
              (" | " + headline(res.metrics)) if headline(res.metrics) else "")

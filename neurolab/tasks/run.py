@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from ..config import group_option, output_dir
 from ..tracking import Tracker, make_logger
 from .common import headline, task
+from .pipeline import REPORT_FILE, write_run_report
 from .probe import train_and_evaluate
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
 
 
 def _methods_eval_cfg(cfg: DictConfig) -> DictConfig:
@@ -91,26 +91,7 @@ def run(cfg: DictConfig) -> dict:
             metrics[f"{name}/time/rank_and_evaluate_s"] = round(time.perf_counter() - t, 3)
 
     if rcfg.get("report", True):
-        from ..viz.report import write_report
-
-        info = {
-            "model": res.ranking.model,
-            "corpus": str(cfg.corpus.get("path", "")),
-            "concept": res.ranking.concept,
-            "sites": ", ".join(res.ranking.sites),
-            "neurons": str(res.ranking.total),
-            "store": str(store.path),
-            "method": f"{res.ranking.method}, regularization {cfg.regularization.get('name', '')} "
-                      f"(λ1={cfg.regularization.get('lambda_l1', 0)}, λ2={cfg.regularization.get('lambda_l2', 0)})",
-            "seed": str(cfg.get("seed")),
-            "run directory": str(run_dir),
-        }
-        report = write_report(run_dir / REPORT_FILE, metrics, rankings, images,
-                              title=f"neurolab run: {res.ranking.concept} in {res.ranking.model}", info=info)
-        try:
-            tracker.log_html("report", report)
-        except Exception as e:  # tracking must not break the science
-            log.warning("could not log the report: %s", e)
+        write_run_report(cfg, run_dir, metrics, rankings, images, store, tracker, verb="run")
     log.info("run finished in %.1f s; run directory %s", time.perf_counter() - t0, run_dir)
     log.info("  %s", headline(metrics))
     for name in methods:

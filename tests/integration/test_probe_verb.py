@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from neurolab.config import compose
@@ -92,26 +93,39 @@ def test_evaluate_refuses_mismatched_ranking(data, tmp_path):
         evaluate(cfg)
 
 
-def test_multirun_over_two_seeds(data, tmp_path, monkeypatch):
-    """`neurolab probe -m seed=1,2 ...` through the CLI entry point: one run directory per job."""
+def test_multirun_over_seeds_and_layers_ends_with_a_summary(data, tmp_path, monkeypatch):
+    """`neurolab probe -m seed=1,2 sites=layers.0,layers.1 ...` through the CLI entry point: one run
+    directory per job, and a summary of the four (the swept values, the metrics, mean ± std over seeds
+    per layer, a plot) in the sweep directory."""
+    import csv
+
     from neurolab.cli import main
 
     conllu, store, _ = data
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "multi"
-    argv = ["probe", "-m", "seed=1,2", f"store.dir={store.path}", f"corpus.path={conllu}", "extract_if_missing=false",
-            *FAST, "evaluation.percentages=[25]", "evaluation.retrain.random_seeds=[0]", "evaluation.minimal=null",
-            f"hydra.sweep.dir={sweep}"]
+    argv = ["probe", "-m", "seed=1,2", "sites=layers.0,layers.1", f"store.dir={store.path}", f"corpus.path={conllu}",
+            "extract_if_missing=false", *FAST, "evaluation.percentages=[25]", "evaluation.retrain.random_seeds=[0]",
+            "evaluation=[retrain]", f"hydra.sweep.dir={sweep}"]
     assert main(argv) == 0
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
-    assert [p.name for p in jobs] == ["0", "1"]
-    seeds = []
+    jobs = sorted((p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists()), key=lambda p: p.name)
+    assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     for p in jobs:
-        assert (p / "ranking.json").exists()
-        cfg = (p / "config.yaml").read_text()
-        seeds.append([ln for ln in cfg.splitlines() if ln.startswith("seed:")][0])
+        assert (p / "ranking.json").exists() and (p / "report.html").exists()
         assert "top/acc@25%" in json.loads((p / "metrics.json").read_text())
-    assert seeds == ["seed: 1", "seed: 2"]
+    with open(sweep / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {(r["seed"], r["sites"]) for r in rows} == {
+        ("1", "layers.0"), ("2", "layers.0"), ("1", "layers.1"), ("2", "layers.1")}
+    for r, p in zip(sorted(rows, key=lambda r: r["job"]), jobs):
+        assert float(r["test/acc"]) == json.loads((p / "metrics.json").read_text())["test/acc"]
+    groups = json.loads((sweep / "summary_groups.json").read_text())
+    assert groups["by"] == ["sites"] and len(groups["groups"]) == 2
+    for g in groups["groups"]:
+        accs = [float(r["test/acc"]) for r in rows if r["sites"] == g["sites"]]
+        assert g["test/acc"]["mean"] == pytest.approx(np.mean(accs))
+        assert g["test/acc"]["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert (sweep / "summary.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_probe_with_lambda_chosen_on_dev(data, tmp_path):
