@@ -96,7 +96,7 @@ class _MomentsMixin:
 
         metric = stream_moments([store], [sites], chunk_rows=int(self.chunk_rows), product_dtype=self.product_dtype,
                                 labels=[store_label(store)])
-        return metric.moments()
+        return metric.moments(release=True)
 
 
 class ClusterAnalysis(_MomentsMixin, Analysis):
@@ -122,8 +122,7 @@ class ClusterAnalysis(_MomentsMixin, Analysis):
         t0 = time.perf_counter()
         mom = self._moments(store, sites)
         t1 = time.perf_counter()
-        corr = mom.correlation()
-        mom.cov = None
+        corr = mom.correlation(inplace=True)
         self.result_ = cluster_correlations(corr, mom.groups[0].names(), t, rule=self.representative,
                                             seed=_seed(self.seed, context))
         self.sites_ = sites
@@ -162,8 +161,7 @@ class RedundancyAnalysis(_MomentsMixin, Analysis):
         mom = self._moments(store, sites)
         spans = mom.groups[0].spans()
         self.cka_ = site_cka(mom.cov, [spans[s] for s in sites])
-        corr = mom.correlation()
-        mom.cov = None
+        corr = mom.correlation(inplace=True)
         self.report_ = redundancy_report(corr, mom.groups[0].names(), spans, t, rule=self.representative,
                                          seed=_seed(self.seed, context))
         self.sites_ = sites
@@ -310,7 +308,7 @@ class SimilarityAnalysis(Analysis):
         labels = [store_label(s) for s in [store] + others]
         metric = stream_moments([store] + others, sites, chunk_rows=int(self.chunk_rows),
                                 product_dtype=self.product_dtype, labels=labels)
-        mom = metric.moments()
+        mom = metric.moments(release=True)
         self.labels_ = labels
         self.paths_ = [str(store.path)] + [str(o.path) for o in others]
         self.similarity_ = [site_similarity(mom, g, keep=float(self.keep), measures=list(self.measures))

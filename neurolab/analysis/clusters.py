@@ -51,9 +51,10 @@ def check_threshold(t: Any, what: str = "threshold") -> float:
     return v
 
 
-def cluster_labels(corr: np.ndarray, threshold: float, method: str = "average") -> np.ndarray:
+def cluster_labels(corr: np.ndarray, threshold: float, method: str = "average", *, inplace: bool = False) -> np.ndarray:
     """Flat cluster ids (0, 1, ... in order of each cluster's lowest column) of the neurons of a
-    correlation matrix, from hierarchical clustering on ``1 - |r|`` cut at ``threshold``."""
+    correlation matrix, from hierarchical clustering on ``1 - |r|`` cut at ``threshold``.
+    ``inplace``: overwrite ``corr`` with the distances (no ``n x n`` copy)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
@@ -63,7 +64,8 @@ def cluster_labels(corr: np.ndarray, threshold: float, method: str = "average") 
         return np.zeros(0, np.int64)
     if n == 1:
         return np.zeros(1, np.int64)
-    d = np.abs(np.asarray(corr, dtype=np.float64))  # one n x n copy, turned into 1 - |r| in place
+    d = corr if inplace else np.array(corr, dtype=np.float64)
+    np.abs(d, out=d)
     np.subtract(1.0, d, out=d)
     np.fill_diagonal(d, 0.0)
     np.clip(d, 0.0, 1.0, out=d)

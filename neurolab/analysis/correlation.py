@@ -83,6 +83,7 @@ class CrossMoments(Metric):
         if mode == "cross" and not 0 < self.num_first < D:
             raise ConfigError(f"mode='cross' needs 0 < num_first < {D}, got {self.num_first}")
         self.block = max(int(block), 1)
+        self._released = False
         f64 = torch.float64
         self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("sum", torch.zeros(D, dtype=f64), dist_reduce_fx="sum")
@@ -94,6 +95,8 @@ class CrossMoments(Metric):
 
     def update(self, x: Any) -> None:  # type: ignore[override]
         """Add a block of rows ``x [rows, D]`` (numpy or torch, any float type)."""
+        if self._released:
+            raise RuntimeError("these moments were released by moments(release=True); make a new CrossMoments")
         x = _tensor(x)
         if x.ndim != 2 or x.shape[1] != self.num_columns:
             raise ValueError(f"expected a [rows, {self.num_columns}] block, got shape {tuple(x.shape)}")
@@ -101,8 +104,11 @@ class CrossMoments(Metric):
         if m == 0:
             return
         x = x.to(self.sum.device)
-        mu = x.to(torch.float64).mean(0)
-        xc = (x.to(torch.float64) - mu) if self.product_dtype == "float64" else (x.to(torch.float32) - mu.to(torch.float32))
+        mu = x.sum(0, dtype=torch.float64) / m
+        if self.product_dtype == "float64":
+            xc = x.to(torch.float64) - mu
+        else:
+            xc = x.to(torch.float32) - mu.to(torch.float32)
         self.n += m
         self.sum += mu * m
         if self.mode == "full":
@@ -137,8 +143,11 @@ class CrossMoments(Metric):
             out.update(sq=self.sq, cross=self.cross)
         return out
 
-    def moments(self, groups: Sequence["Group"] | None = None) -> "Moments":
-        """The accumulated (and, under DDP, summed) statistics as :class:`Moments` (float64 numpy)."""
+    def moments(self, groups: Sequence["Group"] | None = None, *, release: bool = False) -> "Moments":
+        """The accumulated (and, under DDP, summed) statistics as :class:`Moments` (float64 numpy).
+
+        ``release=True`` builds the covariance in the memory of the state (no ``D x D`` copy); the
+        metric cannot be updated afterwards."""
         st = self.compute()
         n = float(st["n"])
         if n < 2:
@@ -149,12 +158,17 @@ class CrossMoments(Metric):
         groups = list(groups)
         if self.mode == "full":
             g = st["gram"].detach().cpu().numpy()
-            cov = np.empty_like(g)
-            for a, b in self._spans():  # mirror the upper blocks; the diagonal blocks are complete
-                cov[a:b, a:] = g[a:b, a:]
-                cov[a:, a:b] = g[a:b, a:].T
-            cov /= n
-            cov -= np.outer(mean, mean)
+            if release:
+                cov = g
+                self._released = True
+            else:
+                cov = np.empty_like(g)
+                for a, b in self._spans():
+                    cov[a:b, a:] = g[a:b, a:]
+            for a, b in self._spans():  # the upper blocks (diagonal blocks included) hold the sums
+                cov[a:b, a:] /= n
+                cov[a:b, a:] -= np.outer(mean[a:b], mean[a:])
+                cov[a:, a:b] = cov[a:b, a:].T  # mirror into the lower blocks
             return Moments(n=n, mean=mean, cov=cov, groups=groups)
         sq = st["sq"].cpu().numpy()
         var = np.maximum(sq / n - mean * mean, 0.0)
@@ -230,12 +244,15 @@ class Moments:
             raise ValueError("covariance blocks need mode='full' moments")
         return self.cov[a[0]:a[1], b[0]:b[1]]
 
-    def correlation(self) -> np.ndarray:
+    def correlation(self, inplace: bool = False) -> np.ndarray:
         """Pearson correlation of every pair of columns (full mode); a constant column correlates 0 with
-        every other one (1 with itself)."""
+        every other one (1 with itself). ``inplace``: turn ``cov`` into it (``cov`` is then gone)."""
         if not self.full:
             raise ValueError("the full correlation matrix needs mode='full' moments")
-        return correlation_from_cov(self.cov)
+        r = correlation_from_cov(self.cov, inplace=inplace)
+        if inplace:
+            self.cov = None
+        return r
 
     def cross_correlation(self, group: int = 1) -> np.ndarray:
         """Correlations between the columns of group 0 and those of ``group`` (rows: group 0)."""
@@ -251,20 +268,26 @@ class Moments:
         return _scale(c, sd[a0:a1], sd[b0:b1])
 
 
-def _scale(c: np.ndarray, sa: np.ndarray, sb: np.ndarray) -> np.ndarray:
-    da = np.where(sa > 0, sa, 1.0)
-    db = np.where(sb > 0, sb, 1.0)
-    r = c / da[:, None]
-    r /= db[None, :]
+def _scale(c: np.ndarray, sa: np.ndarray, sb: np.ndarray, inplace: bool = False) -> np.ndarray:
+    da = 1.0 / np.where(sa > 0, sa, 1.0)
+    db = 1.0 / np.where(sb > 0, sb, 1.0)
+    r = c if inplace else np.array(c, dtype=np.float64)
+    step = max(1, (1 << 24) // max(r.shape[1], 1))  # row blocks: no full-size temporaries
+    for a in range(0, r.shape[0], step):
+        blk = r[a:a + step]
+        blk *= da[a:a + step, None]
+        blk *= db[None, :]
+        np.clip(blk, -1.0, 1.0, out=blk)
     r[sa == 0, :] = 0.0
     r[:, sb == 0] = 0.0
-    return np.clip(r, -1.0, 1.0)
+    return r
 
 
-def correlation_from_cov(cov: np.ndarray) -> np.ndarray:
-    """Pearson correlations from a covariance matrix (constant columns: 0 off the diagonal, 1 on it)."""
-    sd = np.sqrt(np.maximum(np.diagonal(cov), 0.0))
-    r = _scale(cov, sd, sd)
+def correlation_from_cov(cov: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """Pearson correlations from a covariance matrix (constant columns: 0 off the diagonal, 1 on it).
+    ``inplace``: overwrite ``cov`` with them."""
+    sd = np.sqrt(np.maximum(np.diagonal(cov), 0.0)).copy()
+    r = _scale(cov, sd, sd, inplace=inplace)
     np.fill_diagonal(r, 1.0)
     return r
 

@@ -91,7 +91,7 @@ class _CrossModel(Method):
         metric = stream_moments([store] + others, sites, rows=_rows(data, self.rows), chunk_rows=int(self.chunk_rows),
                                 mode=self.mode, product_dtype=self.product_dtype,
                                 labels=[store_label(s) for s in [store] + others])
-        mom = metric.moments()
+        mom = metric.moments(release=True)
         scores = self._scores(mom)[np.asarray(data.columns, np.int64)]
         extra = {"others": [str(o.path) for o in others], "other_models": [store_label(o) for o in others],
                  "rows": self.rows}
@@ -163,7 +163,7 @@ class ClusterRepresentatives(Method):
         t = check_threshold(self.threshold, "method.threshold")
         cols = np.asarray(data.columns, np.int64)
         mom = data_moments(data, cols, "train", int(self.chunk_rows))
-        res = cluster_correlations(mom.correlation(), [str(c) for c in cols], t, rule=self.representative,
+        res = cluster_correlations(mom.correlation(inplace=True), [str(c) for c in cols], t, rule=self.representative,
                                    seed=int(context.seed if self.seed is None else self.seed))
         scores = np.zeros(len(cols))
         for members, rep in zip(res.clusters, res.representatives):

@@ -46,7 +46,7 @@ def data_moments(data, columns: np.ndarray, split: str = "train", chunk_rows: in
     metric = CrossMoments(len(cols), product_dtype=product_dtype)
     for X, _ in data.iter_chunks(split, chunk_rows, normalize=False):
         metric.update(np.ascontiguousarray(np.asarray(X)[:, pos]))
-    return metric.moments([Group("", ["columns"], {"columns": len(cols)})])
+    return metric.moments([Group("", ["columns"], {"columns": len(cols)})], release=True)
 
 
 @dataclass
@@ -133,7 +133,7 @@ def select_neurons(data, cfg, *, layer_delta: float = 0.01, threshold: float = 0
 
     # 2. one representative per correlation cluster of the kept neurons (training words)
     moments = data_moments(data, layer_cols, "train", chunk_rows)
-    corr = moments.correlation()
+    corr = moments.correlation(inplace=True)
     names = [str(int(c)) for c in layer_cols]
     clus = cluster_correlations(corr, names, threshold, rule=representative, seed=seed)
     del corr

@@ -171,3 +171,19 @@ def test_bad_inputs(tmp_path):
     a = write_store(tmp_path / "a", {"layers.0": rng.normal(size=(len(sent), 3))}, sent, word)
     with pytest.raises(ConfigError, match="no site"):
         stream_moments([a], [["layers.7"]])
+
+
+def test_released_moments_and_in_place_correlation_equal_the_copies():
+    rng = np.random.default_rng(9)
+    X = _messy(rng, 700, 30)
+    a, b = CrossMoments(30, block=7), CrossMoments(30, block=7)
+    a.update(X)
+    b.update(X)
+    kept = a.moments()
+    gone = b.moments(release=True)
+    np.testing.assert_array_equal(kept.cov, gone.cov)
+    np.testing.assert_array_equal(kept.correlation(), gone.correlation(inplace=True))
+    assert gone.cov is None
+    a.update(X)  # the copy leaves the metric usable
+    with pytest.raises(RuntimeError, match="released"):
+        b.update(X)
