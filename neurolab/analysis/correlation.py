@@ -45,7 +45,8 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["CrossMoments", "Moments", "Group", "stream_moments", "check_same_rows", "correlation_from_cov",
-           "linear_cka", "cca", "svcca", "pwcca", "PRODUCT_DTYPES"]
+           "linear_cka", "cca", "svcca", "pwcca", "whiten", "Whitened", "cca_whitened", "svcca_whitened",
+           "pwcca_whitened", "PRODUCT_DTYPES"]
 
 PRODUCT_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MODES = ("full", "cross")
@@ -303,21 +304,46 @@ def linear_cka(c_ab: np.ndarray, c_aa: np.ndarray, c_bb: np.ndarray) -> float:
     return float(np.sum(c_ab * c_ab) / den)
 
 
-def _whitener(c: np.ndarray, rel_tol: float = 1e-10, keep: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(W, V)``: ``W = V diag(1/sqrt(w))`` over the eigen-directions ``V`` of ``c`` kept: those with an
-    eigenvalue above ``rel_tol`` times the largest, and (``keep``) the fewest leading ones that explain
-    that share of the variance (SVCCA's reduction)."""
+@dataclass
+class Whitened:
+    """The kept eigen-directions of a covariance ``c``: ``W = V / sqrt(w)`` whitens (``W^T c W = I``),
+    ``S = V sqrt(w)`` equals ``c W``."""
+
+    W: np.ndarray
+    S: np.ndarray
+
+    @property
+    def rank(self) -> int:
+        return self.W.shape[1]
+
+
+def whiten(c: np.ndarray, keep: float | None = None, rel_tol: float = 1e-10) -> Whitened:
+    """The eigen-directions of ``c`` with an eigenvalue above ``rel_tol`` times the largest and, with
+    ``keep``, only the fewest leading ones that explain that share of the variance (SVCCA's reduction)."""
     w, V = np.linalg.eigh(np.asarray(c, dtype=np.float64))
     order = np.argsort(w)[::-1]
     w, V = w[order], V[:, order]
     if len(w) == 0 or w[0] <= 0:
-        return np.zeros((len(c), 0)), np.zeros((len(c), 0))
+        z = np.zeros((len(c), 0))
+        return Whitened(z, z)
     k = int(np.sum(w > rel_tol * w[0]))
     if keep is not None and keep < 1.0:
         cum = np.cumsum(w[:k]) / np.sum(w[:k])
         k = min(k, int(np.searchsorted(cum, keep - 1e-12, side="left")) + 1)
     w, V = w[:k], V[:, :k]
-    return V / np.sqrt(w)[None, :], V
+    r = np.sqrt(w)[None, :]
+    return Whitened(V / r, V * r)
+
+
+def cca_whitened(wa: Whitened, wb: Whitened, c_ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rho, U)``: canonical correlations (descending) and their directions in ``wa``'s whitened
+    coordinates (side a's canonical directions are ``wa.W @ U``)."""
+    k = min(wa.rank, wb.rank)
+    if k == 0:
+        return np.zeros(0), np.zeros((wa.rank, 0))
+    M = wa.W.T @ c_ab @ wb.W
+    U, rho, _ = np.linalg.svd(M, full_matrices=False)
+    return np.clip(rho[:k], 0.0, 1.0), U[:, :k]
 
 
 def cca(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray, *, keep: float | None = None,
@@ -328,34 +354,36 @@ def cca(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray, *, keep: float | N
     the canonical directions of side a (columns of ``A``; the variates ``(x - mean) A`` have unit
     variance). ``keep``: first reduce each side to the leading principal directions explaining this
     share of its variance (SVCCA)."""
-    Wa, _ = _whitener(c_aa, rel_tol, keep)
-    Wb, _ = _whitener(c_bb, rel_tol, keep)
-    k = min(Wa.shape[1], Wb.shape[1])
-    if k == 0:
-        return np.zeros(0), np.zeros((len(c_aa), 0))
-    M = Wa.T @ c_ab @ Wb
-    U, rho, _ = np.linalg.svd(M, full_matrices=False)
-    rho = np.clip(rho[:k], 0.0, 1.0)
-    return rho, Wa @ U[:, :k]
+    wa = whiten(c_aa, keep, rel_tol)
+    rho, U = cca_whitened(wa, whiten(c_bb, keep, rel_tol), c_ab)
+    return rho, wa.W @ U
+
+
+def svcca_whitened(wa: Whitened, wb: Whitened, c_ab: np.ndarray) -> float:
+    rho, _ = cca_whitened(wa, wb, c_ab)
+    return float(rho.mean()) if len(rho) else float("nan")
+
+
+def pwcca_whitened(wa: Whitened, wb: Whitened, c_ab: np.ndarray) -> float:
+    rho, U = cca_whitened(wa, wb, c_ab)
+    if len(rho) == 0:
+        return float("nan")
+    alpha = np.abs(wa.S @ U).sum(axis=0)  # c_aa (W U) = S U: covariances of the variates with a's neurons
+    s = alpha.sum()
+    return float(np.dot(alpha, rho) / s) if s > 0 else float("nan")
 
 
 def svcca(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray, keep: float = 0.99) -> float:
     """SVCCA (Raghu et al. 2017): the mean canonical correlation after reducing each side to the
     principal directions that explain ``keep`` of its variance."""
-    rho, _ = cca(c_aa, c_bb, c_ab, keep=keep)
-    return float(rho.mean()) if len(rho) else float("nan")
+    return svcca_whitened(whiten(c_aa, keep), whiten(c_bb, keep), c_ab)
 
 
 def pwcca(c_aa: np.ndarray, c_bb: np.ndarray, c_ab: np.ndarray) -> float:
     """PWCCA (Morcos et al. 2018): canonical correlations averaged with weights ``alpha_i = sum_j
     |cov(h_i, x_j)|``, how much of side a's neurons ``x_j`` the canonical variate ``h_i`` accounts for
     (normalised to sum 1). Asymmetric: side a gives the weights."""
-    rho, A = cca(c_aa, c_bb, c_ab)
-    if len(rho) == 0:
-        return float("nan")
-    alpha = np.abs(np.asarray(c_aa) @ A).sum(axis=0)
-    s = alpha.sum()
-    return float(np.dot(alpha, rho) / s) if s > 0 else float("nan")
+    return pwcca_whitened(whiten(c_aa), whiten(c_bb), c_ab)
 
 
 # -- the streaming pass ------------------------------------------------------------------------------
@@ -400,8 +428,9 @@ def stream_moments(stores: Sequence[Any], sites: Sequence[Sequence[str]] | None 
     of the concatenation of ``sites[i]`` of every store ``i`` (default: all their sites).
 
     ``rows``: store rows to use (a slice or sorted indices; default all). Returns the metric (call
-    ``.moments(groups)``; the groups are in ``metric.groups``). Memory: the metric's state plus one
-    block of ``chunk_rows`` rows of every store.
+    ``.moments()``; the column groups are in ``metric.groups``). Memory: the metric's state plus one
+    block of ``chunk_rows`` rows of every store. Under DDP give each rank its own share of the rows
+    (e.g. ``rows=np.arange(rank, n, world)``): ``moments()`` then sums the ranks' states.
     """
     stores = list(stores)
     if not stores:

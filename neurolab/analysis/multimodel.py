@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .correlation import Moments, linear_cka, pwcca, svcca
+from .correlation import Moments, linear_cka, pwcca_whitened, svcca_whitened, whiten
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ __all__ = ["per_model_maxcorr", "maxcorr_scores", "mincorr_scores", "linreg_scor
            "REDUCTIONS"]
 
 REDUCTIONS = ("max", "min", "mean")
+
+
+def _one_blas_thread():
+    """Many small LAPACK calls (eigh, svd of one site's covariance) run on one BLAS thread: on a busy
+    machine, or next to torch's OpenMP pool, a multi-threaded OpenBLAS spin-waits and the calls take
+    tens of times longer (eigh of a 384 x 384 covariance: 0.05 s on one thread, seconds on two)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
 
 
 def per_model_maxcorr(moments: Moments) -> np.ndarray:
@@ -75,16 +84,21 @@ def linreg_scores(moments: Moments, reduce: str = "max") -> np.ndarray:
         raise ConfigError("LinReg needs at least two models (stores)")
     a = moments.span(0)
     var = moments.variances()[a[0]:a[1]]
+    with _one_blas_thread():
+        per = _linreg_per_model(moments, a, var)
+    return {"max": per.max, "min": per.min, "mean": per.mean}[reduce](axis=0)
+
+
+def _linreg_per_model(moments: Moments, a: tuple[int, int], var: np.ndarray) -> np.ndarray:
     per = []
     for g in range(1, len(moments.groups)):
         b = moments.span(g)
         c_ab = moments.cov_block(a, b)
         P = _pinv_psd(moments.cov_block(b, b))
-        explained = np.einsum("ij,jk,ik->i", c_ab, P, c_ab)
+        explained = np.sum((c_ab @ P) * c_ab, axis=1)
         r2 = np.divide(explained, var, out=np.zeros_like(var), where=var > 0)
         per.append(np.clip(r2, 0.0, 1.0))
-    per = np.stack(per)
-    return {"max": per.max, "min": per.min, "mean": per.mean}[reduce](axis=0)
+    return np.stack(per)
 
 
 def site_similarity(moments: Moments, group_b: int = 1, *, keep: float = 0.99,
@@ -95,18 +109,38 @@ def site_similarity(moments: Moments, group_b: int = 1, *, keep: float = 0.99,
     model with each other."""
     ga, gb = moments.groups[0], moments.groups[group_b]
     out: dict = {"sites_a": list(ga.sites), "sites_b": list(gb.sites)}
-    fns = {"cka": lambda ab, aa, bb: linear_cka(ab, aa, bb), "svcca": lambda ab, aa, bb: svcca(aa, bb, ab, keep),
-           "pwcca": lambda ab, aa, bb: pwcca(aa, bb, ab)}
-    unknown = [m for m in measures if m not in fns]
+    known = ("cka", "svcca", "pwcca")
+    unknown = [m for m in measures if m not in known]
     if unknown:
-        raise ConfigError(f"unknown similarity measures {unknown}; expected some of {list(fns)}")
-    for m in measures:
-        mat = np.empty((len(ga.sites), len(gb.sites)))
-        for i, sa in enumerate(ga.sites):
-            a = moments.span(0, sa)
-            c_aa = moments.cov_block(a, a)
-            for j, sb in enumerate(gb.sites):
-                b = moments.span(group_b, sb)
-                mat[i, j] = fns[m](moments.cov_block(a, b), c_aa, moments.cov_block(b, b))
-        out[m] = mat
+        raise ConfigError(f"unknown similarity measures {unknown}; expected some of {list(known)}")
+    spans_a = {s: moments.span(0, s) for s in ga.sites}
+    spans_b = {s: moments.span(group_b, s) for s in gb.sites}
+    cache: dict = {}
+
+    def w(side: str, site: str, k: float | None):  # one eigendecomposition per site and reduction
+        key = (side, site, k)
+        if key not in cache:
+            sp = spans_a[site] if side == "a" else spans_b[site]
+            cache[key] = whiten(moments.cov_block(sp, sp), k)
+        return cache[key]
+
+    mats = {m: np.empty((len(ga.sites), len(gb.sites))) for m in measures}
+    with _one_blas_thread():
+        _fill(mats, moments, ga, gb, spans_a, spans_b, w, keep)
+    out.update(mats)
     return out
+
+
+def _fill(mats, moments, ga, gb, spans_a, spans_b, w, keep) -> None:
+    for i, sa in enumerate(ga.sites):
+        a = spans_a[sa]
+        c_aa = moments.cov_block(a, a)
+        for j, sb in enumerate(gb.sites):
+            b = spans_b[sb]
+            c_ab = moments.cov_block(a, b)
+            if "cka" in mats:
+                mats["cka"][i, j] = linear_cka(c_ab, c_aa, moments.cov_block(b, b))
+            if "svcca" in mats:
+                mats["svcca"][i, j] = svcca_whitened(w("a", sa, keep), w("b", sb, keep), c_ab)
+            if "pwcca" in mats:
+                mats["pwcca"][i, j] = pwcca_whitened(w("a", sa, None), w("b", sb, None), c_ab)

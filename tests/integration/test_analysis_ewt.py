@@ -62,8 +62,10 @@ def test_redundancy_of_minilm(tmp_path, ewt_dev, minilm_dir, ewt_store):
 
 
 def test_selection_keeps_few_neurons_at_97_percent(tmp_path, ewt_dev, minilm_dir, ewt_store):
+    # the size search starts at 16 neurons and tries at most 6 sizes (11 probes in all)
     run, m = _analyze(tmp_path, "select", _over(ewt_dev, minilm_dir, ewt_store, "concept=upos",
-                                                "analysis.tolerance=0.03", "analysis.threshold=0.3"))
+                                                "analysis.tolerance=0.03", "analysis.threshold=0.3",
+                                                "analysis.min_neurons=16", "analysis.max_steps=6"))
     saved = json.loads((run / "metrics.json").read_text())
     sel = json.loads((run / "selection.json").read_text())
     assert saved["select/base_acc"] > 0.9

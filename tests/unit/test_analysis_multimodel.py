@@ -154,3 +154,29 @@ def test_method_needs_a_store_and_another_store(tmp_path):
         MaxCorr().fit(_dm(store, corpus))
     with pytest.raises(ConfigError, match="no activation store there"):
         MaxCorr(other=str(tmp_path / "nowhere")).fit(_dm(store, corpus))
+
+
+def test_site_similarity_equals_the_pairwise_functions(tmp_path):
+    from neurolab.analysis.correlation import linear_cka, pwcca, svcca
+    from neurolab.analysis.multimodel import site_similarity
+
+    rng = np.random.default_rng(5)
+    n = 900
+    Z = rng.normal(size=(n, 4))
+    acts_a = {f"layers.{i}": (Z @ rng.normal(size=(4, 6)) + rng.normal(size=(n, 6))).astype(np.float32) for i in range(3)}
+    acts_b = {f"layers.{i}": (Z @ rng.normal(size=(4, 5)) + 2 * rng.normal(size=(n, 5))).astype(np.float32)
+              for i in range(2)}
+    a, b = _write(tmp_path / "a", acts_a), _write(tmp_path / "b", acts_b)
+    mom = stream_moments([a, b], product_dtype="float64").moments()
+    sim = site_similarity(mom, keep=0.9)
+    assert sim["sites_a"] == list(acts_a) and sim["sites_b"] == list(acts_b)
+    for i, sa in enumerate(acts_a):
+        for j, sb in enumerate(acts_b):
+            X, Y = acts_a[sa].astype(np.float64), acts_b[sb].astype(np.float64)
+            C = np.cov(np.hstack([X, Y]), rowvar=False, ddof=0)
+            c_aa, c_bb, c_ab = C[:6, :6], C[6:, 6:], C[:6, 6:]
+            assert sim["cka"][i, j] == pytest.approx(linear_cka(c_ab, c_aa, c_bb), rel=1e-8)
+            assert sim["svcca"][i, j] == pytest.approx(svcca(c_aa, c_bb, c_ab, keep=0.9), rel=1e-8)
+            assert sim["pwcca"][i, j] == pytest.approx(pwcca(c_aa, c_bb, c_ab), rel=1e-8)
+    with pytest.raises(ConfigError, match="unknown similarity measures"):
+        site_similarity(mom, measures=["rsa"])
