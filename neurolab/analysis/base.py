@@ -45,7 +45,9 @@ def store_label(store) -> str:
         if isinstance(v, dict):
             name = v.get("name") or v.get("name_or_path")
             if name:
-                name = str(name).rstrip("/").split("/")[-1]
+                parts = str(name).rstrip("/").split("/")
+                # a local folder named like "model": keep its parent's name as well
+                name = "/".join(parts[-2:]) if len(parts) > 1 and len(parts[-1]) <= 6 else parts[-1]
                 return f"{name} (random init)" if v.get("random_init") else name
         elif v:
             return str(v)
