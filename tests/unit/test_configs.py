@@ -48,7 +48,7 @@ def _options() -> list[tuple[str, str]]:
 
 
 def _verb_for(group: str) -> str:
-    for verb in ("probe", "run", "rank", "extract", "evaluate"):
+    for verb in ("probe", "run", "rank", "extract", "evaluate", "analyze"):
         if (CONF / f"{verb}.yaml").exists() and group in _defaults(verb):
             return verb
     raise AssertionError(f"conf/{group}/ is in no primary config's defaults list")

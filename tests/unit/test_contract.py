@@ -25,8 +25,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = Path(config_dir())
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 EVALUATORS = sorted(p.stem for p in (CONF / "evaluation").glob("*.yaml"))
-# methods that need more than a store (another store, the live model): their own tests plant their answers
-NEEDS_MORE = {}
+# methods that need more than one store and a concept (other models' stores, the live model) or rank
+# without a concept: their own tests plant their answers
+NEEDS_MORE = {
+    "maxcorr": "tests/unit/test_analysis_multimodel.py", "mincorr": "tests/unit/test_analysis_multimodel.py",
+    "linreg": "tests/unit/test_analysis_multimodel.py", "representatives": "tests/unit/test_analysis_clusters.py",
+}
 # quicker settings for the planted run (the defaults are sized for real corpora)
 FAST = {
     "neuron_mask": ["method.max_epochs=8", "method.module.anneal_epochs=4"],
