@@ -92,8 +92,12 @@ def _world(cfg: DictConfig) -> int:
         return 1
 
 
-def extract_store(cfg: DictConfig, *, stats: dict | None = None):
-    """Build (or resume, or reuse) the store for this config and return it."""
+def extract_store(cfg: DictConfig, *, stats: dict | None = None, for_reading: bool = True):
+    """Build (or resume, or reuse) the store for this config and return it.
+
+    ``for_reading``: the caller computes on the store, so a store holding non-finite values (fp16
+    overflow at extraction) is refused unless ``store.nonfinite=warn`` (as when a store is opened).
+    """
     from ..extraction.run import extract_to_store, store_identity
     from ..models.loading import model_identity
 
@@ -116,16 +120,35 @@ def extract_store(cfg: DictConfig, *, stats: dict | None = None):
                                      model_identity=mid, plan=plan, meta=meta)
     st["total_seconds"] = time.perf_counter() - t0
     st["world_size"] = world
+    if store is not None:
+        st["fp16_overflow"] = int((store.meta or {}).get("fp16_overflow") or 0)
+        if for_reading and st["fp16_overflow"]:
+            _refuse_overflow(store, st["fp16_overflow"])
     if stats is not None:
         stats.update(st)
     return store
 
 
+def _refuse_overflow(store, count: int) -> None:
+    from ..store import StoreError
+    from ..store.integrity import policy
+
+    msg = (f"{store.path}: {count} activations were beyond the fp16 range (|x| > 65504) and are stored as inf; "
+           "results computed on them are not meaningful. Extract with extract.dtype=bf16 or fp32 (into another "
+           "store.dir, or with store.overwrite=true)")
+    if policy().nonfinite == "error":
+        raise StoreError(msg + ", or set store.nonfinite=warn to use the store anyway")
+    log.warning("%s (store.nonfinite=warn: using it anyway)", msg)
+
+
 @task("extract")
 def extract(cfg: DictConfig) -> dict:
     """The ``neurolab extract`` verb: build the store, log its summary, return metrics."""
+    from ..store.integrity import overriding
+
     st: dict = {}
-    store = extract_store(cfg, stats=st)
+    with overriding(nonfinite="warn"):  # extract reports non-finite values; the verbs that read refuse them
+        store = extract_store(cfg, stats=st, for_reading=False)
     if store is None:  # a non-zero rank of a data-parallel run
         return {}
     info = store.info()
@@ -149,5 +172,6 @@ def extract(cfg: DictConfig) -> dict:
         "extract/reused": st.get("reused", 0),
         "extract/shards_written": st.get("shards", 0),
         "extract/num_neurons": info["num_neurons"],
+        "extract/fp16_overflow": st.get("fp16_overflow", 0),
         "store_dir": info["path"],
     }
