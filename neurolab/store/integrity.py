@@ -409,10 +409,16 @@ def check_contents(store, mode: str, *, manifest_sha: str, collect: bool = False
             raise StoreError(msg)
         rep.problems.append(msg)
 
+    real_root = root.resolve()
     for i, sh in enumerate(store.shards):
         d = shard_dir(root, sh["dir"])
         if not d.is_dir():
             problem(f"{d}: shard directory missing")
+            continue
+        try:
+            d.resolve().relative_to(real_root)
+        except ValueError:
+            problem(f"{d}: a link to {d.resolve()}, outside the store; shard directories must be inside it")
             continue
         rows = int(sh["rows"])
         index_ok = False
@@ -450,12 +456,11 @@ def check_contents(store, mode: str, *, manifest_sha: str, collect: bool = False
             if got != digest:
                 problem(f"{f}: checksum mismatch (the file is corrupt or was changed)")
                 continue
-            if f.stat().st_mtime_ns != st.st_mtime_ns:  # changed while it was read: check it next time
-                continue
-            new[rel] = dict(_stat_entry(st), sha256=digest, checked_ns=checked_ns, nonfinite=nonfinite)
             if nonfinite:
                 rep.nonfinite[rel] = nonfinite
             index_ok = index_ok or name == INDEX_FILE
+            if f.stat().st_mtime_ns == st.st_mtime_ns:  # (a file changed while it was read is read again next time)
+                new[rel] = dict(_stat_entry(st), sha256=digest, checked_ns=checked_ns, nonfinite=nonfinite)
         _check_shard_meta(store, i, d, old, new, rep, problem, index_ok)
     rep.seconds = time.perf_counter() - t0
     if rep.problems:

@@ -149,9 +149,10 @@ class StoreWriter:
                     return self
         elif self.path.exists() and any(not self._writer_leftover(p) for p in self.path.iterdir()):
             if not self.overwrite:
+                held = [p.name for p in sorted(self.path.iterdir()) if not self._writer_leftover(p)]
                 raise StoreMismatchError(
                     f"{self.path}: directory is not empty and holds no {MANIFEST}; refusing to write a "
-                    f"store into it (it holds {describe_entries(foreign_entries(self.path) or [p.name for p in sorted(self.path.iterdir())])})."
+                    f"store into it (it holds {describe_entries(held)}; store.overwrite=true replaces it)."
                 )
             self._wipe()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -563,9 +564,20 @@ class ActivationStore:
     # -- index -------------------------------------------------------------------------------
     def _load_index(self) -> np.ndarray:
         if self._index is None:
-            parts = [np.load(self._file(i, INDEX_FILE), mmap_mode="r", allow_pickle=False) for i in range(len(self.shards))]
+            parts = [self._index_part(i) for i in range(len(self.shards))]
             self._index = np.concatenate(parts, axis=0).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
         return self._index
+
+    def _index_part(self, shard: int) -> np.ndarray:
+        f = self._file(shard, INDEX_FILE)
+        try:
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+        except Exception as e:  # a damaged header: ValueError, SyntaxError, tokenize errors
+            raise StoreError(f"{f}: cannot read shard file ({type(e).__name__}: {e})") from None
+        expect = (int(self.shards[shard]["rows"]), 2)
+        if a.shape != expect or a.dtype != np.dtype(np.int32):
+            raise StoreError(f"{f}: array of shape {a.shape} ({a.dtype}), expected {expect} (int32)")
+        return a
 
     @property
     def sentence_ids(self) -> np.ndarray:
@@ -591,8 +603,8 @@ class ActivationStore:
             f = self._file(shard, site_filename(site))
             try:
                 m = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise StoreError(f"{f}: cannot read shard file ({e})") from None
+            except Exception as e:  # a damaged header: ValueError, SyntaxError, tokenize errors
+                raise StoreError(f"{f}: cannot read shard file ({type(e).__name__}: {e})") from None
             expect = (self.shards[shard]["rows"], self.neurons_per_site[site])
             if m.shape != expect or m.dtype != np.dtype(DTYPES[self.dtype]):
                 raise StoreError(f"{f}: array of shape {m.shape} ({m.dtype}), manifest says {expect} ({self.dtype})")

@@ -65,11 +65,17 @@ def _kept(rel: str) -> bool:
 
 
 def _listing(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (mtime, size)}`` of the files in the run directory, without what a rerun keeps
+    (logs, ``.hydra/``, ``wandb/``) and without activation stores kept there (a store is not a result:
+    it is reused, never deleted with the results)."""
+    from ..store.integrity import is_store_manifest
+
     out = {}
     for root, dirs, files in os.walk(run_dir):
         rel_root = Path(root).relative_to(run_dir)
-        if rel_root == Path(".") :
+        if rel_root == Path("."):
             dirs[:] = [d for d in dirs if d not in _KEEP_DIRS]
+        dirs[:] = [d for d in dirs if not is_store_manifest(Path(root) / d / "manifest.json")]
         for name in files:
             rel = (rel_root / name).as_posix()
             if _kept(rel):
@@ -83,13 +89,13 @@ def _listing(run_dir: Path) -> dict[str, tuple[int, int]]:
 
 
 def _inside(run_dir: Path, rel: str) -> Path | None:
+    """``run_dir / rel`` when it names a file inside the run directory (never a path outside it)."""
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return None
     p = run_dir / rel
     try:
-        p.resolve().relative_to(run_dir.resolve()) if not p.is_symlink() else p.parent.resolve().relative_to(
-            run_dir.resolve())
-    except ValueError:
-        return None
-    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        p.parent.resolve().relative_to(run_dir.resolve())
+    except (ValueError, OSError):
         return None
     return p
 
@@ -181,6 +187,8 @@ def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictCo
                     finish()
                 metrics = dict(metrics)
                 metrics.setdefault(f"time/{name}_s", round(time.perf_counter() - t0, 3))
+                if checks.reports:  # what checking the stores it read cost this run
+                    metrics.setdefault("time/store_checks_s", round(sum(v.seconds for v in checks.reports), 4))
                 nonfinite = sum(v.nonfinite_values for v in checks.reports)
                 if nonfinite:
                     metrics["store/nonfinite_values"] = nonfinite

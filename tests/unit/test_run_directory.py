@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from neurolab.config import compose
-from neurolab.tasks.common import OUTPUTS_FILE, clear_previous_results, write_metrics
 from tests.helpers.trust import probe_overrides, tagged_store
+
+OUTPUTS_FILE = ".neurolab-outputs.json"
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +38,16 @@ def test_rerun_replaces_results(data, tmp_path, monkeypatch, one_thread):
 
 
 def test_write_metrics_never_merges(tmp_path):
+    from neurolab.tasks.common import write_metrics
+
     write_metrics(tmp_path, {"a": 1.0, "old": 2.0})
     write_metrics(tmp_path, {"a": 3.0})
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"a": 3.0}
 
 
 def test_results_of_a_run_made_before_the_list_are_replaced_too(tmp_path):
+    from neurolab.tasks.common import clear_previous_results
+
     for name in ("config.yaml", "metrics.json", "ranking.json", "sites.png", "probeless_ranking.json"):
         (tmp_path / name).write_text("old")
     (tmp_path / "photo.png.txt").write_text("not ours")
@@ -52,6 +57,8 @@ def test_results_of_a_run_made_before_the_list_are_replaced_too(tmp_path):
 
 
 def test_a_forged_list_cannot_delete_outside_the_run_directory(tmp_path):
+    from neurolab.tasks.common import clear_previous_results
+
     run = tmp_path / "run"
     run.mkdir()
     (tmp_path / "precious.txt").write_text("keep")

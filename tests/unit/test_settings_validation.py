@@ -9,7 +9,6 @@ import pytest
 
 from neurolab.config import compose
 from neurolab.errors import ConfigError
-from neurolab.tasks.validate import RULES, validate
 from tests.helpers.trust import probe_overrides, tagged_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
     ("rank", "rank_split=validation", ["rank_split='validation'", "train, dev, test"]),
 ])
 def test_bad_setting_is_refused_naming_key_value_and_what_is_allowed(tmp_path, verb, override, expect):
+    from neurolab.tasks.validate import validate
+
     cfg = compose(verb, [override, "ranking=r.json"] if verb == "evaluate" else [override], run_dir=tmp_path)
     with pytest.raises(ConfigError) as e:
         validate(cfg, verb)
@@ -45,6 +46,8 @@ def test_bad_setting_is_refused_naming_key_value_and_what_is_allowed(tmp_path, v
 
 @pytest.mark.parametrize("verb", ["extract", "probe", "rank", "run"])
 def test_the_default_settings_pass(tmp_path, verb):
+    from neurolab.tasks.validate import validate
+
     validate(compose(verb, [], run_dir=tmp_path), verb)
     validate(compose(verb, ["trainer=ddp", "concept=regex", "concept.pattern='^[A-Z]'",
                             "evaluation.percentages=['5%',10]"] if verb != "extract" else ["trainer=ddp"],
@@ -52,6 +55,8 @@ def test_the_default_settings_pass(tmp_path, verb):
 
 
 def test_several_problems_in_one_message(tmp_path):
+    from neurolab.tasks.validate import validate
+
     cfg = compose("probe", ["seed=abc", "store.shard_size=0"], run_dir=tmp_path)
     with pytest.raises(ConfigError) as e:
         validate(cfg, "probe")
@@ -60,6 +65,8 @@ def test_several_problems_in_one_message(tmp_path):
 
 def test_every_rule_names_a_key_of_a_verb_config(tmp_path):
     from omegaconf import OmegaConf
+
+    from neurolab.tasks.validate import RULES
 
     cfgs = {v: compose(v, ["ranking=r.json"] if v == "evaluate" else [], run_dir=tmp_path)
             for v in ("extract", "probe", "rank", "evaluate", "run")}

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 from neurolab.store import ActivationStore, StoreError, StoreMismatchError, StoreWriter, write_store
-from neurolab.store import integrity
-from tests.helpers.trust import edit_manifest, flip_byte, reseal, set_value
+from tests.helpers.trust import edit_manifest, flip_byte, manifest_digest, reseal, set_value
+
+MARKER = ".verified.json"
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,7 +119,7 @@ def test_shard_directory_outside_the_store_is_refused(store, tmp_path):
     shutil.copytree(store.path / "shards" / "000001", elsewhere)
     m = json.loads((store.path / "manifest.json").read_text())
     m["shards"][1]["dir"] = "../../elsewhere/shards/000001"
-    m["digest"] = integrity.manifest_digest(m)  # even a self-consistent manifest
+    m["digest"] = manifest_digest(m)  # even a self-consistent manifest
     (store.path / "manifest.json").write_text(json.dumps(m))
     before = _tree(tmp_path / "elsewhere")
     for mode in ("never", "once", "always"):
@@ -137,7 +138,7 @@ def test_manifest_dtype_edited_fp16_to_bf16_is_caught(store):
         ActivationStore.open(store.path)
     # an edit that also fixes the digest is still caught, by the shard headers, in every mode
     m = json.loads((store.path / "manifest.json").read_text())
-    m["digest"] = integrity.manifest_digest(m)
+    m["digest"] = manifest_digest(m)
     (store.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(StoreError, match=r"float16.*bf16"):
         ActivationStore.open(store.path)
@@ -165,7 +166,7 @@ def test_once_hashes_a_store_once_and_again_only_what_changed(store):
     first = ActivationStore.open(store.path).verification
     n_files = sum(len(sh["files"]) + 1 for sh in store.shards)
     assert first.files_hashed == n_files and first.files_trusted == 0
-    assert (store.path / integrity.MARKER).exists()
+    assert (store.path / MARKER).exists()
     again = ActivationStore.open(store.path).verification
     assert again.files_hashed == 0 and again.files_trusted == n_files and again.bytes_hashed == 0
     always = ActivationStore.open(store.path, verify="always").verification
@@ -184,13 +185,15 @@ def test_marker_is_keyed_by_the_manifest(store):
     mp = store.path / "manifest.json"
     m = json.loads(mp.read_text())
     m["meta"]["note"] = "edited and re-digested"
-    m["digest"] = integrity.manifest_digest(m)
+    m["digest"] = manifest_digest(m)
     mp.write_text(json.dumps(m))
     rep = ActivationStore.open(store.path).verification
     assert rep.files_trusted == 0 and rep.files_hashed > 0
 
 
 def test_marker_falls_back_to_the_cache_for_a_read_only_store(store, monkeypatch):
+    from neurolab.store import integrity
+
     _age(store.path)
     real = integrity.write_json_atomic
 
@@ -201,7 +204,7 @@ def test_marker_falls_back_to_the_cache_for_a_read_only_store(store, monkeypatch
 
     monkeypatch.setattr(integrity, "write_json_atomic", read_only)
     assert ActivationStore.open(store.path).verification.files_hashed > 0
-    assert not (store.path / integrity.MARKER).exists()
+    assert not (store.path / MARKER).exists()
     assert ActivationStore.open(store.path).verification.files_hashed == 0  # remembered in the cache folder
 
 
@@ -222,6 +225,8 @@ def test_nonfinite_value_refused_naming_file_and_row(store):
 
 
 def test_nonfinite_values_counted_when_the_user_opts_in(store, caplog):
+    from neurolab.store import integrity
+
     set_value(store.path, "000001", "layers.0", 2, 4, np.inf)
     set_value(store.path, "000003", "embeddings", 0, 0, np.nan)
     reseal(store.path)
@@ -244,6 +249,8 @@ def test_fp16_overflow_store_refused_when_read_with_the_reason(tmp_path):
 
 
 def test_store_checks_follow_the_run_config(store):
+    from neurolab.store import integrity
+
     _age(store.path)
     with integrity.store_checks({"store": {"verify": "always"}}):
         assert ActivationStore.open(store.path).verification.files_trusted == 0
@@ -276,7 +283,7 @@ def test_store_verify_reports_a_missing_shard_directory_and_leftovers(store):
 def test_store_verify_finds_an_edited_dtype(store):
     m = json.loads((store.path / "manifest.json").read_text())
     m["dtype"] = m["identity"]["dtype"] = "bf16"
-    m["digest"] = integrity.manifest_digest(m)
+    m["digest"] = manifest_digest(m)
     (store.path / "manifest.json").write_text(json.dumps(m))
     r = _store_cli("verify", store.path)
     assert r.returncode == 1 and "CORRUPT" in r.stdout and "bf16" in r.stderr
@@ -319,3 +326,26 @@ def test_two_writers_into_one_store_are_serialised(tmp_path):
     s = ActivationStore.open(target, verify="always")
     assert s.num_tokens == 400 and s.stray_entries() == []
     assert not [p for p in (target / "shards").iterdir() if p.name.startswith(".tmp-")]
+
+
+# -- the verbs get the checks without code of their own ---------------------------------------------------------
+def test_probe_and_rank_refuse_a_store_with_an_inf_and_report_it_when_asked(tmp_path, one_thread):
+    from neurolab.config import compose
+    from neurolab.tasks.probe import probe
+    from neurolab.tasks.rank import rank
+    from tests.helpers.trust import probe_overrides, tagged_store, verb_overrides
+
+    conllu, store = tagged_store(tmp_path / "data")
+    set_value(store, "000001", "layers.1", 3, 1, np.inf)
+    with pytest.raises(StoreError, match="checksum"):
+        probe(compose("probe", probe_overrides(store, conllu), run_dir=tmp_path / "p0"))
+    reseal(store)
+    for fn, verb, ov in ((probe, "probe", probe_overrides(store, conllu)),
+                         (rank, "rank", verb_overrides(store, conllu, "method=probeless"))):
+        with pytest.raises(StoreError, match=r"000001.layers.1.npy: row 3 \(store row 103\), unit 1"):
+            fn(compose(verb, ov, run_dir=tmp_path / verb))
+        assert not (tmp_path / verb / "ranking.json").exists()
+    # opted in: read as they are (a probe may not survive an inf; rank's statistics do), counted and reported
+    m = rank(compose("rank", verb_overrides(store, conllu, "method=probeless", "store.nonfinite=warn",
+                                            "evaluation.retrain=false"), run_dir=tmp_path / "rw"))
+    assert m["store/nonfinite_values"] == 1
