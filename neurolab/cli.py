@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import signal
 import sys
 
-from .config import VERSION_BASE, config_dir
+from .config import LAUNCHER_PID_ENV, VERSION_BASE, config_dir, die_with_parent, launched_rank
 
 TASKS = {
     "extract": ("neurolab.tasks.extract", "extract", "extract activations of a model over a corpus into a store"),
@@ -38,6 +40,11 @@ def _usage() -> str:
     return USAGE.format(verbs=verbs)
 
 
+#: the verb of this command, for the processes a data-parallel run starts: Lightning's launcher starts
+#: the other ranks with this program and its Hydra overrides, which do not name the verb
+VERB_ENV = "NEUROLAB_CLI_VERB"
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .errors import NeurolabError
 
@@ -46,6 +53,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    env_verb = os.environ.get(VERB_ENV)
+    if env_verb in TASKS and launched_rank() > 0 and (not argv or argv[0] not in TASKS):
+        # another rank of a data-parallel run, started by Lightning with this program + the overrides
+        argv = [env_verb] + argv
+        die_with_parent()
     if not argv or argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(_usage())
         return 0
@@ -58,23 +70,70 @@ def main(argv: list[str] | None = None) -> int | None:
         sys.stderr.write(f"neurolab: unknown verb {verb!r}\n\n{_usage()}")
         return 2
     module, func, _ = TASKS[verb]
-    import hydra
+    try:
+        import hydra
+    except KeyboardInterrupt:
+        return _interrupted(verb)
 
     errors = _user_errors()
 
     @hydra.main(version_base=VERSION_BASE, config_path=config_dir(), config_name=verb)
     def app(cfg):
-        fn = getattr(importlib.import_module(module), func)
         try:
+            from .tasks.validate import validate
+
+            validate(cfg, verb)  # before the task module (torch, models) is even imported
+            fn = getattr(importlib.import_module(module), func)
             return fn(cfg)
         except errors as e:
             logging.getLogger("neurolab").debug("user error", exc_info=True)
             sys.stderr.write(f"neurolab {verb}: error: {e}\n")
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
 
-    sys.argv = [f"neurolab-{verb}"] + rest
-    app()
+    os.environ[VERB_ENV] = verb
+    if launched_rank() == 0:
+        os.environ[LAUNCHER_PID_ENV] = str(os.getpid())
+    # keep the program's own path in argv[0]: a data-parallel launcher restarts it for the other ranks
+    sys.argv = [sys.argv[0] if sys.argv and sys.argv[0] else "neurolab"] + rest
+    installed = threading_main()
+    old_handler = signal.signal(signal.SIGINT, _on_sigint) if installed else None
+    try:
+        app()
+    except KeyboardInterrupt:
+        return _interrupted(verb)
+    except SystemExit as e:
+        # ours (130), or another one after Ctrl-C (Lightning exits with 1 once it has shut down)
+        if e.code == 130 or (_SIGINT["seen"] and e.code not in (0, None)):
+            return _interrupted(verb)
+        raise
+    finally:
+        if installed:
+            signal.signal(signal.SIGINT, old_handler if old_handler is not None else signal.default_int_handler)
     return 0
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+_SIGINT = {"seen": False}
+
+
+def _on_sigint(signum, frame) -> None:
+    _SIGINT["seen"] = True
+    raise KeyboardInterrupt
+
+
+def _interrupted(verb: str) -> int:
+    if launched_rank() > 0:  # the launching process says it once
+        return 130
+    hint = {"extract": "; rerun the same command to resume from the shards already written"}.get(verb, "")
+    sys.stderr.write(f"neurolab {verb}: interrupted{hint}\n")
+    return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,15 +16,39 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+def wandb_mode() -> str | None:
+    """W&B's mode as the environment sets it: ``disabled`` (``WANDB_MODE=disabled`` / ``off``, or
+    ``WANDB_DISABLED=true``), ``offline``, ``online``, or None when the environment says nothing."""
+    mode = (os.environ.get("WANDB_MODE") or "").strip().lower()
+    if mode in ("disabled", "off", "dryrun") or (os.environ.get("WANDB_DISABLED") or "").strip().lower() in (
+            "true", "1", "yes"):
+        return "disabled" if mode != "dryrun" else "offline"
+    if mode in ("offline", "online", "run"):
+        return "online" if mode == "run" else mode
+    return None
+
+
 def make_logger(cfg: DictConfig, run_dir: str | os.PathLike):
-    """Instantiate ``cfg.logger`` (``_target_``) or return None for ``logger=none``."""
+    """Instantiate ``cfg.logger`` (``_target_``) or return None for ``logger=none``.
+
+    The environment has the last word on W&B (``logger=wandb``): ``WANDB_MODE=disabled`` means no W&B
+    logger at all (nothing is written), ``WANDB_MODE=online`` / ``offline`` overrides ``logger.offline``.
+    """
     lcfg = cfg.get("logger") if cfg is not None else None
     if not lcfg or not lcfg.get("_target_"):
         return None
     from hydra.utils import instantiate
 
+    kwargs = {}
+    if "wandb" in str(lcfg.get("_target_")).lower():
+        mode = wandb_mode()
+        if mode == "disabled":
+            log.info("W&B is disabled by the environment (WANDB_MODE / WANDB_DISABLED): no W&B run is written")
+            return None
+        if mode is not None and "offline" in lcfg:
+            kwargs["offline"] = mode == "offline"
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return instantiate(lcfg)
+    return instantiate(lcfg, **kwargs)
 
 
 class Tracker:

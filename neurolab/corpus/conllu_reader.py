@@ -94,7 +94,7 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
         block = []
         expected = 1
 
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.rstrip("\n").rstrip("\r")
             if not line.strip():

@@ -36,7 +36,7 @@ __all__ = ["read_format", "read_parallel", "read_sentence_labels", "read_text", 
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for i, raw in enumerate(f, start=1):
             yield i, raw.rstrip("\n").rstrip("\r")
 

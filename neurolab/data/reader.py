@@ -127,9 +127,9 @@ class RowReader:
             return got
         f = self.root / SHARDS / self.shard_dirs[shard] / site_filename(site)
         shape, fortran, dtype, offset = read_npy_header(f)
-        if fortran or tuple(shape) != (int(self.shard_rows[shard]), units) or dtype.hasobject:
+        if fortran or tuple(shape) != (int(self.shard_rows[shard]), units) or dtype != self.raw_dtype:
             raise StoreError(f"{f}: array {shape} ({dtype}, fortran={fortran}); the manifest says "
-                             f"({int(self.shard_rows[shard])}, {units})")
+                             f"({int(self.shard_rows[shard])}, {units}) ({self.dtype})")
         fd = os.open(f, os.O_RDONLY)
         self._fds[key] = (fd, offset, dtype)
         return self._fds[key]

@@ -12,11 +12,12 @@ from .masking import Mask, masked_accuracies, masked_accuracy, probe_weights
 from .minimal import Minimal, minimal_neuron_set
 from .retrain import Retrain
 from .retraining import Retrainer
-from .runner import Evaluation, build_evaluators, evaluate_ranking, evaluation_settings, run_evaluation
+from .runner import (Evaluation, build_evaluators, check_evaluation, evaluate_ranking, evaluation_settings,
+                     run_evaluation)
 from .sites import Sites
 
 __all__ = [
     "Evaluator", "EvalContext", "ProbeJob", "Size", "sizes_from_config", "Retrainer", "evaluate_ranking",
-    "run_evaluation", "build_evaluators", "evaluation_settings", "Evaluation", "Retrain", "Mask", "Control",
+    "run_evaluation", "build_evaluators", "check_evaluation", "evaluation_settings", "Evaluation", "Retrain", "Mask", "Control",
     "Minimal", "Sites", "minimal_neuron_set", "masked_accuracies", "masked_accuracy", "probe_weights",
 ]

@@ -11,6 +11,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..ranking import NeuronRanking
 from .base import EvalContext, Evaluator, ProbeJob
 from .retrain import top_job
@@ -24,6 +25,10 @@ class Minimal(Evaluator):
     def __init__(self, share: float = 0.97, max_steps: int = 12):
         self.share = float(share)
         self.max_steps = int(max_steps)
+        if not 0 < self.share <= 1:
+            raise ConfigError(f"evaluation.minimal.share={share!r}: expected a share of the all-neuron accuracy in (0, 1]")
+        if self.max_steps < 2:
+            raise ConfigError(f"evaluation.minimal.max_steps={max_steps!r}: expected at least 2")
 
     def evaluate(self, ranking: NeuronRanking, data, context: EvalContext) -> dict[str, float]:
         if context.metric != "acc":

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..ranking import NeuronRanking
 from .base import EvalContext, Evaluator, ProbeJob, plot_stem
 
@@ -33,7 +34,10 @@ class Retrain(Evaluator):
     name = "retrain"
 
     def __init__(self, random_seeds: Sequence[int] = (0, 1, 2), bottom: bool = True):
-        self.random_seeds = [int(s) for s in (random_seeds or [0])]
+        try:
+            self.random_seeds = [int(s) for s in (random_seeds or [0])]
+        except (TypeError, ValueError):
+            raise ConfigError(f"evaluation.retrain.random_seeds={random_seeds!r}: expected a list of integers") from None
         self.bottom = bool(bottom)
 
     def jobs(self, ranking: NeuronRanking, data, context: EvalContext) -> list[ProbeJob]:

@@ -3,7 +3,7 @@
 ``trainer=ddp trainer.accelerator=cpu trainer.devices=2`` runs two CPU processes. The launching
 process is rank 0: it opens the store (or finds it complete and returns it), writes the resolved
 extraction config to the run directory as YAML, starts ranks 1..N-1 as ``python -m
-neurolab.extraction.distributed <config.yaml>`` with the usual torch.distributed environment
+neurolab.extraction.build <config.yaml>`` with the usual torch.distributed environment
 (``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), so that Lightning treats the
 processes as externally launched. Every rank runs Lightning's ``Trainer.predict`` over its share of
 the pending shards (round robin over the shard plan); a :class:`ShardWriter` prediction-writer
@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..config import LAUNCHER_PID_ENV
 from ..store import StoreError
+from ..store.store import store_lock
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +138,34 @@ def _run_rank(cfg, extractor, plan, writer, sent_writer, todo: list[int], rank: 
     return {"rows": cb.rows, "seconds": dt, "words_per_s": cb.rows / dt if dt > 0 else 0.0, "shards": len(mine)}
 
 
+def world_size(cfg: DictConfig) -> int:
+    """Processes of a data-parallel run from ``cfg.trainer`` (1 unless the strategy is DDP)."""
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto") or "auto")
+    if "ddp" not in strategy:
+        return 1
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    accel = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto") or "auto")
+    if isinstance(devices, int):
+        return devices
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    if str(devices) == "auto":
+        import torch
+
+        if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+            return torch.cuda.device_count()
+        return 1
+    try:
+        return int(devices)
+    except ValueError:
+        return 1
+
+
 def extract_distributed(cfg, extractor, corpus, plan, path: Path, *, identity: dict, meta: dict, overwrite: bool):
     """Rank 0 (launcher) or rank > 0 (child) side of a data-parallel extraction."""
-    from .run import complete_store, make_writers, pending_shards, store_meta
+    from .run import make_writers, pending_shards, store_meta
 
-    from ..tasks.extract import _world
-
-    world = _world(cfg)
+    world = world_size(cfg)
     rank = int(os.environ.get(RANK_ENV, "0"))
     path = Path(path)
     writer, sent_writer = make_writers(extractor, path, identity, store_meta(extractor, plan, corpus, meta), overwrite)
@@ -154,6 +176,15 @@ def extract_distributed(cfg, extractor, corpus, plan, path: Path, *, identity: d
         todo = pending_shards(plan, writer, sent_writer)
         st = _run_rank(cfg, extractor, plan, writer, sent_writer, todo, rank, world)
         return None, st
+    with store_lock(path, overwrite):
+        return _launch(cfg, extractor, corpus, plan, path, identity, meta, overwrite, world, writer, sent_writer)
+
+
+def _launch(cfg, extractor, corpus, plan, path: Path, identity: dict, meta: dict, overwrite: bool, world: int,
+            writer, sent_writer):
+    """Rank 0, holding the store's lock: reuse, or start ranks 1..N-1, extract its share, finalize."""
+    from .run import complete_store, pending_shards
+
     reused = complete_store(path, identity, extractor.site_names, extractor.units, extractor.dtype,
                             extractor.sentence_rows)
     if reused is not None and not overwrite:
@@ -172,18 +203,21 @@ def extract_distributed(cfg, extractor, corpus, plan, path: Path, *, identity: d
     base_env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world), "NODE_RANK": "0",
                 "GROUP_RANK": "0"}
     children = []
-    for r in range(1, world):
-        env = dict(os.environ, **base_env, LOCAL_RANK=str(r), RANK=str(r), **{RANK_ENV: str(r)})
-        children.append(subprocess.Popen([sys.executable, "-m", "neurolab.extraction.distributed", str(cfg_file)],
-                                         env=env))
+    try:
+        for r in range(1, world):
+            env = dict(os.environ, **base_env, LOCAL_RANK=str(r), RANK=str(r),
+                       **{RANK_ENV: str(r), LAUNCHER_PID_ENV: str(os.getpid())})
+            children.append(subprocess.Popen([sys.executable, "-m", "neurolab.extraction.build", str(cfg_file)],
+                                             env=env))
+    except BaseException:
+        _kill(children)
+        raise
     saved = {k: os.environ.get(k) for k in list(base_env) + ["LOCAL_RANK", "RANK"]}
     os.environ.update(base_env, LOCAL_RANK="0", RANK="0")
     try:
         st = _run_rank(cfg, extractor, plan, writer, sent_writer, todo, 0, world)
     except BaseException:
-        for c in children:
-            if c.poll() is None:
-                c.kill()
+        _kill(children)
         raise
     finally:
         for k, v in saved.items():
@@ -194,10 +228,14 @@ def extract_distributed(cfg, extractor, corpus, plan, path: Path, *, identity: d
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     bad = []
-    for r, c in enumerate(children, 1):
-        rc = c.wait()
-        if rc != 0:
-            bad.append(f"rank {r} exited with {rc}")
+    try:
+        for r, c in enumerate(children, 1):
+            rc = c.wait()
+            if rc != 0:
+                bad.append(f"rank {r} exited with {rc}")
+    except BaseException:  # interrupted while waiting for the other ranks
+        _kill(children)
+        raise
     if bad:
         raise StoreError(f"{path}: data-parallel extraction failed ({'; '.join(bad)}); rerun to resume")
     store = writer.finalize(len(plan.shards))
@@ -209,23 +247,13 @@ def extract_distributed(cfg, extractor, corpus, plan, path: Path, *, identity: d
     return store, st
 
 
-def _child_main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"[%(asctime)s][rank {os.environ.get(RANK_ENV)}][%(name)s][%(levelname)s] - %(message)s")
-    if len(argv) != 1:
-        sys.stderr.write("usage: python -m neurolab.extraction.distributed <config.yaml>\n")
-        return 2
-    cfg = OmegaConf.load(argv[0])
-    OmegaConf.update(cfg, "extract.progress", False, force_add=True)
-    from ..tasks.extract import extract_store
-
-    try:
-        extract_store(cfg)
-    except ConfigError as e:
-        sys.stderr.write(f"neurolab extract (rank {os.environ.get(RANK_ENV)}): error: {e}\n")
-        return 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(_child_main(sys.argv[1:]))
+def _kill(children: list[subprocess.Popen]) -> None:
+    """End the other ranks (a rank blocked in a collective does not end on SIGTERM)."""
+    for c in children:
+        if c.poll() is None:
+            c.kill()
+    for c in children:
+        try:
+            c.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            pass

@@ -6,9 +6,13 @@ Store layout: word rows go to ``store_dir``; with ``extract.sentence_rows`` set,
 Shards are planned up front from the corpus and the config only (contiguous sentence ranges ending at
 sentence boundaries, about ``shard_size`` rows each). A rerun after a kill skips the finished shards;
 since every shard is computed from the same batches, the final store is identical (same checksums) to
-an uninterrupted run's (keep ``extract.batch_tokens`` unchanged between the runs: other batch shapes
-can change the last bits of the floating-point results). A complete store with the same identity is
+an uninterrupted run's. The batch settings (``extract.batch_tokens``, ``extract.max_batch_sentences``)
+are part of the store's identity: other batch shapes can change the last bits of the floating-point
+results, so a resume with other values is refused. A complete store with the same identity is
 reused without recomputation; asking for sentence rows later adds the sentence store next to it.
+
+Writers into one store run one at a time: each holds the store's lock file from the check for a
+complete store to the final manifest (a second extraction waits, then reuses or resumes the store).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ..store import ActivationStore, StoreWriter
+from ..store.store import store_lock
 from ..store.format import MANIFEST, read_json
 from .extractor import Extractor, progress_bar
 from .plan import Plan
@@ -42,6 +47,8 @@ def store_identity(extractor: Extractor, plan: Plan, corpus, model_identity: Map
                    "sentences": len(corpus)},
         "corpus_fingerprint": corpus.fingerprint(),
         "window": {"max_length": plan.max_length, "stride": plan.stride},
+        # batch shapes change the last bits of the results: a store is resumed only with the same ones
+        "batching": {"batch_tokens": int(extractor.batch_tokens), "max_batch_sentences": int(extractor.max_batch_sentences)},
         "shard_plan": plan.fingerprint(),
         "num_shards": len(plan.shards),
     }
@@ -169,20 +176,22 @@ def extract_to_store(
     path = Path(path)
     plan = plan or extractor.plan(corpus.words(), shard_size)
     ident = store_identity(extractor, plan, corpus, model_identity or _mid(extractor.model))
-    reused = complete_store(path, ident, extractor.site_names, extractor.units, extractor.dtype, extractor.sentence_rows)
-    if reused is not None and not overwrite:
-        log.info("reusing the complete store %s (same model, corpus, sites and settings)", path)
-        return reused, {"reused": 1, "rows": 0, "seconds": 0.0, "words_per_s": 0.0, "shards": 0, **plan.stats}
-    writer, sent_writer = make_writers(extractor, path, ident, store_meta(extractor, plan, corpus, meta), overwrite)
-    writer.open()
-    if sent_writer is not None:
-        sent_writer.open()
-    todo = pending_shards(plan, writer, sent_writer)
-    if len(todo) < len(plan.shards):
-        log.info("resuming %s: %d of %d shards already written", path, len(plan.shards) - len(todo), len(plan.shards))
-    stats = write_shards(extractor, plan, writer, sent_writer, todo)
-    store = writer.finalize(len(plan.shards))
-    if sent_writer is not None:
-        sent_writer.finalize(len(plan.shards))
+    with store_lock(path, overwrite):
+        reused = complete_store(path, ident, extractor.site_names, extractor.units, extractor.dtype,
+                                extractor.sentence_rows)
+        if reused is not None and not overwrite:
+            log.info("reusing the complete store %s (same model, corpus, sites and settings)", path)
+            return reused, {"reused": 1, "rows": 0, "seconds": 0.0, "words_per_s": 0.0, "shards": 0, **plan.stats}
+        writer, sent_writer = make_writers(extractor, path, ident, store_meta(extractor, plan, corpus, meta), overwrite)
+        writer.open()
+        if sent_writer is not None:
+            sent_writer.open()
+        todo = pending_shards(plan, writer, sent_writer)
+        if len(todo) < len(plan.shards):
+            log.info("resuming %s: %d of %d shards already written", path, len(plan.shards) - len(todo), len(plan.shards))
+        stats = write_shards(extractor, plan, writer, sent_writer, todo)
+        store = writer.finalize(len(plan.shards))
+        if sent_writer is not None:
+            sent_writer.finalize(len(plan.shards))
     stats.update(plan.stats, reused=0)
     return store, stats

@@ -158,8 +158,8 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             return tuple(shape), bool(fortran), dtype, fh.tell()
-    except (OSError, ValueError) as e:
-        raise StoreError(f"{path}: cannot read shard file ({e})") from None
+    except Exception as e:  # OSError, ValueError, SyntaxError or tokenize errors of a damaged header
+        raise StoreError(f"{path}: cannot read shard file ({type(e).__name__}: {e})") from None
 
 
 def convert_into(dst: np.ndarray, src: np.ndarray, dtype: str) -> None:

@@ -182,7 +182,8 @@ def _new_writer(out, sites, units, dtype, identity, meta, overwrite) -> StoreWri
     if overwrite:
         w._wipe()
     elif out.exists() and any(out.iterdir()):
-        raise StoreMismatchError(f"{out}: directory is not empty; refusing to import into it (--overwrite replaces it)")
+        raise StoreMismatchError(f"{out}: directory is not empty; refusing to import into it (--overwrite replaces "
+                                 "a neurolab store or an empty directory, nothing else)")
     return w.open()
 
 

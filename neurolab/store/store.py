@@ -17,11 +17,15 @@ Example::
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import logging
 import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -40,13 +44,14 @@ from .format import (
     normalize_dtype,
     read_json,
     read_npy_header,
-    sha256_file,
     shard_dirname,
     site_filename,
     to_storage,
     write_json_atomic,
     write_npy,
 )
+from . import integrity
+from .integrity import LOCK, describe_entries, foreign_entries, is_store_manifest, manifest_digest, shard_dir
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,11 @@ class StoreWriter:
 
         ``clean`` removes temporary shard directories left by a killed writer; pass False from
         all but one process when several write into the same store.
+
+        With ``overwrite=True`` only a neurolab store (a directory with a store manifest) or an empty
+        directory is replaced; a directory holding anything else is refused, naming what it holds.
         """
+        check_replaceable(self.path, self.overwrite)
         mp = self.manifest_path
         if mp.exists():
             old = read_json(mp)
@@ -139,9 +148,10 @@ class StoreWriter:
                     return self
         elif self.path.exists() and any(not self._writer_leftover(p) for p in self.path.iterdir()):
             if not self.overwrite:
+                held = [p.name for p in sorted(self.path.iterdir()) if not self._writer_leftover(p)]
                 raise StoreMismatchError(
                     f"{self.path}: directory is not empty and holds no {MANIFEST}; refusing to write a "
-                    "store into it (store.overwrite=true replaces its content)."
+                    f"store into it (it holds {describe_entries(held)}; store.overwrite=true replaces it)."
                 )
             self._wipe()
         self.path.mkdir(parents=True, exist_ok=True)
@@ -158,22 +168,25 @@ class StoreWriter:
         self.shards_path.mkdir(parents=True, exist_ok=True)
         return self
 
+    @contextmanager
+    def locked(self, timeout: float | None = None):
+        """Hold the store's lock file (``.lock``) for the block: writers into one store run one at a
+        time (see :func:`store_lock`)."""
+        with store_lock(self.path, self.overwrite, timeout=timeout):
+            yield self
+
     def _writer_leftover(self, p: Path) -> bool:
         """What a writer killed before its first manifest leaves: a manifest temp file, an empty shards/."""
-        if p.name.startswith(f".{MANIFEST}.tmp-"):
+        if p.name.startswith(f".{MANIFEST}.tmp-") or p.name in (LOCK, integrity.MARKER):
             return True
         return p == self.shards_path and p.is_dir() and not any(q for q in p.iterdir() if not q.name.startswith(".tmp-"))
 
     def _wipe(self) -> None:
-        if self.path.exists():
-            for p in self.path.iterdir():
-                if p.is_dir():
-                    shutil.rmtree(p)
-                else:
-                    p.unlink()
+        """Remove the store in ``self.path`` (only what a store writer made: refused otherwise)."""
+        wipe_store(self.path)
 
     def _manifest(self, complete: bool, shards: list[dict], num_tokens: int = 0) -> dict:
-        return {
+        m = {
             "schema_version": SCHEMA_VERSION,
             "format": "neurolab-activation-store",
             "complete": complete,
@@ -186,6 +199,8 @@ class StoreWriter:
             "shards": shards,
             "meta": self.meta,
         }
+        m["digest"] = manifest_digest(m)
+        return m
 
     # -- shards ------------------------------------------------------------------------------
     def finished_shards(self) -> dict[int, dict]:
@@ -254,7 +269,16 @@ class StoreWriter:
             )
         write_json_atomic(tmp / SHARD_META, meta)
         _fsync_dir(tmp)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists() or e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise StoreError(
+                    f"{final}: written by another process at the same time; two extractions into one store must "
+                    "not run at once (rerun to resume)"
+                ) from None
+            raise StoreError(f"{final}: cannot move the finished shard into place ({e})") from None
         _fsync_dir(self.shards_path)
         return meta
 
@@ -280,7 +304,106 @@ class StoreWriter:
             self.meta["fp16_overflow"] = int(over)
         write_json_atomic(self.manifest_path, self._manifest(complete=True, shards=shards, num_tokens=start))
         self.complete = True
-        return ActivationStore.open(self.path)
+        # every file was hashed as it was written: readers verify the store when they open it
+        return ActivationStore.open(self.path, verify="never")
+
+
+def _refuse_foreign(path: Path, foreign: list[str], overwrite: bool) -> StoreMismatchError:
+    if overwrite:
+        return StoreMismatchError(
+            f"{path}: store.overwrite=true replaces only a neurolab store (a directory with its {MANIFEST}) or an "
+            f"empty directory; this one holds {describe_entries(foreign)}, which no store writer made. Nothing was "
+            "deleted: choose another store.dir, or move those files away"
+        )
+    return StoreMismatchError(
+        f"{path}: directory is not empty and holds no neurolab {MANIFEST}; refusing to write a store into it "
+        f"(it holds {describe_entries(foreign)}). Choose another store.dir"
+    )
+
+
+def check_replaceable(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse a store directory that is neither a neurolab store, nor empty, nor absent (read-only check)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise StoreMismatchError(f"{path}: not a directory; a store is a directory")
+    mp = path / MANIFEST
+    has_store = is_store_manifest(mp)
+    if mp.exists() and not has_store:
+        raise StoreMismatchError(
+            f"{mp}: not a neurolab store manifest; refusing to write into {path}"
+            + (" (store.overwrite=true replaces only a neurolab store or an empty directory)" if overwrite else "")
+        )
+    if not has_store:
+        foreign = [n for n in foreign_entries(path) if n.rstrip("/") != SHARDS]
+        if foreign:
+            raise _refuse_foreign(path, foreign, overwrite)
+
+
+def wipe_store(path: str | os.PathLike) -> None:
+    """Delete the store in ``path``: only entries a store writer made, never following a link and never
+    reading the manifest's paths. A directory holding anything else is refused and left untouched."""
+    path = Path(path)
+    if not path.exists():
+        return
+    mp = path / MANIFEST
+    if mp.exists() and not is_store_manifest(mp):
+        raise StoreMismatchError(f"{mp}: not a neurolab store manifest; store.overwrite=true replaces only a "
+                                 "neurolab store or an empty directory. Nothing was deleted")
+    foreign = foreign_entries(path)
+    if foreign:
+        raise _refuse_foreign(path, foreign, True)
+    for p in path.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_symlink() or not p.is_dir():
+            p.unlink()
+        else:
+            shutil.rmtree(p)
+
+
+@contextmanager
+def store_lock(path: str | os.PathLike, overwrite: bool = False, *, timeout: float | None = None, poll: float = 0.25):
+    """Hold ``path/.lock`` (an exclusive ``flock``) for the block, so that writers into one store run one
+    at a time: a second writer waits (with a log message) until the first is done, or raises
+    :class:`StoreError` after ``timeout`` seconds. The directory is checked first (see
+    :func:`check_replaceable`): no lock file is ever created in a directory that is not a store."""
+    path = Path(path)
+    check_replaceable(path, overwrite)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on this platform: writers are not serialised
+        yield
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            log.warning("%s is being written by another process (pid %s); waiting for it to finish", path, holder)
+            t0 = time.monotonic()
+            while True:
+                time.sleep(poll)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if timeout is not None and time.monotonic() - t0 > timeout:
+                        raise StoreError(
+                            f"{path}: another process (pid {holder}) is writing this store ({lock} is locked); "
+                            "wait for it to finish, or use another store.dir"
+                        ) from None
+        except OSError as e:  # a file system without locks
+            log.warning("cannot lock %s (%s); make sure no other process writes this store", lock, e)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _fsync_dir(path: Path) -> None:
@@ -336,33 +459,61 @@ class ActivationStore:
         self._buf: np.ndarray | None = None
         self._gather: np.ndarray | None = None
         self._index: np.ndarray | None = None
+        #: what :meth:`open` checked (None: opened with verify=never)
+        self.verification: integrity.Verification | None = None
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = False) -> "ActivationStore":
+    def open(cls, path: str | os.PathLike, verify: bool | str | None = None, *,
+             nonfinite: str | None = None) -> "ActivationStore":
+        """Open a finished store after checking it (see :mod:`neurolab.store.integrity`).
+
+        ``verify``: ``"once"`` (read and hash every file unless a marker says it was verified and is
+        unchanged), ``"always"`` (or True), ``"never"`` (or False; the manifest is still checked, and
+        headers when rows are read); None: the process's setting (``store.verify`` of the running
+        verb, default once). ``nonfinite``: ``"error"`` refuses a store holding inf / nan activations,
+        ``"warn"`` counts and reports them; None: ``store.nonfinite`` (default error).
+        What was checked is in :attr:`verification`.
+        """
         path = Path(path)
         mp = path / MANIFEST
         if not path.exists():
             raise StoreError(f"{path}: no such store directory")
         if not mp.exists():
             raise StoreError(f"{mp}: not found; {path} is not an activation store")
-        manifest = read_json(mp)
+        try:
+            raw = mp.read_bytes()
+        except OSError as e:
+            raise StoreError(f"{mp}: cannot read ({e})") from None
+        try:
+            manifest = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise StoreError(f"{mp}: not valid JSON ({e})") from None
+        if not isinstance(manifest, dict):
+            raise StoreError(f"{mp}: not a store manifest (a JSON object expected)")
         if manifest.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(
                 f"{mp}: schema version {manifest.get('schema_version')!r}, this neurolab reads {SCHEMA_VERSION}"
             )
-        if not manifest.get("complete"):
+        if manifest.get("complete") is not True:
             raise StoreError(f"{mp}: the store is incomplete (an extraction was interrupted); rerun it to resume")
         for key in ("sites", "neurons_per_site", "num_tokens", "dtype", "shards"):
             if key not in manifest:
                 raise StoreError(f"{mp}: missing field {key!r}")
         if manifest["dtype"] not in DTYPES:
             raise StoreError(f"{mp}: unknown dtype {manifest['dtype']!r}")
+        integrity.check_manifest(mp, manifest)
         store = cls(path, manifest)
-        if verify:
-            problems = store.verify()
-            if problems:
-                raise StoreError(problems[0] + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        pol = integrity.policy()
+        mode = integrity.check_verify_mode(verify) if verify is not None else pol.verify
+        nf = integrity.check_nonfinite_mode(nonfinite) if nonfinite is not None else pol.nonfinite
+        if mode != "never":
+            rep = integrity.check_contents(store, mode, manifest_sha=hashlib.sha256(raw).hexdigest())
+            store.verification = rep
+            if rep.files_hashed:
+                log.debug("verified %s: %s", path, rep.as_dict())
+            integrity.record(rep)
+            integrity.enforce_nonfinite(store, rep, nf)
         return store
 
     def __getstate__(self) -> dict:
@@ -409,9 +560,20 @@ class ActivationStore:
     # -- index -------------------------------------------------------------------------------
     def _load_index(self) -> np.ndarray:
         if self._index is None:
-            parts = [np.load(self._file(i, INDEX_FILE), mmap_mode="r", allow_pickle=False) for i in range(len(self.shards))]
+            parts = [self._index_part(i) for i in range(len(self.shards))]
             self._index = np.concatenate(parts, axis=0).astype(np.int64) if parts else np.zeros((0, 2), np.int64)
         return self._index
+
+    def _index_part(self, shard: int) -> np.ndarray:
+        f = self._file(shard, INDEX_FILE)
+        try:
+            a = np.load(f, mmap_mode="r", allow_pickle=False)
+        except Exception as e:  # a damaged header: ValueError, SyntaxError, tokenize errors
+            raise StoreError(f"{f}: cannot read shard file ({type(e).__name__}: {e})") from None
+        expect = (int(self.shards[shard]["rows"]), 2)
+        if a.shape != expect or a.dtype != np.dtype(np.int32):
+            raise StoreError(f"{f}: array of shape {a.shape} ({a.dtype}), expected {expect} (int32)")
+        return a
 
     @property
     def sentence_ids(self) -> np.ndarray:
@@ -440,7 +602,7 @@ class ActivationStore:
 
     # -- data --------------------------------------------------------------------------------
     def _file(self, shard: int, name: str) -> Path:
-        return self.path / SHARDS / self.shards[shard]["dir"] / name
+        return shard_dir(self.path, self.shards[shard]["dir"]) / name
 
     def _mmap(self, shard: int, site: str) -> np.ndarray:
         key = (shard, site)
@@ -449,11 +611,11 @@ class ActivationStore:
             f = self._file(shard, site_filename(site))
             try:
                 m = np.load(f, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise StoreError(f"{f}: cannot read shard file ({e})") from None
+            except Exception as e:  # a damaged header: ValueError, SyntaxError, tokenize errors
+                raise StoreError(f"{f}: cannot read shard file ({type(e).__name__}: {e})") from None
             expect = (self.shards[shard]["rows"], self.neurons_per_site[site])
-            if m.shape != expect:
-                raise StoreError(f"{f}: shape {m.shape}, manifest says {expect}")
+            if m.shape != expect or m.dtype != np.dtype(DTYPES[self.dtype]):
+                raise StoreError(f"{f}: array of shape {m.shape} ({m.dtype}), manifest says {expect} ({self.dtype})")
             self._mmaps[key] = m
         return m
 
@@ -605,20 +767,26 @@ class ActivationStore:
 
     # -- integrity ---------------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """Recompute every checksum; return a list of problems (empty when the store is intact)."""
-        problems = []
-        for i, sh in enumerate(self.shards):
-            d = self.path / SHARDS / sh["dir"]
-            if not d.is_dir():
-                problems.append(f"{d}: shard directory missing")
-                continue
-            for name, digest in sh["files"].items():
-                f = d / name
-                if not f.exists():
-                    problems.append(f"{f}: missing")
-                elif sha256_file(f) != digest:
-                    problems.append(f"{f}: checksum mismatch (the file is corrupt or was changed)")
+        """Read every file again: headers against the manifest, checksums, shard records and non-finite
+        values; return the problems found (empty when the store is intact). A clean result is
+        remembered (see :mod:`neurolab.store.integrity`)."""
+        raw = (self.path / MANIFEST).read_bytes()
+        rep = integrity.check_contents(self, "always", manifest_sha=hashlib.sha256(raw).hexdigest(), collect=True)
+        problems = list(rep.problems or [])
+        if rep.nonfinite:
+            problems.append(integrity.nonfinite_message(self, rep))
         return problems
+
+    def stray_entries(self) -> list[str]:
+        """Paths in the store that belong to no listed shard (e.g. the temporary directory of a writer
+        that was killed, or an unlisted shard), relative to the store."""
+        out = []
+        listed = {sh["dir"] for sh in self.shards}
+        sp = self.path / SHARDS
+        if sp.is_dir():
+            out += [f"{SHARDS}/{p.name}" for p in sorted(sp.iterdir()) if p.name not in listed]
+        out += [p for p in foreign_entries(self.path) if p.rstrip("/") != SHARDS]
+        return out
 
     def info(self) -> dict:
         """A JSON-able summary of the store."""
@@ -686,16 +854,19 @@ def write_store(
         meta=meta,
         overwrite=True if overwrite else False,
     )
+    if int(shard_size) < 1:
+        raise StoreError(f"write_store: shard_size={shard_size!r}; expected at least 1 row per shard")
     # write_store always builds afresh: an existing store at path is refused unless overwrite
-    if (Path(path) / MANIFEST).exists() and not overwrite:
-        raise StoreMismatchError(f"{Path(path) / MANIFEST}: a store already exists here (overwrite=True replaces it)")
-    if overwrite:
-        writer._wipe()
-    writer.open()
-    shard_size = max(int(shard_size), 1)
-    num = 0
-    for i, a in enumerate(range(0, max(n, 1), shard_size)):
-        b = min(a + shard_size, n)
-        writer.write_shard(i, {s: np.asarray(act[a:b]) for s, act in activations.items()}, sent[a:b], word[a:b])
-        num += 1
-    return writer.finalize(num)
+    with writer.locked():
+        if (Path(path) / MANIFEST).exists() and not overwrite:
+            raise StoreMismatchError(f"{Path(path) / MANIFEST}: a store already exists here (overwrite=True replaces it)")
+        if overwrite:
+            writer._wipe()
+        writer.open()
+        shard_size = int(shard_size)
+        num = 0
+        for i, a in enumerate(range(0, max(n, 1), shard_size)):
+            b = min(a + shard_size, n)
+            writer.write_shard(i, {s: np.asarray(act[a:b]) for s, act in activations.items()}, sent[a:b], word[a:b])
+            num += 1
+        return writer.finalize(num)

@@ -1,4 +1,15 @@
-"""What every task does around its work: run directory, resolved config, seed, metrics, W&B."""
+"""What every task does around its work: settings check, run directory, resolved config, seed, store
+checks, metrics, W&B.
+
+A run directory holds one run's results. A rerun into the same directory **replaces** them: before
+the task starts, the files the previous run wrote (listed in ``.neurolab-outputs.json``) are removed,
+so ``metrics.json`` is written afresh (never merged with an old one) and no old plot, page or
+ranking stays behind. Files the runs did not write are left alone, and so are logs (``*.log``),
+Hydra's ``.hydra/`` and W&B's ``wandb/`` runs (each W&B run is a run of its own).
+
+In a data-parallel run, only the process the user started (rank 0) writes the config, the metrics
+and the list of outputs; the other ranks compute alongside it.
+"""
 from __future__ import annotations
 
 import functools
@@ -12,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import output_dir
+from ..config import launched_rank, output_dir
 from ..tracking import finish
 
 log = logging.getLogger(__name__)
@@ -20,28 +31,115 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 RANKING_FILE = "ranking.json"
+#: the files a run wrote into its run directory (removed when the next run into it starts)
+OUTPUTS_FILE = ".neurolab-outputs.json"
+#: never removed between runs: logs, Hydra's record of the command, W&B runs
+_KEEP_DIRS = (".hydra", "wandb")
+#: results of runs made before the list of outputs existed (removed only from a neurolab run directory)
+_LEGACY_RESULTS = ("metrics.json", "ranking.json", "*_ranking.json", "explanations.json", "*_explanations.json",
+                   "sites.png", "accuracy.png", "*_sites.png", "*_accuracy.png", "report.html", "outliers.json")
 
 
 def write_metrics(run_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
-    """Write flat ``name: number`` metrics to ``metrics.json`` (merging with what is there)."""
+    """Write flat ``name: number`` metrics to ``metrics.json``, replacing the file (never merged with an
+    older one: a run directory holds one run's results)."""
     path = Path(run_dir) / METRICS_FILE
-    old = {}
-    if path.exists():
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+    out: dict[str, Any] = {}
     for k, v in metrics.items():
         if isinstance(v, bool):
             v = int(v)
         if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-            old[str(k)] = v
+            out[str(k)] = v
         elif v is None or (isinstance(v, float) and math.isnan(v)):
-            old[str(k)] = None
+            out[str(k)] = None
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(dict(sorted(old.items())), f, indent=1)
+        json.dump(dict(sorted(out.items())), f, indent=1)
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def _kept(rel: str) -> bool:
+    first = rel.split("/", 1)[0]
+    return first in _KEEP_DIRS or rel.endswith(".log") or rel == OUTPUTS_FILE
+
+
+def _listing(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (mtime, size)}`` of the files in the run directory, without what a rerun keeps
+    (logs, ``.hydra/``, ``wandb/``) and without activation stores kept there (a store is not a result:
+    it is reused, never deleted with the results)."""
+    from ..store.integrity import is_store_manifest
+
+    out = {}
+    for root, dirs, files in os.walk(run_dir):
+        rel_root = Path(root).relative_to(run_dir)
+        if rel_root == Path("."):
+            dirs[:] = [d for d in dirs if d not in _KEEP_DIRS]
+        dirs[:] = [d for d in dirs if not is_store_manifest(Path(root) / d / "manifest.json")]
+        for name in files:
+            rel = (rel_root / name).as_posix()
+            if _kept(rel):
+                continue
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            out[rel] = (int(st.st_mtime_ns), int(st.st_size))
+    return out
+
+
+def _inside(run_dir: Path, rel: str) -> Path | None:
+    """``run_dir / rel`` when it names a file inside the run directory (never a path outside it)."""
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return None
+    p = run_dir / rel
+    try:
+        p.parent.resolve().relative_to(run_dir.resolve())
+    except (ValueError, OSError):
+        return None
+    return p
+
+
+def clear_previous_results(run_dir: str | os.PathLike) -> list[str]:
+    """Remove what an earlier run wrote into ``run_dir`` (see the module docstring); returns the
+    removed paths, relative to the run directory."""
+    run_dir = Path(run_dir)
+    rec = run_dir / OUTPUTS_FILE
+    files: list[str] = []
+    if rec.exists():
+        try:
+            files = [str(f) for f in json.loads(rec.read_text(encoding="utf-8")).get("files", [])]
+        except (OSError, ValueError, AttributeError):
+            files = []
+    elif (run_dir / CONFIG_FILE).exists() and (run_dir / METRICS_FILE).exists():  # a run from before the list
+        files = sorted({p.relative_to(run_dir).as_posix() for pat in _LEGACY_RESULTS for p in run_dir.glob(pat)})
+    removed = []
+    for rel in files:
+        if _kept(rel):
+            continue
+        p = _inside(run_dir, rel)
+        if p is None or not (p.is_file() or p.is_symlink()):
+            continue
+        p.unlink()
+        removed.append(rel)
+        parent = p.parent
+        while parent != run_dir and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    rec.unlink(missing_ok=True)
+    if removed:
+        log.info("run directory %s held an earlier run's results: %d files replaced by this run's", run_dir,
+                 len(removed))
+    return removed
+
+
+def _record_outputs(run_dir: Path, before: Mapping[str, tuple[int, int]], verb: str) -> None:
+    after = _listing(run_dir)
+    files = sorted(rel for rel, st in after.items() if before.get(rel) != st)
+    tmp = run_dir / f".{OUTPUTS_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"verb": verb, "files": files}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, run_dir / OUTPUTS_FILE)
 
 
 def _attach_file_log(run_dir: Path, name: str) -> logging.Handler:
@@ -54,35 +152,57 @@ def _attach_file_log(run_dir: Path, name: str) -> logging.Handler:
 def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictConfig], dict]]:
     """Decorator for a task function ``fn(cfg) -> metrics``.
 
-    Creates the run directory, saves the resolved config, seeds everything, writes
-    ``metrics.json``, and always finishes the W&B run.
+    Checks the settings (:func:`neurolab.tasks.validate.validate`), clears an earlier run's results
+    from the run directory, saves the resolved config, seeds everything, applies the store checks of
+    ``cfg.store`` (``verify``, ``nonfinite``) to every store the task opens, writes ``metrics.json``,
+    and always finishes the W&B run.
     """
 
     def deco(fn: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
         @functools.wraps(fn)
         def wrapper(cfg: DictConfig) -> dict:
+            from ..store.integrity import store_checks
+            from .validate import validate
+
+            validate(cfg, name)
+            rank = launched_rank()
             run_dir = output_dir(cfg)
+            if rank == 0:
+                clear_previous_results(run_dir)
+            before = _listing(run_dir) if rank == 0 else {}
             handler = None
             if not any(isinstance(h, logging.FileHandler) for h in logging.getLogger().handlers):
                 handler = _attach_file_log(run_dir, name)
-            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
-            if cfg.get("seed") is not None:
-                from pytorch_lightning import seed_everything
-
-                seed_everything(int(cfg.seed), workers=True, verbose=False)
-            t0 = time.perf_counter()
             try:
-                metrics = fn(cfg) or {}
+                if rank == 0:
+                    OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+                if cfg.get("seed") is not None:
+                    from pytorch_lightning import seed_everything
+
+                    seed_everything(int(cfg.seed), workers=True, verbose=False)
+                t0 = time.perf_counter()
+                try:
+                    with store_checks(cfg) as checks:
+                        metrics = fn(cfg) or {}
+                finally:
+                    finish()
+                metrics = dict(metrics)
+                metrics.setdefault(f"time/{name}_s", round(time.perf_counter() - t0, 3))
+                if checks.reports:  # what checking the stores it read cost this run
+                    metrics.setdefault("time/store_checks_s", round(sum(v.seconds for v in checks.reports), 4))
+                nonfinite = sum(v.nonfinite_values for v in checks.reports)
+                if nonfinite:
+                    metrics["store/nonfinite_values"] = nonfinite
+                if rank == 0:
+                    write_metrics(run_dir, metrics)
+                log.info("%s done; run directory %s", name, run_dir)
+                return metrics
             finally:
-                finish()
                 if handler is not None:
                     logging.getLogger("neurolab").removeHandler(handler)
                     handler.close()
-            metrics = dict(metrics)
-            metrics.setdefault(f"time/{name}_s", round(time.perf_counter() - t0, 3))
-            write_metrics(run_dir, metrics)
-            log.info("%s done; run directory %s", name, run_dir)
-            return metrics
+                if rank == 0:
+                    _record_outputs(run_dir, before, name)
 
         return wrapper
 

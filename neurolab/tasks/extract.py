@@ -14,118 +14,25 @@ processes), shards are distributed over the processes through Lightning's ``Trai
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
-from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ..errors import ConfigError
+from ..extraction.build import build_extractor, extract_store, resolve_store_dir
 from .common import task
 
+__all__ = ["extract", "extract_store", "build_extractor", "resolve_store_dir"]
+
 log = logging.getLogger(__name__)
-
-
-def _sel(cfg, key: str, default: Any = None) -> Any:
-    v = OmegaConf.select(cfg, key, default=default)
-    return default if v is None else v
-
-
-def build_extractor(cfg: DictConfig):
-    """(extractor, corpus) from ``cfg.model``, ``cfg.corpus``, ``cfg.sites`` and ``cfg.extract``."""
-    from ..corpus import load_corpus
-    from ..extraction import Extractor
-    from ..models import load_model
-
-    corpus, _ = load_corpus(cfg.corpus)
-    model, tokenizer = load_model(cfg.model)
-    ex = Extractor(
-        model,
-        tokenizer,
-        _sel(cfg, "sites", "all_layers"),
-        aggregation=str(_sel(cfg, "extract.aggregation", "mean")),
-        dtype=str(_sel(cfg, "extract.dtype", "fp16")),
-        batch_tokens=int(_sel(cfg, "extract.batch_tokens", 8192)),
-        max_batch_sentences=int(_sel(cfg, "extract.max_batch_sentences", 256)),
-        max_length=_sel(cfg, "model.max_length", None),
-        stride=_sel(cfg, "extract.stride", None),
-        device=_sel(cfg, "extract.device", "auto"),
-        sentence_rows=_sel(cfg, "extract.sentence_rows", None),
-        autocast=bool(_sel(cfg, "extract.autocast", False)),
-        progress=bool(_sel(cfg, "extract.progress", True)),
-    )
-    return ex, corpus
-
-
-def resolve_store_dir(cfg: DictConfig, ex, plan, corpus, identity: dict) -> Path:
-    from ..extraction.run import identity_hash, slug
-
-    d = _sel(cfg, "store.dir", None)
-    if d:
-        return Path(str(d))
-    root = _sel(cfg, "paths.store_root", None)
-    if not root:
-        raise ConfigError("store.dir is null and paths.store_root is not set")
-    name = f"{slug(_sel(cfg, 'model.name_or_path', 'model'))}-{slug(getattr(corpus, 'name', 'corpus'))}-"
-    return Path(str(root)) / (name + identity_hash(identity, ex.site_names, ex.dtype))
-
-
-def _world(cfg: DictConfig) -> int:
-    strategy = str(_sel(cfg, "trainer.strategy", "auto"))
-    if "ddp" not in strategy:
-        return 1
-    devices = _sel(cfg, "trainer.devices", 1)
-    accel = str(_sel(cfg, "trainer.accelerator", "auto"))
-    if isinstance(devices, int):
-        return devices
-    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
-        return len(devices)
-    if str(devices) == "auto":
-        import torch
-
-        if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-            return torch.cuda.device_count()
-        return 1
-    try:
-        return int(devices)
-    except ValueError:
-        return 1
-
-
-def extract_store(cfg: DictConfig, *, stats: dict | None = None):
-    """Build (or resume, or reuse) the store for this config and return it."""
-    from ..extraction.run import extract_to_store, store_identity
-    from ..models.loading import model_identity
-
-    t0 = time.perf_counter()
-    ex, corpus = build_extractor(cfg)
-    shard_size = int(_sel(cfg, "store.shard_size", 16384))
-    plan = ex.plan(corpus.words(), shard_size)
-    mid = model_identity(ex.model, cfg.model)
-    identity = store_identity(ex, plan, corpus, mid)
-    path = resolve_store_dir(cfg, ex, plan, corpus, identity)
-    overwrite = bool(_sel(cfg, "store.overwrite", False))
-    meta = {"corpus_path": str(_sel(cfg, "corpus.path", "")), "model_name_or_path": str(_sel(cfg, "model.name_or_path", ""))}
-    world = _world(cfg)
-    if world > 1:
-        from ..extraction.distributed import extract_distributed
-
-        store, st = extract_distributed(cfg, ex, corpus, plan, path, identity=identity, meta=meta, overwrite=overwrite)
-    else:
-        store, st = extract_to_store(ex, corpus, path, shard_size=shard_size, overwrite=overwrite,
-                                     model_identity=mid, plan=plan, meta=meta)
-    st["total_seconds"] = time.perf_counter() - t0
-    st["world_size"] = world
-    if stats is not None:
-        stats.update(st)
-    return store
 
 
 @task("extract")
 def extract(cfg: DictConfig) -> dict:
     """The ``neurolab extract`` verb: build the store, log its summary, return metrics."""
+    from ..store.integrity import overriding
+
     st: dict = {}
-    store = extract_store(cfg, stats=st)
+    with overriding(nonfinite="warn"):  # extract reports non-finite values; the verbs that read refuse them
+        store = extract_store(cfg, stats=st, for_reading=False)
     if store is None:  # a non-zero rank of a data-parallel run
         return {}
     info = store.info()
@@ -149,5 +56,6 @@ def extract(cfg: DictConfig) -> dict:
         "extract/reused": st.get("reused", 0),
         "extract/shards_written": st.get("shards", 0),
         "extract/num_neurons": info["num_neurons"],
+        "extract/fp16_overflow": st.get("fp16_overflow", 0),
         "store_dir": info["path"],
     }

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ..config import launched_rank
 from ..errors import ConfigError
 from ..methods.base import Method, RunContext
 from ..ranking import NeuronRanking
@@ -84,6 +85,8 @@ def write_run_report(cfg: DictConfig, run_dir: Path, metrics: dict, rankings: di
     from ..viz.report import write_report
 
     main = next(iter(rankings.values()))
+    if launched_rank() != 0:
+        return Path(run_dir) / REPORT_FILE
     reg = cfg.get("regularization") or {}
     info = {
         "model": main.model,
@@ -118,6 +121,8 @@ def report_outliers(dm, run_dir: Path, factor: float = 25.0) -> dict[str, float]
     import json
 
     found = dm.outlier_columns(factor)
+    if launched_rank() != 0:
+        return {"data/outlier_neurons": len(found)}
     names = NeuronRanking.from_order([c for c, _ in found], sites=list(dm.sites),
                                      neurons_per_site=dict(dm.neurons_per_site)).names if found else []
     rows = [{"neuron": n, "index": c, "variance_ratio": round(r, 2)} for n, (c, r) in zip(names, found)]
@@ -155,20 +160,23 @@ def rank_pipeline(cfg: DictConfig, dm, run_dir: str | Path, *, logger=None, meth
     metrics: dict[str, float] = {f"{prefix}{k}": v for k, v in own.items()}
     metrics[f"{prefix}time/method_s"] = round(time.perf_counter() - t0, 3)
     stem = _tag(prefix)
-    ranking.to_json(run_dir / ranking_file(stem))
-    method.write(run_dir, stem)
+    writes = launched_rank() == 0  # ranks a DDP launcher started compute the same results and write nothing
+    if writes:
+        ranking.to_json(run_dir / ranking_file(stem))
+        method.write(run_dir, stem)
     images: list[Path] = []
     evaluators = build_evaluators(cfg)
     if evaluators:
         ev = run_evaluation(ranking, dm, cfg, predictor=method.predictor_ if method.predictor_ is not None
-                            else shared_predictor, base_metrics=own, prefix=prefix, run=context, run_dir=run_dir,
+                            else shared_predictor, base_metrics=own, prefix=prefix, run=context,
+                            run_dir=run_dir if writes else None,
                             evaluators=evaluators, retrainer=retrainer)
         metrics.update(ev.metrics)
         images.extend(ev.images)
     viz = cfg.get("viz")
     out_pages: dict[str, Any] = {}
     want_pages = pages if pages is not None else (viz is not None and bool(viz.get("enabled", True)))
-    if want_pages and dm.store is not None:
+    if want_pages and dm.store is not None and writes:
         out_pages = write_neuron_pages(cfg, dm, ranking, run_dir / (stem or "."), list(method.explanations_),
                                        metrics, context)
     return RankResult(metrics, ranking, method, images, out_pages, cfg, dm)

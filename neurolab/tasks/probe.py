@@ -34,8 +34,11 @@ def train_and_evaluate(cfg: DictConfig, store, run_dir, logger=None, *, pages: b
     from ..data import build_datamodule
     from ..tracking import Tracker
 
+    from ..evaluation import check_evaluation
+
     dm = build_datamodule(cfg, store=store)
     dm.setup()
+    check_evaluation(cfg, int(dm.num_features))  # before any training: sizes and evaluator settings
     data_metrics = report_outliers(dm, run_dir)
     cfg, lam_metrics = choose_lambda_first(dm, cfg)
     res = rank_pipeline(cfg, dm, run_dir, logger=logger, pages=pages)

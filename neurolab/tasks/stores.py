@@ -26,6 +26,6 @@ def open_store(cfg: DictConfig, *, extract_if_missing: bool | None = None):
             f"store.dir={d!r}: no activation store there ({MANIFEST} not found); give store.dir of an existing "
             "store, or run `neurolab extract` first"
         )
-    from .extract import extract_store
+    from ..extraction.build import extract_store
 
     return extract_store(cfg)

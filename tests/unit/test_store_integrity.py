@@ -36,17 +36,19 @@ def test_verify_clean(store):
 def test_verify_detects_flipped_byte_and_names_file(store, name):
     f = store.path / "shards" / "000002" / name
     _flip_byte(f)
-    problems = ActivationStore.open(store.path).verify()
+    problems = ActivationStore.open(store.path, verify="never").verify()
     assert len(problems) == 1
     assert str(f) in problems[0] and "checksum" in problems[0]
     with pytest.raises(StoreError, match="000002"):
         ActivationStore.open(store.path, verify=True)
+    with pytest.raises(StoreError, match="000002"):  # the default (verify once) refuses it too
+        ActivationStore.open(store.path)
 
 
 def test_verify_detects_missing_file_and_shard(store):
     (store.path / "shards" / "000001" / "embeddings.npy").unlink()
     shutil.rmtree(store.path / "shards" / "000003")
-    problems = ActivationStore.open(store.path).verify()
+    problems = ActivationStore.open(store.path, verify="never").verify()
     assert any("000001" in p and "embeddings.npy" in p and "missing" in p for p in problems)
     assert any("000003" in p and "missing" in p for p in problems)
 
@@ -89,13 +91,13 @@ def test_open_incomplete_store(tmp_path):
 
 
 def test_open_reads_no_shard_data(store, monkeypatch):
-    # with every data file gone, opening still works: it reads the manifest only
+    # with every data file gone, opening without verification still works: it reads the manifest only
     for f in (store.path / "shards").glob("*/*.npy"):
         f.unlink()
     calls = []
     real_load = np.load
     monkeypatch.setattr(np, "load", lambda *a, **k: calls.append(a) or real_load(*a, **k))
-    s = ActivationStore.open(store.path)
+    s = ActivationStore.open(store.path, verify="never")
     assert (s.num_tokens, s.sites, s.neurons_per_site, s.dtype) == (30, ["embeddings", "layers.0"], {"embeddings": 4, "layers.0": 6}, "fp16")
     assert s.num_neurons() == 10 and len(s.shards) == 4
     assert calls == []
@@ -107,7 +109,9 @@ def test_read_refuses_file_of_wrong_shape(store):
     f = store.path / "shards" / "000000" / "layers.0.npy"
     np.save(f, np.zeros((8, 5), np.float16))
     with pytest.raises(StoreError, match="shape"):
-        ActivationStore.open(store.path).read(slice(0, 3))
+        ActivationStore.open(store.path, verify="never").read(slice(0, 3))
+    with pytest.raises(StoreError, match="shape"):
+        ActivationStore.open(store.path)
 
 
 def test_writer_refuses_another_identity_unless_overwrite(tmp_path):

@@ -51,7 +51,11 @@ def _visible_shards_are_whole(path: Path) -> list[int]:
 
 
 def _snapshot(path: Path) -> dict[str, bytes]:
-    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+    """The store's files (not a reader's verification marker nor the writers' lock file)."""
+    from neurolab.store.integrity import LOCK, MARKER
+
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name not in (MARKER, LOCK)}
 
 
 @pytest.fixture(scope="module")
