@@ -53,6 +53,9 @@ def build_extractor(cfg: DictConfig):
 
 
 def resolve_store_dir(cfg: DictConfig, ex, plan, corpus, identity: dict) -> Path:
+    """``store.dir``, else ``<paths.store_root>/<model>-<corpus>-<sites>-<aggregation>-<hash>``: the
+    corpus named after its file (the same file is the same store whatever config names it), the sites
+    after the ``sites`` spec, the hash of the identity (content fingerprints and settings)."""
     from .run import identity_hash, slug
 
     d = _sel(cfg, "store.dir", None)
@@ -61,8 +64,14 @@ def resolve_store_dir(cfg: DictConfig, ex, plan, corpus, identity: dict) -> Path
     root = _sel(cfg, "paths.store_root", None)
     if not root:
         raise ConfigError("store.dir is null and paths.store_root is not set")
-    name = f"{slug(_sel(cfg, 'model.name_or_path', 'model'))}-{slug(getattr(corpus, 'name', 'corpus'))}-"
-    return Path(str(root)) / (name + identity_hash(identity, ex.site_names, ex.dtype))
+    cpath = _sel(cfg, "corpus.path", None)
+    corpus_label = Path(str(cpath)).stem if isinstance(cpath, str) and cpath else getattr(corpus, "name", "corpus")
+    spec = _sel(cfg, "sites", "all_layers")
+    sites_label = spec if isinstance(spec, str) and len(ex.site_names) > 1 else (
+        ex.site_names[0] if len(ex.site_names) == 1 else f"{len(ex.site_names)}sites")
+    name = "-".join(slug(x) for x in (_sel(cfg, "model.name_or_path", "model"), corpus_label, sites_label,
+                                      ex.aggregation))
+    return Path(str(root)) / f"{name}-{identity_hash(identity, ex.site_names, ex.dtype)}"
 
 
 def extract_store(cfg: DictConfig, *, stats: dict | None = None, for_reading: bool = True):
@@ -82,6 +91,16 @@ def extract_store(cfg: DictConfig, *, stats: dict | None = None, for_reading: bo
     identity = store_identity(ex, plan, corpus, mid)
     path = resolve_store_dir(cfg, ex, plan, corpus, identity)
     overwrite = bool(_sel(cfg, "store.overwrite", False))
+    if not _sel(cfg, "store.dir", None) and not overwrite and not (path / "manifest.json").exists():
+        from .run import superset_store
+
+        wider = superset_store(path.parent, identity, ex.site_names, ex.units, ex.dtype, ex.sentence_rows)
+        if wider is not None:  # the cache holds this corpus and model with these sites and more
+            log.info("using the store %s: it holds the requested sites %s", wider.path, ex.site_names)
+            if stats is not None:
+                stats.update(reused=1, rows=0, seconds=0.0, words_per_s=0.0, shards=0, superset=1,
+                             total_seconds=time.perf_counter() - t0, world_size=1)
+            return wider
     meta = {"corpus_path": str(_sel(cfg, "corpus.path", "")), "model_name_or_path": str(_sel(cfg, "model.name_or_path", ""))}
     world = world_size(cfg)
     if world > 1:

@@ -43,8 +43,8 @@ def store_identity(extractor: Extractor, plan: Plan, corpus, model_identity: Map
         "source": EXTRACT_SCHEMA,
         "model": dict(model_identity),
         "aggregation": extractor.aggregation,
-        "corpus": {"name": getattr(corpus, "name", None), "fingerprint": corpus.fingerprint(),
-                   "sentences": len(corpus)},
+        # the corpus by content, not by the name a config gives it: one store per corpus file
+        "corpus": {"fingerprint": corpus.fingerprint(), "sentences": len(corpus)},
         "corpus_fingerprint": corpus.fingerprint(),
         "window": {"max_length": plan.max_length, "stride": plan.stride},
         # batch shapes change the last bits of the results: a store is resumed only with the same ones
@@ -104,6 +104,38 @@ def pending_shards(plan: Plan, writer: StoreWriter, sent_writer: StoreWriter | N
     done = set(writer.finished_shards())
     sdone = set(sent_writer.finished_shards()) if sent_writer is not None else None
     return [s.id for s in plan.shards if s.id not in done or (sdone is not None and s.id not in sdone)]
+
+
+def superset_store(root: Path, identity: dict, sites, units, dtype: str, sentence_rows) -> ActivationStore | None:
+    """A complete store under ``root`` (the store cache) built with this identity and dtype whose sites
+    include all of ``sites`` with the same widths (an all-layer store serves a one-layer request); the
+    one with the fewest extra sites, None when there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    best = None
+    want = {s: int(units[s]) for s in sites}
+    for mp in sorted(root.glob(f"*/{MANIFEST}")):
+        try:
+            m = read_json(mp)
+        except Exception:  # not a store of ours, or being written: not a candidate
+            continue
+        ident = dict(m.get("identity") or {})
+        have = {str(k): int(v) for k, v in (ident.pop("neurons_per_site", None) or {}).items()}
+        ident.pop("sites", None)
+        if not m.get("complete") or ident.pop("dtype", None) != dtype or ident != _plain_identity(identity):
+            continue
+        if any(have.get(s) != w for s, w in want.items()):
+            continue
+        if sentence_rows and not ((mp.parent / SENTENCE_STORE / MANIFEST).exists()):
+            continue
+        if best is None or len(have) < best[0]:
+            best = (len(have), mp.parent)
+    return ActivationStore.open(best[1]) if best is not None else None
+
+
+def _plain_identity(identity: dict) -> dict:
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
 
 
 def complete_store(path: Path, identity: dict, sites, units, dtype: str, sentence_rows) -> ActivationStore | None:

@@ -1,12 +1,13 @@
-"""``neurolab store info|verify|import``."""
+"""``neurolab store info|verify|list|import|export``."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from ..errors import NeurolabError
-from pathlib import Path
 
 from .format import MANIFEST, StoreError
 from .store import ActivationStore
@@ -40,6 +41,43 @@ def _verify(path: str) -> int:
     return 0 if status == "OK" else 1
 
 
+def default_cache_root() -> Path:
+    """Where stores without an explicit ``store.dir`` live: ``$NEUROLAB_CACHE/stores`` (default
+    ``~/.cache/neurolab/stores``), as ``conf/paths/default.yaml`` says."""
+    return Path(os.environ.get("NEUROLAB_CACHE") or Path.home() / ".cache" / "neurolab") / "stores"
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _list(root: str | None) -> int:
+    """``neurolab store list [ROOT]``: the stores of the cache (or ROOT), one line each, with sizes."""
+    base = Path(root) if root else default_cache_root()
+    if not base.is_dir():
+        sys.stdout.write(f"{base}: no stores (the directory does not exist)\n")
+        return 0
+    total, rows = 0, []
+    for mp in sorted(base.glob(f"*/{MANIFEST}")):
+        d = mp.parent
+        try:
+            m = json.loads(mp.read_text())
+        except (OSError, ValueError):
+            rows.append((d.name, "?", "?", "?", "unreadable manifest", _size(d)))
+            continue
+        meta = m.get("meta") or {}
+        size = _size(d)
+        total += size
+        state = "complete" if m.get("complete") else "incomplete (an interrupted extraction: rerun to resume)"
+        rows.append((d.name, str(meta.get("model") or "?"), str(meta.get("corpus") or "?"),
+                     f"{len(m.get('sites') or [])} sites, {int(m.get('num_tokens') or 0)} rows, {m.get('dtype')}",
+                     state, size))
+    for name, model, corpus, shape, state, size in rows:
+        sys.stdout.write(f"{size / 2**20:10.1f} MB  {name}\n{'':15}model {model}, corpus {corpus}, {shape}, {state}\n")
+    sys.stdout.write(f"{len(rows)} stores, {total / 2**20:.1f} MB in {base}\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="neurolab store", description="Inspect, check or import activation stores.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -48,6 +86,8 @@ def main(argv: list[str]) -> int:
     p_ver = sub.add_parser("verify", help="check every file (headers, checksums, shard records, non-finite values) "
                                           "and list stray files; exit 1 if anything is wrong")
     p_ver.add_argument("path")
+    p_list = sub.add_parser("list", help="list the stores of the cache ($NEUROLAB_CACHE/stores) or of ROOT, with sizes")
+    p_list.add_argument("root", nargs="?", default=None)
     from .importers import add_import_parser  # NeuroX HDF5/JSON import
 
     add_import_parser(sub)
@@ -59,6 +99,8 @@ def main(argv: list[str]) -> int:
             return 0
         if args.cmd == "verify":
             return _verify(args.path)
+        if args.cmd == "list":
+            return _list(args.root)
         return args.func(args)
     except (NeurolabError, StoreError, FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"neurolab store {args.cmd}: error: {e}\n")

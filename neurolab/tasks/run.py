@@ -56,6 +56,7 @@ def run(cfg: DictConfig) -> dict:
     store = extract_store(cfg, stats=stats)
     if store is None:  # a non-zero rank of a data-parallel extraction
         return {}
+    log.info("store %s", store.path)
     metrics["time/extract_s"] = round(time.perf_counter() - t0, 3)
     metrics["extract/reused"] = int(bool(stats.get("reused", 0)))
     metrics["extract/rows"] = int(store.num_tokens)

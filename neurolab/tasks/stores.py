@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["open_store"]
 
@@ -18,7 +22,9 @@ def open_store(cfg: DictConfig, *, extract_if_missing: bool | None = None):
 
     d = cfg.get("store", {}).get("dir") if cfg.get("store") is not None else None
     if d and (Path(str(d)) / MANIFEST).exists():
-        return ActivationStore.open(str(d))
+        store = ActivationStore.open(str(d))
+        log.info("store %s", store.path)
+        return store
     if extract_if_missing is None:
         extract_if_missing = bool(cfg.get("extract_if_missing", True))
     if not extract_if_missing:
@@ -28,4 +34,7 @@ def open_store(cfg: DictConfig, *, extract_if_missing: bool | None = None):
         )
     from ..extraction.build import extract_store
 
-    return extract_store(cfg)
+    store = extract_store(cfg)
+    if store is not None:
+        log.info("store %s", store.path)
+    return store
