@@ -146,15 +146,28 @@ def metric_score(y_true: np.ndarray, y_pred: np.ndarray, metric: str = "accuracy
     raise ConfigError(f"metric={metric!r}; expected accuracy or balanced_accuracy")
 
 
+def _class_weights(yi: np.ndarray, C: int) -> np.ndarray:
+    """``n / (C * n_c)`` per class (the loss weight that makes every class count alike)."""
+    counts = np.bincount(yi, minlength=C).astype(np.float64)
+    return len(yi) / (C * np.maximum(counts, 1.0))
+
+
 class LogisticProbe:
-    """Multinomial logistic regression, full-batch L-BFGS (torch, float32), L2 penalty ``l2 * ||W||^2``."""
+    """Multinomial logistic regression, full-batch L-BFGS (torch, float32, one thread: the products are
+    small), L2 penalty ``l2 * ||W||^2``; ``balanced``: classes weighted ``n / (C n_c)`` in the loss."""
 
     name = "linear"
 
-    def __init__(self, l2: float = 1e-4, max_iter: int = 200):
-        self.l2, self.max_iter = float(l2), int(max_iter)
+    def __init__(self, l2: float = 1e-4, max_iter: int = 200, balanced: bool = False):
+        self.l2, self.max_iter, self.balanced = float(l2), int(max_iter), bool(balanced)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "LogisticProbe":
+        from ..probes.optim import one_intraop_thread
+
+        with one_intraop_thread():
+            return self._fit(X, y)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> "LogisticProbe":
         import torch
 
         classes, yi = np.unique(np.asarray(y), return_inverse=True)
@@ -162,6 +175,7 @@ class LogisticProbe:
         Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
         yt = torch.as_tensor(yi.astype(np.int64))
         C = len(classes)
+        weight = torch.as_tensor(_class_weights(yi, C), dtype=torch.float32) if self.balanced else None
         W = torch.zeros(Xt.shape[1], C, requires_grad=True)
         b = torch.zeros(C, requires_grad=True)
         opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=self.max_iter, line_search_fn="strong_wolfe",
@@ -169,7 +183,7 @@ class LogisticProbe:
 
         def closure():
             opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(Xt @ W + b, yt) + self.l2 * (W * W).sum()
+            loss = torch.nn.functional.cross_entropy(Xt @ W + b, yt, weight=weight) + self.l2 * (W * W).sum()
             loss.backward()
             return loss
 
@@ -185,12 +199,12 @@ class LogisticProbe:
 
 class GaussianClassifier:
     """Class-conditional Gaussians with full covariance (quadratic discriminant), each covariance shrunk
-    towards its scaled identity by ``shrinkage``; float64."""
+    towards its scaled identity by ``shrinkage``; float64. ``balanced``: equal class priors."""
 
     name = "gaussian"
 
-    def __init__(self, shrinkage: float = 0.05):
-        self.shrinkage = float(shrinkage)
+    def __init__(self, shrinkage: float = 0.05, balanced: bool = False):
+        self.shrinkage, self.balanced = float(shrinkage), bool(balanced)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "GaussianClassifier":
         X = np.asarray(X, dtype=np.float64)
@@ -206,7 +220,8 @@ class GaussianClassifier:
             tr = float(np.trace(cov)) / d if d else 1.0
             cov = (1 - self.shrinkage) * cov + self.shrinkage * max(tr, 1e-6) * np.eye(d)
             L = np.linalg.cholesky(cov)
-            self.params_.append((mu, L, float(np.log(np.diag(L)).sum()), math.log(len(Z) / n)))
+            prior = -math.log(len(self.classes_)) if self.balanced else math.log(len(Z) / n)
+            self.params_.append((mu, L, float(np.log(np.diag(L)).sum()), prior))
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -219,13 +234,16 @@ class GaussianClassifier:
 
 
 class RandomForestProbe:
-    """scikit-learn's random forest (``n_estimators`` trees, at most ``max_depth`` deep, one job, seeded)."""
+    """scikit-learn's random forest (``n_estimators`` trees of at most ``max_depth`` levels, each on a
+    ``max_samples`` share of the rows, one job, seeded); ``balanced``: class weights ``n / (C n_c)``."""
 
     name = "random_forest"
 
-    def __init__(self, n_estimators: int = 50, max_depth: int | None = 16, min_samples_leaf: int = 2, seed: int = 0):
+    def __init__(self, n_estimators: int = 32, max_depth: int | None = 12, min_samples_leaf: int = 5,
+                 max_samples: float | None = 0.5, balanced: bool = False, seed: int = 0):
         self.n_estimators, self.max_depth = int(n_estimators), max_depth
-        self.min_samples_leaf, self.seed = int(min_samples_leaf), int(seed)
+        self.min_samples_leaf, self.max_samples = int(min_samples_leaf), max_samples
+        self.balanced, self.seed = bool(balanced), int(seed)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> "RandomForestProbe":
         try:
@@ -233,7 +251,8 @@ class RandomForestProbe:
         except ImportError:  # pragma: no cover
             raise ConfigError("the random-forest evaluation probe needs scikit-learn (pip install scikit-learn)") from None
         self.model_ = RandomForestClassifier(n_estimators=self.n_estimators, max_depth=self.max_depth,
-                                             min_samples_leaf=self.min_samples_leaf, n_jobs=1,
+                                             min_samples_leaf=self.min_samples_leaf, max_samples=self.max_samples,
+                                             class_weight="balanced" if self.balanced else None, n_jobs=1,
                                              random_state=self.seed).fit(X, y)
         return self
 

@@ -33,7 +33,7 @@ from .scoring import score_ranking
 
 log = logging.getLogger(__name__)
 
-__all__ = ["registered_methods", "method_nodes", "hydra_factory", "run_planted", "PlantedRun", "ROW_KEYS"]
+__all__ = ["registered_methods", "method_nodes", "hydra_factory", "fit_method", "run_planted", "PlantedRun", "ROW_KEYS"]
 
 #: the keys every row of ``benchmark.json`` has (more may follow)
 ROW_KEYS = ("method", "type", "effect", "seed", "ap", "precision@k", "recall@k", "status")
@@ -94,6 +94,21 @@ def hydra_factory(node: DictConfig, cfg: DictConfig | None = None) -> tuple[Call
         return instantiate(node, _convert_="all")
 
     return build, run_cfg
+
+
+def fit_method(method: Any, data, context, positive: str | None = None) -> NeuronRanking:
+    """Fit ``method`` on ``data`` (a binary concept's ``positive`` class goes to a method that has a
+    ``positive`` parameter left unset) and return its ``ranking_``, checked to cover the data's neurons."""
+    if positive is not None and hasattr(method, "positive") and getattr(method, "positive") is None:
+        method.positive = positive
+    method.fit(data, context)
+    ranking = getattr(method, "ranking_", None)
+    if not isinstance(ranking, NeuronRanking):
+        raise TypeError(f"ranking_ is {type(ranking).__name__}, not a NeuronRanking")
+    total = int(data.num_features)
+    if ranking.total != total:
+        raise ValueError(f"the ranking covers {ranking.total} neurons, the data has {total}")
+    return ranking
 
 
 def _seed_all(seed: int) -> None:
@@ -192,18 +207,10 @@ def run_planted(cases: Sequence[PlantedCase], methods: Mapping[str, Callable[[],
             try:
                 _seed_all(seed)
                 method = build()
-                if hasattr(method, "positive") and getattr(method, "positive") is None:
-                    method.positive = case.positive  # a binary concept names its positive class
                 mcfg = cfg.get(name) if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig) else cfg
                 mdir = Path(run_dir) / "cases" / case.name / name if run_dir is not None else None
                 context = RunContext(cfg=mcfg, run_dir=mdir, seed=seed, model=model)
-                method.fit(data, context)
-                ranking = getattr(method, "ranking_", None)
-                if not isinstance(ranking, NeuronRanking):
-                    raise TypeError(f"ranking_ is {type(ranking).__name__}, not a NeuronRanking")
-                total = int(data.num_features)
-                if ranking.total != total:
-                    raise ValueError(f"the ranking covers {ranking.total} neurons, the planted store has {total}")
+                ranking = fit_method(method, data, context, case.positive)
                 scores = score_ranking(ranking, case.gold, k, case.decoys)
                 row.update({kk: _num(v) for kk, v in scores.items()})
                 if run_dir is not None:

@@ -108,7 +108,7 @@ def test_known_rankings_score_as_they_must(suite, tmp_path):
     for r in by["broken"]:
         assert r["status"] == "RuntimeError: no ranking today" and r["ap"] is None
     for r in by["wrong"]:
-        assert r["status"] == "ValueError: the ranking covers 3 neurons, the planted store has 40"
+        assert r["status"] == "ValueError: the ranking covers 3 neurons, the data has 40"
     assert (tmp_path / "rankings" / suite.cases[0].name / "oracle.json").exists()
     assert set(run.seconds) == {"oracle", "reversed", "random", "broken", "wrong"}
 
