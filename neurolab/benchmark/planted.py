@@ -15,7 +15,8 @@ concept.value=Yes`` on the command line, name ``feats.Planted=Yes``).
 
 Planted types (``y`` = 1 on concept words; ``effect`` = ``d``; every planted signal ``z`` is
 standardised over all rows, then written as ``mean + std * z`` of the column it replaces, except the
-distractors, which get ``distractor_scale`` times the largest column standard deviation):
+distractors, which get ``distractor_scale`` times the largest column standard deviation; only columns
+that vary are replaced, since a dead unit's scale would flatten the planted signal):
 
 * ``focused`` — one neuron, ``z = d y + e``.
 * ``group`` — ``group_size`` (m) neurons decodable only jointly: ``x_j = (d/m) y + a (n_j - mean_j n)
@@ -82,7 +83,7 @@ SECOND_ATTRIBUTE = "PlantedB"
 POSITIVE, NEGATIVE = "Yes", "No"
 SUITE_FILE = "suite.json"
 GOLD_FILE = "gold.json"
-SUITE_VERSION = 1
+SUITE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -506,6 +507,12 @@ def build_suite(root: str | os.PathLike, source: Source, *, types: Sequence[str]
     col_mean = np.concatenate([source.arrays[s].astype(np.float64).mean(0) for s in sites])
     col_std = np.concatenate([source.arrays[s].astype(np.float64).std(0) for s in sites])
     big = float(col_std.max()) if F else 1.0
+    # planted neurons take the scale of the column they replace: constant columns (dead units) would
+    # flatten them, so only columns that vary are replaced
+    positive = col_std[col_std > 0]
+    live = np.flatnonzero(col_std > 1e-3 * (np.median(positive) if len(positive) else 1.0))
+    if need > len(live):
+        raise ConfigError(f"the planted types {types} need {need} columns that vary; the source has {len(live)}")
     log_freq = _word_log_freq(source.corpus)
     cases: list[PlantedCase] = []
     for seed in seeds:
@@ -517,7 +524,7 @@ def build_suite(root: str | os.PathLike, source: Source, *, types: Sequence[str]
             for effect in effects:
                 rng = _case_rng(kind, effect, seed)
                 gold_z, decoy_z, roles = plant_signals(kind, effect, y, yb, log_freq, rng, params)
-                cols = rng.choice(F, size=gold_z.shape[1] + decoy_z.shape[1], replace=False).astype(np.int64)
+                cols = live[rng.choice(len(live), size=gold_z.shape[1] + decoy_z.shape[1], replace=False)].astype(np.int64)
                 gold_cols, decoy_cols = cols[:gold_z.shape[1]], cols[gold_z.shape[1]:]
                 values = np.concatenate([col_mean[gold_cols] + col_std[gold_cols] * gold_z,
                                          col_mean[decoy_cols] + params.distractor_scale * big * decoy_z], axis=1)

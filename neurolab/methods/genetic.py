@@ -12,8 +12,10 @@ that a fast closed-form probe decodes the concept from best.
    scaled identity by ``shrinkage``) or a ridge classifier (``probe=ridge``: least squares on one-hot
    targets, penalty ``alpha`` per row). A ``k x k`` solve and one ``[dev, k]`` product per subset:
    thousands of subsets per second, whatever the number of training rows.
-4. **Search.** A population of ``population`` subsets (the pool's top ``k``, then random subsets drawn
-   with a seeded ``numpy.random.Generator``, half of them favouring better-F candidates), tournament
+4. **Search.** A population of ``population`` subsets (the pool's top ``k`` by F; the top ``k`` by the
+   size of their weights in one LDA read-out of the whole pool, a multivariate cheap ranking that sees
+   neurons weak alone but strong together; then random subsets drawn with a seeded
+   ``numpy.random.Generator``, half of them favouring better-F candidates), tournament
    selection, subset crossover (the parents' common neurons plus a random draw from the rest of their
    union), mutation (each neuron replaced by a random pool neuron with probability ``mutation``,
    default ``1/k``) and elitism (the ``elite`` best subsets survive unchanged), for ``generations``
@@ -221,8 +223,9 @@ class GeneticSelection(Method):
         t_stats = time.perf_counter() - t0
 
         score = self._scorer(count, sums[:, pool], G, Xd, yd, C)
+        joint = self._joint_order(count, sums[:, pool], G)
         with one_blas_thread():
-            best, final, curve, evals, gens = self._search(score, P, k, rng)
+            best, final, curve, evals, gens = self._search(score, P, k, rng, seeds=[np.sort(joint[:k])])
         freq = np.zeros(P)
         for ind in final:
             freq[ind] += 1.0
@@ -251,6 +254,27 @@ class GeneticSelection(Method):
         log.info("genetic: %d of %d neurons (pool %d), dev %s %.4f after %d generations (%d subsets scored) in %.1f s",
                  k, F, P, self.fitness, best[1], gens, evals, seconds)
         return self
+
+    def _joint_order(self, count, sums_pool, G) -> np.ndarray:
+        """Pool positions by the size of their weights in one LDA read-out of the whole pool (the
+        within-class covariance shrunk as in the fitness; weight rows' L2 norm over the classes against
+        the mean): a multivariate cheap ranking, which sees neurons that are weak alone but strong
+        together. Its top ``k`` seeds the population next to the ANOVA-F top ``k``."""
+        n = float(count.sum())
+        present = count > 0
+        mu = sums_pool[present] / count[present, None]
+        within = G - (count[present, None, None] * mu[:, :, None] * mu[:, None, :]).sum(0)
+        cov = within / n
+        lam = max(float(self.shrinkage), 1e-6)
+        P = len(cov)
+        cov = (1.0 - lam) * cov + lam * (np.trace(cov) / max(P, 1)) * np.eye(P)
+        delta = mu - (count[present, None] * mu).sum(0) / n  # [C', P]
+        try:
+            W = np.linalg.solve(cov, delta.T)  # [P, C']
+        except np.linalg.LinAlgError:
+            return np.arange(P)
+        size = np.sqrt((W * W).sum(1))
+        return np.lexsort((np.arange(P), -size))
 
     def _scorer(self, count, sums_pool, G, Xd, yd, C):
         """``score(subset) -> fitness`` for subsets given as pool positions."""
@@ -308,7 +332,7 @@ class GeneticSelection(Method):
 
         return score
 
-    def _search(self, score, P: int, k: int, rng: np.random.Generator):
+    def _search(self, score, P: int, k: int, rng: np.random.Generator, seeds=()):
         pop_size, elite, tsize = int(self.population), int(self.elite), int(self.tournament)
         pm = float(self.mutation) if self.mutation is not None else 1.0 / k
         pc = float(self.crossover)
@@ -328,6 +352,11 @@ class GeneticSelection(Method):
         weights /= weights.sum()
         pop = [np.arange(k, dtype=np.int64)]
         seen = {pop[0].tobytes()}
+        for ind in seeds:
+            ind = np.sort(np.asarray(ind, dtype=np.int64))
+            if len(ind) == k and ind.tobytes() not in seen:
+                seen.add(ind.tobytes())
+                pop.append(ind)
         tries = 0
         while len(pop) < pop_size and tries < 50 * pop_size:
             tries += 1

@@ -203,3 +203,13 @@ def test_bad_input(tmp_path, source_store):
         suite.select(["group"])
     with pytest.raises(StoreMismatchError, match="one row per word"):
         source_from_store(store, Corpus(corpus.sentences[1:], name="shifted"))
+
+
+def test_dead_columns_are_never_replaced(tmp_path):
+    src = synthetic_source(num_sentences=40, sites=["a"], units=12, seed=0)
+    src.arrays["a"][:, :9] = 0.5  # nine constant (dead) units: only 9, 10, 11 vary
+    suite = build_suite(tmp_path / "s", src, types=["group", "focused"], effects=[1.0], seeds=[0, 1, 2])
+    for case in suite.cases:
+        assert set(case.gold) <= {9, 10, 11}
+    with pytest.raises(ConfigError, match="need 4 columns that vary; the source has 3"):
+        build_suite(tmp_path / "t", src, types=["group"], params={"group_size": 4})
