@@ -126,8 +126,9 @@ def write_leaderboard(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]
         parts.append("<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in info.items()) + "</table>")
     parts.append("<h2>Leaderboard: mean average precision</h2><p class=note>Mean AP of each method's ranking "
                  "against the planted neurons, over effect sizes and seeds (a failed case counts 0). "
-                 "1 = the planted neurons come first; a random ranking scores about (planted neurons) / "
-                 "(all neurons).</p>")
+                 "1 = the planted neurons come first; a uniformly random ranking of N neurons with R planted "
+                 "scores H_N / N + (R - 1)(N - H_N) / (N (N - 1)) on average (H_N = 1 + 1/2 + ... + 1/N), "
+                 "about R / N for several planted neurons.</p>")
     head = "".join(f"<th>{esc(t)}</th>" for t in types)
     sec = seconds or {}
     parts.append(f"<table><tr><th>#</th><th>method</th><th>all</th>{head}<th>failed</th>"

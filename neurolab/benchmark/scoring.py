@@ -5,7 +5,8 @@ others after them by index). With ``R`` gold neurons among ``N`` and ranks count
 
 * ``precision@k`` = |gold ∩ top k| / k, ``recall@k`` = |gold ∩ top k| / R;
 * average precision ``AP = (1/R) sum_{gold g} precision@rank(g)`` (1 when the gold neurons come
-  first, in any order; for a uniformly random order its expectation is about R/N);
+  first, in any order; for a uniformly random order its expectation is
+  ``H_N / N + (R - 1)(N - H_N) / (N (N - 1))`` with ``H_N = sum_{i<=N} 1/i``);
 * ``ranks``: the rank of each gold neuron, in the order the gold set lists them;
 * ``decoys@k``: the share of the decoys (planted distractors) in the top k.
 

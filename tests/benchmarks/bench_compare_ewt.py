@@ -4,16 +4,16 @@ binary concept per XPOS tag (the tag against every other word); prints ONE JSON 
 
     python tests/benchmarks/bench_compare_ewt.py [--store DIR] [--conllu FILE]
         [--tags NN,NNS,NNP,JJ,RB,IN,DT,PRP,VB,VBD,VBG,CD] [--methods probeless,selectivity,iou,ap,genetic]
-        [--probes linear] [--matrix-k 30] [--out DIR]
+        [--probes linear,gaussian,neuron_mask] [--matrix-k 30] [--out DIR]
 
 For each tag: every method ranks the neurons on the training split (the registered ones from their
 ``conf/method/*.yaml``, genetic with ``k = --matrix-k``; the probes of ``--probes`` not yet registered as
-methods through ``neurolab.probes.RUNNERS`` with ``probe.ranking.method=mass``); then
+methods through ``neurolab.probes.RUNNERS``, the linear one with ``probe.ranking.method=mass``); then
 ``neurolab.benchmark.compare_concept``: the pairwise overlap of the top-k sets and the neuron vote at
 k in {10, 20, 30, 40, 100}, the evaluation matrix (each ranking's top ``--matrix-k`` retrained under a
 logistic regression, a class-conditional Gaussian and a random forest, all class-balanced, scored by
-balanced accuracy on the test split: accuracy alone would reward predicting "not the tag"), and the per-site balanced accuracy of
-the top-k of the neuron-vote consensus against k.
+balanced accuracy on the test split: accuracy alone would reward predicting "not the tag"), and the
+per-site balanced accuracy of the top-k of the neuron-vote consensus against k.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def main() -> None:
                                             / "ud-english-ewt" / "en_ewt-ud-dev.conllu"))
     ap.add_argument("--tags", default="NN,NNS,NNP,JJ,RB,IN,DT,PRP,VB,VBD,VBG,CD")
     ap.add_argument("--methods", default="probeless,selectivity,iou,ap,genetic")
-    ap.add_argument("--probes", default="linear")
+    ap.add_argument("--probes", default="linear,gaussian,neuron_mask")
     ap.add_argument("--matrix-k", type=int, default=30)
     ap.add_argument("--ks", default="10,20,30,40,100")
     ap.add_argument("--curve-ks", default="1,2,4,8,16,32")
@@ -74,7 +74,7 @@ def main() -> None:
         if p in registered_methods():
             factories[p] = hydra_factory(next(iter(method_nodes([p]).values())), None)[0]
         else:
-            factories[p] = probe_adapter(p, ["probe.ranking.method=mass"])
+            factories[p] = probe_adapter(p, ["probe.ranking.method=mass"] if p == "linear" else [])
     ks = [int(k) for k in args.ks.split(",")]
     # class-balanced probes: a tag is a few percent of the words, and balanced accuracy is the metric
     probes = {"linear": partial(LogisticProbe, balanced=True), "gaussian": partial(GaussianClassifier, balanced=True),

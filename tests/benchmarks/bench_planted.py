@@ -3,7 +3,7 @@ the linear probe and the genetic selection; prints ONE JSON object.
 
     python tests/benchmarks/bench_planted.py [--store DIR] [--conllu FILE] [--sites layers.2,layers.5]
         [--effects 0.25,0.5,1] [--seeds 0] [--types focused,group,...] [--methods probeless,iou,...]
-        [--probes linear] [--out DIR] [--max-sentences N]
+        [--probes linear,gaussian,neuron_mask] [--out DIR] [--max-sentences N]
 
 * the source store: ``--store`` if it holds one, else extracted once (MiniLM, all_layers, fp16) and
   reused by later runs (the same default path as ``bench_methods.py``);
@@ -12,8 +12,8 @@ the linear probe and the genetic selection; prints ONE JSON object.
 * the methods: the registered ones named in ``--methods`` (their ``conf/method/*.yaml``; genetic with
   ``k=3``, the largest planted set, and every neuron as a candidate) and, for each probe of ``--probes`` that is not registered as a
   method yet, an adapter that runs ``neurolab.probes.RUNNERS[probe]`` with ``conf/probe.yaml``'s
-  settings and ``--probe-overrides`` (default ``probe.ranking.method=mass``: the elastic-net probe's
-  weight mass, no extra fits);
+  settings (the linear probe with ``--linear-overrides``, default ``probe.ranking.method=mass``: the
+  elastic-net probe's weight mass, no extra fits);
 * reads: rows read from each planted store during the run, over its rows (1.0 = one pass shared by
   every method);
 * the result: seconds (suite, reads, each method), mean AP per method and type (over effects and
@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--methods", default="probeless,selectivity,iou,ap,genetic")
     ap.add_argument("--probes", default="linear")
-    ap.add_argument("--probe-overrides", default="probe.ranking.method=mass", help="comma-separated overrides of conf/probe.yaml for the adapters")
+    ap.add_argument("--linear-overrides", default="probe.ranking.method=mass",
+                    help="comma-separated overrides of conf/probe.yaml for the linear adapter")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -155,7 +156,8 @@ def main() -> None:
             (node,) = method_nodes([p]).values()
             factories[p], cfgs[p] = hydra_factory(node, None)
         else:
-            factories[p] = probe_adapter(p, [o for o in args.probe_overrides.split(",") if o])
+            extra = [o for o in args.linear_overrides.split(",") if o] if p == "linear" else []
+            factories[p] = probe_adapter(p, extra)
             cfgs[p] = None
     out["methods"] = list(factories)
     counter = ReadCounter()
