@@ -204,7 +204,7 @@ class GeneticSelection(Method):
         context = RunContext.ensure(context)
         t0 = time.perf_counter()
         if getattr(data, "task", "classification") != "classification":
-            raise ConfigError("method=genetic needs a classification concept (its fitness is dev accuracy)")
+            raise ConfigError("method=genetic needs a classification concept (its fitness scores class predictions on dev)")
         data.setup()
         cols = np.asarray(data.columns, dtype=np.int64)
         F = len(cols)
