@@ -20,6 +20,7 @@ TASKS = {
     "evaluate": ("neurolab.tasks.evaluate", "evaluate", "evaluate a given ranking.json (retrain top/random/bottom, selectivity)"),
     "run": ("neurolab.tasks.run", "run", "the whole pipeline: extract -> probe -> rank -> evaluate -> report"),
     "analyze": ("neurolab.tasks.analyze", "analyze", "groups and similarities: clusters, redundancy, select, similarity, nmf, latent"),
+    "benchmark": ("neurolab.tasks.benchmark", "benchmark", "score every registered method on planted neurons (known answers)"),
 }
 
 USAGE = """usage: neurolab <verb> [key=value ...] [-m] [--help]

@@ -46,6 +46,8 @@ VERB_GROUPS = {
             "evaluation", "trainer", "sites", "seed", "run"),
     "analyze": ("model", "corpus", "store", "extract", "concept", "data", "analysis", "probe", "regularization",
                 "trainer", "sites", "seed"),
+    "benchmark": ("model", "corpus", "store", "extract", "data", "probe", "regularization", "trainer", "seed",
+                  "benchmark"),
 }
 
 
