@@ -66,10 +66,11 @@ def test_several_problems_in_one_message(tmp_path):
 def test_every_rule_names_a_key_of_a_verb_config(tmp_path):
     from omegaconf import OmegaConf
 
+    from neurolab.config import VERBS
     from neurolab.tasks.validate import RULES
 
     cfgs = {v: compose(v, ["ranking=r.json"] if v == "evaluate" else [], run_dir=tmp_path)
-            for v in ("extract", "probe", "rank", "evaluate", "run")}
+            for v in VERBS}
     for rule in RULES:
         found = [v for v in rule.verbs if OmegaConf.select(cfgs[v], rule.key, default="<absent>") != "<absent>"]
         assert found, f"{rule.key}: in no config of {sorted(rule.verbs)}"
