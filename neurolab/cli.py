@@ -84,6 +84,11 @@ def main(argv: list[str] | None = None) -> int | None:
             from .tasks.validate import validate
 
             validate(cfg, verb)  # before the task module (torch, models) is even imported
+            if launched_rank() == 0:  # something on the screen before the imports of the task take their time
+                from hydra.core.hydra_config import HydraConfig
+
+                logging.getLogger("neurolab").info("neurolab %s: run directory %s", verb,
+                                                   HydraConfig.get().runtime.output_dir)
             fn = getattr(importlib.import_module(module), func)
             return fn(cfg)
         except errors as e:

@@ -51,6 +51,18 @@ def make_logger(cfg: DictConfig, run_dir: str | os.PathLike):
     return instantiate(lcfg, **kwargs)
 
 
+def WandbLogger(*args: Any, **kwargs: Any):
+    """Lightning's ``WandbLogger`` without the deprecated ``anonymous`` argument it always passes on to
+    ``wandb.init`` (W&B warns about it on every run); the config group ``logger=wandb`` builds this."""
+    from pytorch_lightning.loggers import WandbLogger as _Wandb
+
+    logger = _Wandb(*args, **kwargs)
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and init.get("anonymous") is None:
+        init.pop("anonymous", None)
+    return logger
+
+
 class Tracker:
     """Thin facade over a Lightning logger for metrics, tables, images and HTML."""
 

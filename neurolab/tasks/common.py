@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -149,6 +150,26 @@ def _attach_file_log(run_dir: Path, name: str) -> logging.Handler:
     return h
 
 
+#: Lightning and W&B messages that say nothing about the run (checked in the test of quiet output)
+HARMLESS_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*Your `IterableDataset` has `__len__` defined.*",
+    r".*does not have many workers which may be a bottleneck.*",
+    r".*configure_optimizers` returned `None`.*",
+    r".*modules? in eval mode.*",
+    r".*The '(train|val|test)_dataloader' does not have many workers.*",
+)
+
+_SUMMARY: list[str] = []
+
+
+def summary(line: str) -> None:
+    """A line of the task's closing summary: logged after everything else (the W&B run's summary
+    included), as the last thing the command says."""
+    _SUMMARY.append(line)
+
+
 def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictConfig], dict]]:
     """Decorator for a task function ``fn(cfg) -> metrics``.
 
@@ -181,8 +202,11 @@ def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictCo
 
                     seed_everything(int(cfg.seed), workers=True, verbose=False)
                 t0 = time.perf_counter()
+                _SUMMARY.clear()
                 try:
-                    with store_checks(cfg) as checks:
+                    with store_checks(cfg) as checks, warnings.catch_warnings():
+                        for pattern in HARMLESS_WARNINGS:
+                            warnings.filterwarnings("ignore", message=pattern)
                         metrics = fn(cfg) or {}
                 finally:
                     finish()
@@ -195,6 +219,9 @@ def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictCo
                     metrics["store/nonfinite_values"] = nonfinite
                 if rank == 0:
                     write_metrics(run_dir, metrics)
+                for line in _SUMMARY:
+                    log.info("%s", line)
+                _SUMMARY.clear()
                 log.info("%s done; run directory %s", name, run_dir)
                 return metrics
             finally:

@@ -19,7 +19,7 @@ from ..config import config_dir, output_dir
 from ..errors import ConfigError
 from ..ranking import NeuronRanking
 from ..tracking import Tracker, make_logger
-from .common import RANKING_FILE, headline, log_to_tracker, model_label, task
+from .common import RANKING_FILE, headline, log_to_tracker, model_label, summary, task
 from .stores import open_store
 
 log = logging.getLogger(__name__)
@@ -99,5 +99,5 @@ def evaluate(cfg: DictConfig) -> dict:
     ev = run_evaluation(ranking, dm, cfg, run=run_context(cfg, run_dir, logger, store), run_dir=run_dir)
     ranking.to_json(Path(run_dir) / RANKING_FILE)
     log_to_tracker(Tracker(logger), ev.metrics, {"": ranking}, ev.images)
-    log.info("evaluate %s / %s: %s", ranking.method, ranking.concept, headline(ev.metrics))
+    summary(f"evaluate {ranking.method} / {ranking.concept}: {headline(ev.metrics)}")
     return ev.metrics

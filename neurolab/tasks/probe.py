@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from ..config import output_dir
 from ..tracking import make_logger
-from .common import headline, log_to_tracker, task
+from .common import headline, log_to_tracker, summary, task
 from .stores import open_store
 from .pipeline import RankResult, choose_lambda_first, rank_pipeline, report_outliers, write_run_report
 
@@ -64,5 +64,5 @@ def probe(cfg: DictConfig) -> dict:
     logger = make_logger(cfg, run_dir)
     res = train_and_evaluate(cfg, store, run_dir, logger)
     report(cfg, res, run_dir, store, logger, "probe")
-    log.info("probe: %s", headline(res.metrics))
+    summary(f"probe {res.ranking.method} / {res.ranking.concept}: {headline(res.metrics)}")
     return res.metrics

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from ..config import output_dir
 from ..tracking import make_logger
-from .common import headline, task
+from .common import headline, summary, task
 from .stores import open_store
 from .probe import report, train_and_evaluate
 
@@ -36,6 +36,6 @@ def rank(cfg: DictConfig) -> dict:
     res = train_and_evaluate(cfg, store, run_dir, logger)
     report(cfg, res, run_dir, store, logger, "rank")
     top = ", ".join(res.ranking.names[:5])
-    log.info("rank %s / %s: top neurons %s%s", res.ranking.method, res.ranking.concept, top,
-             (" | " + headline(res.metrics)) if headline(res.metrics) else "")
+    summary(f"rank {res.ranking.method} / {res.ranking.concept}: top neurons {top}"
+            + ((" | " + headline(res.metrics)) if headline(res.metrics) else ""))
     return res.metrics

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import group_option, output_dir
 from ..tracking import Tracker, make_logger
-from .common import headline, task
+from .common import headline, summary, task
 from .pipeline import REPORT_FILE, write_run_report
 from .probe import train_and_evaluate
 
@@ -93,13 +93,13 @@ def run(cfg: DictConfig) -> dict:
 
     if rcfg.get("report", True):
         write_run_report(cfg, run_dir, metrics, rankings, images, store, tracker, verb="run")
-    log.info("run finished in %.1f s; run directory %s", time.perf_counter() - t0, run_dir)
-    log.info("  %s", headline(metrics))
+    summary(f"run finished in {time.perf_counter() - t0:.1f} s")
+    summary(f"  {res.ranking.method}: {headline(metrics)}")
     for name in methods:
         k = f"{name}/top/acc@1%"
         if k in metrics:
-            log.info("  %s: top/acc@1%% %.4f, random %.4f, bottom %.4f", name, metrics[k],
-                     metrics.get(f"{name}/random/acc@1%", float("nan")), metrics.get(f"{name}/bottom/acc@1%", float("nan")))
+            summary(f"  {name}: top/acc@1% {metrics[k]:.4f}, random {metrics.get(f'{name}/random/acc@1%', float('nan')):.4f}, "
+                    f"bottom {metrics.get(f'{name}/bottom/acc@1%', float('nan')):.4f}")
     if (run_dir / REPORT_FILE).exists():
-        log.info("  report: %s", run_dir / REPORT_FILE)
+        summary(f"  report: {run_dir / REPORT_FILE}")
     return metrics
