@@ -17,6 +17,7 @@ TASKS = {
     "rank": ("neurolab.tasks.rank", "rank", "rank neurons with a corpus-based method (iou, ap, probeless, ...)"),
     "evaluate": ("neurolab.tasks.evaluate", "evaluate", "evaluate a given ranking.json (retrain top/random/bottom, selectivity)"),
     "run": ("neurolab.tasks.run", "run", "the whole pipeline: extract -> probe -> rank -> evaluate -> report"),
+    "intervene": ("neurolab.tasks.intervene", "intervene", "steer the live model with a ranking's top neurons toward a class"),
 }
 
 USAGE = """usage: neurolab <verb> [key=value ...] [-m] [--help]

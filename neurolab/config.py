@@ -28,7 +28,7 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
-VERBS = ("extract", "probe", "rank", "evaluate", "run")
+VERBS = ("extract", "probe", "rank", "evaluate", "run", "intervene")
 
 
 def config_dir() -> str:
