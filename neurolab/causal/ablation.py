@@ -247,7 +247,7 @@ class AblationMethod(Method):
         live.check_sites(sites, nps)
         cols = np.asarray(data.columns, dtype=np.int64)
         stats = NeuronStats(data, "train", pool_size=0) if self.intervention == "mean" else None
-        values = {s: set_values(self.intervention, s, nps[s], stats, self.value) for s in sites}
+        values = self._values(sites, nps, cols, stats)
         ex = live.examples(self.split, self.max_sentences)
         on = None
         if self.loss_on == "concept":
@@ -305,6 +305,20 @@ class AblationMethod(Method):
         metrics.update({k: v for k, v in live.head.metrics.items() if isinstance(v, (int, float))})
         self.metrics_ = metrics
         return self
+
+    def _values(self, sites, nps, cols, stats) -> dict[str, np.ndarray]:
+        """Per site, the value each unit is ablated to (units outside the data's columns: 0, unused)."""
+        starts = np.cumsum([0] + [nps[s] for s in sites])
+        out = {}
+        for i, s in enumerate(sites):
+            v = np.zeros(nps[s])
+            units = cols[(cols >= starts[i]) & (cols < starts[i + 1])] - starts[i]
+            if self.intervention == "mean":
+                v[units] = stats.mean[stats.positions([(s, int(u)) for u in units])]
+            else:
+                v[units] = set_values(self.intervention, s, nps[s], None, self.value)[units]
+            out[s] = v
+        return out
 
     def _exact(self, live: LiveModel, cols: np.ndarray, sites, starts, values, on) -> np.ndarray:
         out = np.empty(len(cols))

@@ -682,6 +682,26 @@ class LiveModel:
                         f"of the task head {self.head.kind} over {n} examples of split {split!r}: a silent no-op")
         return RunResult(ex, base, accs, [S.name for S in sets], touched)
 
+    def activations(self, sites: Sequence[str], split: str = "test", *, max_sentences: int | None = None,
+                    fns: Mapping[str, Callable] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Word rows of ``sites`` over the split's sentences, aggregated as extraction aggregates them:
+        ``(rows, {site: float32 [len(rows), units]})`` (with the hook functions ``fns`` applied)."""
+        names = list(sites)
+        rows_all, parts = [], {s: [] for s in names}
+        from .words import aggregate
+
+        for batch in self.batches(split, max_sentences):  # (no early exit while capturing)
+            _, cap = self.forward(batch, fns, capture=names)
+            b = batch.to(self.device)
+            rows_all.append(b.rows)
+            for s in names:
+                if s not in cap:
+                    raise InterventionError(f"site {s!r} was not reached by the forward pass")
+                parts[s].append(aggregate(cap[s], b, self.aggregation)[0].float().cpu().numpy())
+        rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
+        order = np.argsort(rows, kind="stable")
+        return rows[order], {s: np.concatenate(v)[order] if v else np.zeros((0, 0), np.float32) for s, v in parts.items()}
+
     # -- exact leave-one-out ---------------------------------------------------------------------------
     def sweep(self, site: str, units: Sequence[int], values: Sequence[float] | float = 0.0, *, split: str = "train",
               objective: str = "loss", on: np.ndarray | None = None, scope: str = "all", expand: int = 16,

@@ -80,9 +80,12 @@ def intervene(cfg: DictConfig) -> dict:
     sizes = []
     for spec in icfg.get("sizes") or [1, 5, 10]:
         try:
-            k = resolve_count(spec if isinstance(spec, str) else int(spec), sum(nps.values()))
+            k = resolve_count(spec, sum(nps.values())) if isinstance(spec, str) and spec.strip().endswith("%") \
+                else int(spec)
         except (TypeError, ValueError):
             raise ConfigError(f"intervene.sizes: {spec!r} is not a neuron count or a percentage") from None
+        if k < 1:
+            raise ConfigError(f"intervene.sizes: {spec!r} is not a positive neuron count")
         if k > total:
             raise ConfigError(f"intervene.sizes: k={k} ({spec}) exceeds the {total} neurons given")
         sizes.append(k)
