@@ -208,13 +208,17 @@ class AblationMethod(Method):
             :data:`neurolab.causal.interventions.SCOPES`).
         objective: ``loss`` (cross entropy of the gold class), ``logit`` or ``prob`` (their decrease).
         split: the live corpus's split the effect is measured on; ``max_sentences``: its first sentences only.
+        rank_by: ``increase`` (the signed increase: at the bottom, the neurons whose ablation helps the
+            task most, e.g. those that argue against the concept) or ``magnitude`` (its absolute value:
+            at the bottom, the neurons whose ablation changes the least).
     """
 
     name = "ablation"
 
     def __init__(self, estimate: str = "first_order", refine_top: Any = 0, intervention: str = "zero", value: Any = 0.0,
                  loss_on: str = "concept", scope: str = "all", objective: str = "loss", split: str = "train",
-                 max_sentences: int | None = None, expand: int = 16, concept_value: Any = None, pool_size: int = 1024):
+                 max_sentences: int | None = None, expand: int = 16, concept_value: Any = None, pool_size: int = 1024,
+                 rank_by: str = "increase"):
         self.estimate = estimate
         self.refine_top = refine_top
         self.intervention = intervention
@@ -227,12 +231,15 @@ class AblationMethod(Method):
         self.expand = expand
         self.concept_value = concept_value
         self.pool_size = pool_size
+        self.rank_by = rank_by
 
     def _check(self) -> None:
         if self.estimate not in ("first_order", "exact"):
             raise ConfigError(f"method.estimate={self.estimate!r}: expected first_order or exact")
         if self.intervention not in SET_KINDS:
             raise ConfigError(f"method.intervention={self.intervention!r}: expected one of {', '.join(SET_KINDS)}")
+        if self.rank_by not in ("increase", "magnitude"):
+            raise ConfigError(f"method.rank_by={self.rank_by!r}: expected increase or magnitude")
         if self.loss_on not in ("concept", "all"):
             raise ConfigError(f"method.loss_on={self.loss_on!r}: expected concept or all")
 
@@ -270,7 +277,8 @@ class AblationMethod(Method):
             self.first_order_ = full[cols].copy()
             scores = self.first_order_.copy()
             n_ref = _count(self.refine_top, len(cols))
-            cand = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:n_ref] if n_ref else np.zeros(0, np.int64)
+            key = np.abs(scores) if self.rank_by == "magnitude" else scores
+            cand = np.argsort(-np.nan_to_num(key, nan=-np.inf), kind="stable")[:n_ref] if n_ref else np.zeros(0, np.int64)
         else:
             scores = np.full(len(cols), np.nan)
             cand = np.arange(len(cols))
@@ -278,6 +286,9 @@ class AblationMethod(Method):
             exact = self._exact(live, cols[cand], sites, starts, values, on)
             self.exact_ = dict(zip(cols[cand].tolist(), exact.tolist()))
         metrics: dict[str, float] = {}
+        if self.rank_by == "magnitude":
+            scores = np.abs(scores)
+            exact = np.abs(exact) if len(cand) else exact
         if self.estimate == "first_order" and len(cand):
             # refined neurons first (by their exact effect), then the rest by the first-order estimate
             rest = np.setdiff1d(np.arange(len(cols)), cand)

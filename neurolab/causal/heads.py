@@ -129,7 +129,7 @@ class _LinearSiteHead(TaskHead):
 
     file_stem = "head"
 
-    def __init__(self, site: str | None = None, path: str | None = None, *, epochs: int = 10, lr: float = 1e-3,
+    def __init__(self, site: str | None = None, path: str | None = None, *, epochs: int = 10, lr: float = 1e-2,
                  batch_size: Any = "auto", regularization: Mapping[str, Any] | None = None, save: bool = True,
                  concept: Any = None, **kw):
         super().__init__(**kw)

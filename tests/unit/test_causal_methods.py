@@ -176,3 +176,16 @@ def test_parse_neurons():
     assert parse_neurons("embeddings:0, layers.0:1") == [("embeddings", 0), ("layers.0", 1)]
     with pytest.raises(ConfigError):
         parse_neurons(["layers.3"])
+
+
+def test_ablation_method_rank_by_magnitude(planted, one_thread):
+    live, data = planted
+    inc = AblationMethod(estimate="exact", loss_on="all", split="test").fit(data, RunContext(live=lambda: live))
+    mag = AblationMethod(estimate="exact", loss_on="all", split="test", rank_by="magnitude").fit(
+        data, RunContext(live=lambda: live))
+    assert np.all(mag.ranking_.scores >= 0)
+    by_col = dict(zip(inc.ranking_.indices.tolist(), inc.ranking_.scores.tolist()))
+    assert np.allclose(mag.ranking_.scores, [abs(by_col[c]) for c in mag.ranking_.indices])
+    assert np.all(np.diff(mag.ranking_.scores) <= 0)
+    with pytest.raises(ConfigError, match="rank_by"):
+        AblationMethod(rank_by="sign").fit(data, RunContext(live=lambda: live))
