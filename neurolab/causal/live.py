@@ -446,6 +446,17 @@ class LiveModel:
         if key not in self._examples:
             ids = [self.head.examples(self, b)[0] for b in self.batches(split, max_sentences)]
             ids = np.sort(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
+            classes = set(getattr(self.head, "classes", []) or [])
+            if classes and self.head.kind != "lm":
+                sent = self.sentences(split, max_sentences)
+                own = self.sentence_labels[sent] if self.head.level == "sentence" and self.sentence_labels is not None \
+                    else self.labels[self.corpus.rows_of(sent)]
+                unseen = [x for x in own if x is not None and str(x) not in classes]
+                if unseen:
+                    from collections import Counter
+
+                    log.warning("split %s: %d labelled examples have a label the %s head does not know and are not "
+                                "scored: %s", split, len(unseen), self.head.kind, dict(Counter(map(str, unseen)).most_common(8)))
             if self.head.level == "sentence":
                 labs = (self.concept_sentence_labels[ids] if self.concept_sentence_labels is not None
                         else np.full(len(ids), None, dtype=object))

@@ -1,7 +1,7 @@
 """The live model's two costly operations against plain passes of the same model over the same words,
 side by side in one run; prints ONE JSON object.
 
-    python tests/benchmarks/bench_causal.py [--conllu EWT-test.conllu] [--max-sentences 300] [--reps 1]
+    python tests/benchmarks/bench_causal.py [--conllu EWT-test.conllu] [--max-sentences 300] [--reps 3]
                                             [--ranking ranking.json] [--no-uncached] [--device cpu]
 
 * **ablation curve**: top / random (3 seeds) / bottom k at 1%, 5% and 10% of the ranking's neurons
@@ -17,6 +17,7 @@ side by side in one run; prints ONE JSON object.
 
 The task head is a tagger on layers.5 with seeded random weights (timing does not depend on its
 training); MiniLM (the packaged all-MiniLM-L6-v2); the first ``--max-sentences`` sentences of EWT test.
+Ratios are medians of per-round ratios; the order of the timed runs rotates from round to round.
 """
 from __future__ import annotations
 
@@ -38,14 +39,18 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--conllu", default=str(DEFAULT_CONLLU))
     ap.add_argument("--max-sentences", type=int, default=300)
-    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=3, help="rounds (the order of the runs rotates between rounds)")
     ap.add_argument("--ranking", default=None, help="a ranking.json over the 7 hidden sites (default: random)")
     ap.add_argument("--no-uncached", action="store_true", help="skip the cache=False run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-tokens", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from neurolab.causal import LiveModel, TaggerHead, make_set
     from neurolab.causal.ablation import ORDERINGS, _columns
@@ -142,35 +147,40 @@ def main(argv=None) -> dict:
         return time.perf_counter() - t
 
     plain_passes(1)  # warm-up
+    curve_jobs = [("plain_16_s", lambda: plain_passes(len(sets_all) + 1)), ("all_layers_s", lambda: ours(sets_all)),
+                  ("upper_layers_s", lambda: ours(sets_up))]
+    if not args.no_uncached:
+        curve_jobs.append(("all_layers_uncached_s", lambda: ours(sets_all, cache=False)))
+    grad_jobs = [("forward_backward_s", forward_backward), ("first_order_s", first_order)]
     reps = []
-    for _ in range(args.reps):
-        rep = {"plain_16_s": plain_passes(len(sets_all) + 1), "all_layers_s": ours(sets_all),
-               "upper_layers_s": ours(sets_up)}
-        if not args.no_uncached:
-            rep["all_layers_uncached_s"] = ours(sets_all, cache=False)
-        rep["forward_backward_s"] = forward_backward()
-        rep["first_order_s"] = first_order()
+    for r in range(args.reps):  # the order rotates from round to round (the machine's load drifts)
+        rep = {}
+        for name, job in curve_jobs[r % len(curve_jobs):] + curve_jobs[:r % len(curve_jobs)]:
+            rep[name] = job()
+        for name, job in (grad_jobs if r % 2 == 0 else grad_jobs[::-1]):
+            rep[name] = job()
         reps.append(rep)
     med = {k: float(np.median([r[k] for r in reps])) for k in reps[0]}
+    ratio = lambda k, ref: float(np.median([r[k] / r[ref] for r in reps]))  # median of the per-round ratios
     out = {
         "data": {"corpus": Path(args.conllu).name, "sentences": len(live.sentences("test", ms)), "words": words,
                  "tokens": tokens, "batches": len(batches), "device": str(dev), "threads": torch.get_num_threads(),
-                 "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+                 "load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None, "rounds": args.reps},
         "curve": {
             "sets": len(sets_all), "passes": len(sets_all) + 1, "plain_s": med["plain_16_s"],
-            "all_layers": {"s": med["all_layers_s"], "ratio": med["all_layers_s"] / med["plain_16_s"],
+            "all_layers": {"s": med["all_layers_s"], "ratio": ratio("all_layers_s", "plain_16_s"),
                            "rerun_fraction": rerun_fraction(sets_all), "ranking": r_all.method},
-            "upper_layers": {"s": med["upper_layers_s"], "ratio": med["upper_layers_s"] / med["plain_16_s"],
+            "upper_layers": {"s": med["upper_layers_s"], "ratio": ratio("upper_layers_s", "plain_16_s"),
                              "rerun_fraction": rerun_fraction(sets_up)},
         },
         "first_order": {"neurons": 2688 + 9216, "sites": len(fo_sites), "s": med["first_order_s"],
                         "forward_backward_s": med["forward_backward_s"],
-                        "ratio": med["first_order_s"] / med["forward_backward_s"]},
+                        "ratio": ratio("first_order_s", "forward_backward_s")},
         "reps": reps,
     }
     if not args.no_uncached:
         out["curve"]["all_layers_uncached"] = {"s": med["all_layers_uncached_s"],
-                                               "ratio": med["all_layers_uncached_s"] / med["plain_16_s"]}
+                                               "ratio": ratio("all_layers_uncached_s", "plain_16_s")}
     print(json.dumps(out))
     return out
 

@@ -81,3 +81,20 @@ def test_intervene_task_end_to_end(setup, one_thread):
     with pytest.raises(ConfigError, match="layers.7"):
         intervene(compose("intervene", common + TAGGER + [f"ranking={bad.to_json(root / 'bad.json')}",
                                                           "concept.value=NOUN"], run_dir=root / "bad3"))
+
+
+def test_build_live_sentence_classifier(setup, one_thread):
+    """A classifier head trained on the store's pooled sentence rows agrees with the live model."""
+    from neurolab.causal.build import build_live
+
+    root, common, store = setup
+    run = root / "cls"
+    live = build_live(compose("intervene", common + ["task=classifier", "task.epochs=3", "task.device=cpu",
+                                                     "trainer.enable_progress_bar=false", "logger=none",
+                                                     "concept=sentence.length"], run_dir=run))
+    info = json.loads((run / "task" / "classifier.json").read_text())
+    assert live.head.level == "sentence" and info["concept"] == "sentence.length"
+    res = live.run([], "test")
+    known = [s for s in live.sentences("test") if live.sentence_labels[s] in live.head.classes]
+    assert res.examples.ids.tolist() == known and len(known) > 20  # a band unseen in training is not scored
+    assert abs(res.accuracy() - info["metrics"]["task/head/test/acc"]) < 0.02
