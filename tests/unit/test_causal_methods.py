@@ -13,7 +13,10 @@ from neurolab.errors import ConfigError
 from neurolab.evaluation.ablation import AblationEvaluator
 from neurolab.evaluation.base import EvalContext, Size
 from neurolab.methods.base import RunContext
-from neurolab.probes import ArrayData
+try:  # ArrayData moves from neurolab.probes to neurolab.data
+    from neurolab.data import ArrayData
+except ImportError:  # pragma: no cover
+    from neurolab.probes import ArrayData
 from neurolab.ranking import NeuronRanking
 from tests.helpers.causal import TAGS, random_labels, sentences, tiny_lm
 
@@ -189,3 +192,26 @@ def test_ablation_method_rank_by_magnitude(planted, one_thread):
     assert np.all(np.diff(mag.ranking_.scores) <= 0)
     with pytest.raises(ConfigError, match="rank_by"):
         AblationMethod(rank_by="sign").fit(data, RunContext(live=lambda: live))
+
+
+def test_steering_toward_a_class_the_head_does_not_predict(planted, one_thread):
+    """IDANI's shape: the head predicts tags, the concept is a domain; translating the words of one
+    domain toward the other's mean reports accuracies (no flip: the target is not a head class)."""
+    live0, _ = planted
+    words = [live0.corpus.words[s] for s in range(live0.corpus.num_sentences)]
+    labels = [[live0.labels[r] for r in live0.corpus.rows_of([s])] for s in range(len(words))]
+    domains = [["d1" if s % 2 else "d2"] * len(w) for s, w in enumerate(words)]
+    live = LiveModel(live0.model, live0.tokenizer, live0.head, words=words, labels=labels, concept_labels=domains,
+                     concept_values={"d2"}, splits=live0.splits, concept_name="tags", batch_tokens=128)
+    rows, acts = live.activations(SITES, "train")
+    X = np.concatenate([acts[s] for s in SITES], axis=1)
+    y = np.array([0 if live.concept_labels[r] == "d1" else 1 for r in rows])
+    data = Data({"train": (X, y), "val": (X[:5], y[:5]), "test": (X[:5], y[:5])}, class_names=["d1", "d2"],
+                sites=SITES, neurons_per_site=NPS, concept="domain")
+    out, curve = steering_curve(live, [("layers.1", u) for u in range(32)], NeuronStats(data), target="d1",
+                                source="d2", sizes=[8, 32], kind="translate", tokens="concept", seeds=[0],
+                                split="test", random_sites=SITES, random_nps=NPS)
+    assert "steer/flip@8" not in out and {"steer/acc_steered@8", "steer/damage@32", "steer/base_acc_steered"} <= set(out)
+    steered = np.array([live.concept_labels[r] == "d2" for r in live.examples("test").ids])
+    assert out["steer/n_steered"] == int(steered.sum()) > 0
+    assert out["steer/acc_steered@32"] != out["steer/base_acc_steered"]
