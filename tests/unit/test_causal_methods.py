@@ -25,8 +25,9 @@ SITES = ["layers.0", "layers.1"]
 NPS = {"layers.0": 32, "layers.1": 32}
 
 
-class Data(ArrayData):
-    """ArrayData with the protocol's ``concept_name`` (what Method.ranking_from_* reads)."""
+class _Named(ArrayData):
+    """ArrayData with the protocol's ``concept_name`` (what Method.ranking_from_* reads), for versions
+    of ArrayData that predate it."""
 
     @property
     def concept_name(self):
@@ -34,8 +35,11 @@ class Data(ArrayData):
 
     def subset(self, neurons):
         sub = super().subset(neurons)
-        return Data(sub._splits, class_names=sub.class_names, sites=sub.sites, neurons_per_site=sub.neurons_per_site,
-                    columns=sub.columns, concept=sub.concept)
+        return _Named(sub._splits, class_names=sub.class_names, sites=sub.sites, neurons_per_site=sub.neurons_per_site,
+                      columns=sub.columns, concept=sub.concept)
+
+
+Data = ArrayData if hasattr(ArrayData, "concept_name") else _Named
 
 
 @pytest.fixture(scope="module")
