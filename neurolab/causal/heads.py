@@ -120,7 +120,7 @@ def _class_outputs(logits: torch.Tensor, gold: torch.Tensor, ids: np.ndarray, ta
     logit = logits.gather(-1, g).squeeze(-1)
     pred = logits.argmax(-1)
     return HeadOut(ids, loss, logit, torch.exp(-loss), pred == gold.view(1, -1), pred, logits,
-                   None if target is None else torch.exp(logp[..., int(target)]))
+                   None if target is None else torch.exp(logp[..., int(target)]), logits=logits)
 
 
 # -- trained linear heads (tagger, sentence classifier) ----------------------------------------------------
@@ -542,7 +542,8 @@ class LMHead(TaskHead):
         loss = mean(tok_loss)
         correct = lg.new_zeros((expand, n)).index_add(1, seg, wrong) == 0
         pred = torch.full((expand, n), -1, dtype=torch.long, device=dev)
-        return HeadOut(p["rows"], loss, mean(tok_logit), torch.exp(-loss), correct, pred, tok_loss)
+        return HeadOut(p["rows"], loss, mean(tok_logit), torch.exp(-loss), correct, pred, tok_loss, logits=lg,
+                       token_example=seg)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ It answers four questions, each over the sentences of a split (optionally the fi
   pass (the batch repeated once per neuron);
 * :meth:`LiveModel.first_order`: gradient x (ablated - actual) at every unit of several sites from one
   forward and one backward pass;
-* :meth:`LiveModel.forward`: one batch with any hook functions (what other causal methods build on).
+* :meth:`LiveModel.forward`: one batch with any hook functions (what other causal methods build on:
+  gates, attribution paths); :meth:`LiveModel.record_prefix` runs a batch plainly and keeps its blocks'
+  outputs, after which ``forward(batch, fns, start=live.site_start(site), expand=m)`` reruns only the
+  blocks above ``site`` for ``m`` copies of the batch.
 
 **Cached prefix.** An intervention at ``layers.{l}`` (output of block ``l``) or inside block ``l``
 changes nothing below it. :meth:`run` and :meth:`sweep` run the model once per batch with no
@@ -80,6 +83,10 @@ class HeadOut:
     pred: torch.Tensor  # long (-1 where the head has no class prediction)
     signal: torch.Tensor  # [m, ...] raw output, compared to detect a change
     p_target: torch.Tensor | None = None
+    #: class logits ``[m, n, C]`` (tagger, classifier), or the LM's logits at its scored tokens
+    #: ``[m, N, vocab]`` (``token_example`` maps each scored token to its example); for divergences
+    logits: torch.Tensor | None = None
+    token_example: torch.Tensor | None = None
 
     def objective(self, name: str) -> torch.Tensor:
         """What an ablation increases: ``loss``, ``-logit`` or ``-prob`` of the gold class."""
@@ -631,6 +638,13 @@ class LiveModel:
             fired.append(f)
         return fns, fired, int(mask.sum())
 
+    def record_prefix(self, batch: LiveBatch, target: int | None = None) -> HeadOut:
+        """Run ``batch`` with no intervention, keeping every block's output for later
+        ``forward(batch, ..., start=...)`` calls on the same batch; returns the head's outputs."""
+        with self._record():
+            h, _ = self.forward(batch, target=target)
+        return h
+
     # -- curves --------------------------------------------------------------------------------------
     def run(self, sets: Sequence[InterventionSet], split: str = "test", *, max_sentences: int | None = None,
             target: str | None = None, check: bool = True, progress: bool = False, cache: bool = True) -> RunResult:
@@ -664,8 +678,7 @@ class LiveModel:
 
             it = tqdm(batches, desc="live", unit="batch", leave=False)
         for batch in it:
-            with self._record():
-                h0, _ = self.forward(batch, target=tcode)
+            h0 = self.record_prefix(batch, target=tcode)
             pos = ex.positions(h0.ids)
             base.put(pos, h0)
             for j, S in enumerate(sets):
@@ -743,8 +756,7 @@ class LiveModel:
         moved = np.zeros(len(units), bool)
         expand = max(1, int(expand))
         for batch in self.batches(split, max_sentences):
-            with self._record():
-                h0, _ = self.forward(batch)
+            h0 = self.record_prefix(batch)
             pos = ex.positions(h0.ids)
             sel = torch.from_numpy(sel_all[pos]).to(self.device)
             f0 = h0.objective(objective)[0].double()

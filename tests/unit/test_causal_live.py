@@ -316,3 +316,22 @@ def test_windows_long_sentences_keep_every_word(one_thread):
     assert sorted(batch.rows.tolist()) == list(range(live.corpus.num_rows))
     res = live.run([make_set("zero", [("layers.0.mlp", 3)], scope="words")], "test")
     assert len(res.examples.ids) == live.corpus.num_rows
+
+
+def test_record_prefix_and_expanded_forward_for_path_methods(one_thread):
+    """What attribution-style methods do: record a batch's prefix once, then run several scaled copies
+    of one site's activation in one expanded pass from the block above it."""
+    live = tagger_live()
+    batch = live.batches("test")[0]
+    h0 = live.record_prefix(batch)
+    scale = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+
+    def fn(t):
+        B = t.shape[0] // 3
+        return t * scale.repeat_interleave(B).view(-1, 1, 1)
+
+    h, _ = live.forward(batch, {"layers.0": fn}, start=live.site_start("layers.0"), expand=3)
+    assert torch.equal(h.signal[0], h0.signal[0])
+    full, _ = live.forward(batch, {"layers.0": lambda t: t * 0.5})  # no cache, one copy
+    assert torch.allclose(h.signal[1], full.signal[0], rtol=1e-12, atol=1e-12)
+    assert h.logits.shape == (3, len(h.ids), 3)
