@@ -331,7 +331,8 @@ def test_record_prefix_and_expanded_forward_for_path_methods(one_thread):
         return t * scale.repeat_interleave(B).view(-1, 1, 1)
 
     h, _ = live.forward(batch, {"layers.0": fn}, start=live.site_start("layers.0"), expand=3)
-    assert torch.equal(h.signal[0], h0.signal[0])
+    # (a batch of another size may round differently in the last bits: equal to float precision)
+    assert torch.allclose(h.signal[0], h0.signal[0], rtol=1e-12, atol=1e-12)
     full, _ = live.forward(batch, {"layers.0": lambda t: t * 0.5})  # no cache, one copy
     assert torch.allclose(h.signal[1], full.signal[0], rtol=1e-12, atol=1e-12)
     assert h.logits.shape == (3, len(h.ids), 3)
