@@ -21,6 +21,7 @@ TASKS = {
     "run": ("neurolab.tasks.run", "run", "the whole pipeline: extract -> probe -> rank -> evaluate -> report"),
     "analyze": ("neurolab.tasks.analyze", "analyze", "groups and similarities: clusters, redundancy, select, similarity, nmf, latent"),
     "benchmark": ("neurolab.tasks.benchmark", "benchmark", "score every registered method on planted neurons (known answers)"),
+    "intervene": ("neurolab.tasks.intervene", "intervene", "steer the live model with a ranking's top neurons toward a class"),
 }
 
 USAGE = """usage: neurolab <verb> [key=value ...] [-m] [--help]

@@ -55,7 +55,7 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
-VERBS = ("extract", "probe", "rank", "evaluate", "run", "analyze", "benchmark")
+VERBS = ("extract", "probe", "rank", "evaluate", "run", "analyze", "benchmark", "intervene")
 
 
 def config_dir() -> str:

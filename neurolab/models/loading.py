@@ -8,6 +8,10 @@
   ``AutoModel.from_config`` under ``torch.manual_seed(init_seed)`` (same seed, same weights).
 * A fast tokenizer is required (word alignment uses its ``word_ids()``). Byte-level BPE tokenizers
   (GPT-2, RoBERTa ...) are loaded with ``add_prefix_space=True`` so that pre-split words work.
+* ``head``: ``None`` (the bare ``AutoModel``, as extraction uses) or one of :data:`HEADS`
+  (``masked_lm``, ``causal_lm``, ``seq2seq_lm``, ``sequence_classification``) for the model with
+  that head (the live model's task). A checkpoint whose weights lack the head is refused (its
+  head would be randomly initialised), except with ``random_init``.
 
 The model is returned in eval mode with gradients off for every parameter.
 """
@@ -27,6 +31,12 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 MINILM_IDS = {"sentence-transformers/all-minilm-l6-v2", "all-minilm-l6-v2"}
+HEADS = {
+    "masked_lm": "AutoModelForMaskedLM",
+    "causal_lm": "AutoModelForCausalLM",
+    "seq2seq_lm": "AutoModelForSeq2SeqLM",
+    "sequence_classification": "AutoModelForSequenceClassification",
+}
 BYTE_LEVEL_TYPES = {"gpt2", "roberta", "bart", "gpt_neo", "gpt_neox", "gptj", "codegen", "longformer", "mvp", "opt"}
 
 
@@ -66,10 +76,14 @@ def _looks_local(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or os.sep in name and name.count("/") > 1
 
 
-def load_model(model_cfg: Any, device: str | torch.device | None = None):
+def load_model(model_cfg: Any, device: str | torch.device | None = None, *, head: str | None = None):
     """Load ``(model, tokenizer)`` as configured by ``model_cfg`` (see the module docstring)."""
+    import transformers
     from transformers import AutoConfig, AutoModel
 
+    if head is not None and head not in HEADS:
+        raise ConfigError(f"model head {head!r}: expected one of {', '.join(HEADS)} (or none)")
+    auto = getattr(transformers, HEADS[head]) if head is not None else AutoModel
     name = _get(model_cfg, "name_or_path")
     if not name:
         raise ConfigError("model.name_or_path is not set (a hub id or a local folder)")
@@ -94,19 +108,32 @@ def load_model(model_cfg: Any, device: str | torch.device | None = None):
         seed = int(_get(model_cfg, "init_seed", 0))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = AutoModel.from_config(config, trust_remote_code=trust)
+            model = auto.from_config(config, trust_remote_code=trust)
         log.info("model %s: randomly initialised copy of the architecture (init_seed=%d)", name, seed)
     else:
         try:
-            model = AutoModel.from_pretrained(path, config=config, **kw)
+            if head is None:
+                model = AutoModel.from_pretrained(path, config=config, **kw)
+            else:
+                model, info = auto.from_pretrained(path, config=config, output_loading_info=True, **kw)
         except Exception as e:
-            raise ConfigError(f"model.name_or_path={name!r}: cannot load the weights ({type(e).__name__}: {e})") from None
+            raise ConfigError(f"model.name_or_path={name!r}: cannot load the weights"
+                              f"{'' if head is None else ' with a ' + head + ' head'} ({type(e).__name__}: {e})") from None
+        if head is not None:
+            missing = [k for k in info.get("missing_keys", []) if not k.endswith(("position_ids", "num_batches_tracked"))]
+            if missing:
+                raise ConfigError(
+                    f"model.name_or_path={name!r} has no {head} head: its weights lack {len(missing)} tensors of "
+                    f"{HEADS[head]} (e.g. {', '.join(sorted(missing)[:3])}), which would be random; use a task head "
+                    "trained on the frozen model instead (task=tagger or task=classifier)"
+                )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if device is not None:
         model.to(device)
     model.neurolab_name = str(name)  # type: ignore[attr-defined]
+    model.neurolab_head = head  # type: ignore[attr-defined]
     model.neurolab_path = path  # type: ignore[attr-defined]
     return model, tokenizer
 

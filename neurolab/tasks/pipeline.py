@@ -54,9 +54,16 @@ def build_method(node: Any) -> Method:
 
 
 def run_context(cfg: DictConfig, run_dir: Path, logger=None, store=None) -> RunContext:
-    """The :class:`RunContext` of a task: its config, run directory, logger, seed and model name."""
+    """The :class:`RunContext` of a task: its config, run directory, logger, seed, model name and, when
+    the run names a task head (``task=tagger|lm|classifier``), the live model, built on first use."""
+    live = None
+    task = cfg.get("task")
+    if task is not None and task.get("_target_"):
+        from ..causal.build import live_factory
+
+        live = live_factory(cfg, store=store)
     return RunContext(cfg=cfg, run_dir=Path(run_dir), logger=logger, seed=int(cfg.get("seed") or 0),
-                      model=model_label(cfg, store))
+                      model=model_label(cfg, store), live=live)
 
 
 def choose_lambda_first(dm, cfg: DictConfig) -> tuple[DictConfig, dict]:

@@ -29,7 +29,7 @@ from ..store.integrity import NONFINITE_MODES, VERIFY_MODES
 __all__ = ["validate", "RULES", "Rule", "VERB_GROUPS"]
 
 EXTRACT = frozenset({"extract"})
-READS_STORE = frozenset({"probe", "rank", "evaluate", "run", "analyze"})
+READS_STORE = frozenset({"probe", "rank", "evaluate", "run", "analyze", "intervene"})
 ALL = EXTRACT | READS_STORE
 TRAINS = frozenset({"probe", "rank", "evaluate", "run"})
 SPLITS = ("train", "dev", "test")
@@ -48,6 +48,8 @@ VERB_GROUPS = {
                 "trainer", "sites", "seed"),
     "benchmark": ("model", "corpus", "store", "extract", "data", "probe", "regularization", "trainer", "seed",
                   "benchmark"),
+    "intervene": ("model", "corpus", "store", "extract", "concept", "data", "probe", "regularization", "trainer",
+                  "sites", "seed", "task", "ranking", "intervention"),
 }
 
 
