@@ -9,9 +9,8 @@ import pytest
 
 from neurolab.config import compose
 
-EVAL = ["evaluation.percentages=[1]", "evaluation.random_seeds=[0]", "evaluation.minimal_set.enabled=false",
-        "evaluation.control=false", "evaluation.mask=false", "evaluation.bottom=false", "evaluation.plots=false",
-        "trainer.enable_progress_bar=false"]
+EVAL = ["evaluation=[retrain]", "evaluation.percentages=[1]", "evaluation.retrain.random_seeds=[0]",
+        "evaluation.retrain.bottom=false", "evaluation.plots=false", "trainer.enable_progress_bar=false"]
 
 
 @pytest.mark.slow
@@ -24,7 +23,7 @@ def test_genetic_top_1pct_on_upos_reaches_forward_selection(tmp_path, ewt_store,
 
     common = [f"store.dir={ewt_store}", f"corpus.path={ewt_dev}", "corpus.name=ewt_dev",
               f"model.name_or_path={minilm_dir}", "sites=all_layers", *EVAL]
-    fwd = probe(compose("probe", common, run_dir=tmp_path / "probe"))  # probe.ranking.method=forward (default)
+    fwd = probe(compose("probe", common, run_dir=tmp_path / "probe"))  # method=linear, ordering=forward (default)
     ranking = json.loads((tmp_path / "probe" / "ranking.json").read_text())
     assert ranking["extra"]["ordering"].startswith("forward")
 

@@ -63,11 +63,13 @@ def ewt(ewt_dev, ewt_test, minilm_dir, ewt_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def linear_ranking(ewt, ewt_dev):
     from neurolab.config import compose
-    from neurolab.probes import run_linear
+    from neurolab.methods.base import RunContext
+    from neurolab.probes.linear_method import LinearMethod
 
-    cfg = compose("probe", ["concept.value=NOUN", "probe.ranking.method=mass", "logger=none",
+    cfg = compose("probe", ["concept.value=NOUN", "method.ordering=mass", "logger=none",
                             "trainer.enable_progress_bar=false"], run_dir=ewt.tmp / "linear")
-    ranking, metrics = run_linear(ewt.noun, cfg)
+    fitted = LinearMethod(ordering="mass").fit(ewt.noun, RunContext(cfg=cfg, run_dir=ewt.tmp / "linear"))
+    ranking, metrics = fitted.ranking_, fitted.metrics_
     print(f"\nlinear NOUN probe: test/acc {metrics['test/acc']:.4f}; top 1% by site {ranking.by_site('1%')}")
     return ranking
 

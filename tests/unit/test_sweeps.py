@@ -11,7 +11,8 @@ from neurolab.config import compose, config_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
-EXPERIMENTS = sorted(Path(config_dir(), "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p for p in Path(config_dir(), "experiment").glob("*.yaml")
+                     if "sweeper" in (yaml.safe_load(p.read_text()).get("hydra") or {}))
 
 
 def _value(v) -> str:
@@ -80,3 +81,11 @@ def test_hydra_experiment_composes_every_cell(path, tmp_path):
                 for part in k.split("."):
                     node = node[part]
                 assert str(node) == v or float(node) == float(v), (name, k, v, node)
+
+
+def test_idani_experiment_composes_for_rank_and_intervene(tmp_path):
+    """The IDANI recipe (conf/experiment/idani.yaml) is not a sweep: both of its steps compose."""
+    r = compose("rank", ["experiment=idani", "method=probeless"], run_dir=tmp_path)
+    assert r.concept.name == "genre" and r.concept.value == "reviews"
+    i = compose("intervene", ["experiment=idani", "ranking=r.json"], run_dir=tmp_path)
+    assert i.intervene.intervention == "translate" and i.task.concept.column == "upos"
