@@ -105,7 +105,9 @@ def run_kill_writer(path: str, pause_after_files: int = -1, marker: str | None =
             digest = real(p, a)
             count[0] += 1
             if count[0] == pause_after_files:
-                Path(marker).write_text(str(p))
+                tmp = Path(str(marker) + ".part")  # written whole, then renamed: the test never reads it half-written
+                tmp.write_text(str(p))
+                tmp.replace(marker)
                 time.sleep(600)
             return digest
 
