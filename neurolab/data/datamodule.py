@@ -476,6 +476,26 @@ class ActivationDataModule(pl.LightningDataModule):
         m32, s32 = self._mean32()
         return None if m32 is None else (torch.from_numpy(m32), torch.from_numpy(s32))
 
+    def read_examples(self, split: str, idx: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Float32 ``[len(idx), F]`` rows of the examples ``idx`` (positions in ``split``, increasing)
+        of ``split``, normalised as :meth:`arrays` and :meth:`iter_chunks` give them (the same
+        values whether the rows are held in memory or read from the store)."""
+        ex = self._ex(split)
+        idx = np.asarray(idx, dtype=np.int64)
+        norm = self._norm()
+        if self._memory is not None:
+            X = self._memory[_split_name(split)]
+            out = np.empty((len(idx), len(self.columns)), dtype=np.float32)
+            raw_to_float32(X[idx], self._reader.dtype, out=out)
+            return norm.apply(out, normalize, fresh=True)
+        src = _Source(self._reader, None, self.pooled)
+        if self.pooled:
+            return norm.apply(src.load(ex, idx), normalize, fresh=True)
+        out = np.empty((len(idx), len(self.columns)), dtype=np.float32)
+        for a in range(0, len(idx), 1024):
+            raw_to_float32(src.load(ex, idx[a:a + 1024]), self._reader.dtype, out=out[a:a + 1024])
+        return norm.apply(out, normalize, fresh=True)
+
     def iter_chunks_idx(self, split: str, chunk_rows: int | None, normalize: bool):
         """``(idx, X float32)`` blocks of ``split`` in example order; each ``X`` a new array."""
         ex = self._ex(split)

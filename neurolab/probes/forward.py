@@ -41,11 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.memory import held_memory
 from .optim import one_intraop_thread
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForwardResult", "forward_select", "train_sample"]
+__all__ = ["ForwardResult", "forward_select", "train_sample", "sample_positions", "StreamedRows"]
 
 
 @dataclass
@@ -151,13 +152,12 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
         out = Zs @ W + b
         R = residual(out)  # [N, C]
         Rsum = R.sum(0)
-        if X32 is not None:
-            G = X32.T @ R
-        else:
-            G = torch.zeros(Fn, C)
-            for a in range(0, N, chunk_rows):
-                xc = torch.from_numpy(np.asarray(X[a:a + chunk_rows], dtype=np.float32))
-                G += xc.T @ R[a:a + chunk_rows]
+        # row chunk by row chunk in both cases, so rows held or streamed give the same sums
+        G = torch.zeros(Fn, C)
+        for a in range(0, N, chunk_rows):
+            xc = X32[a:a + chunk_rows] if X32 is not None else torch.from_numpy(
+                np.asarray(X[a:a + chunk_rows], dtype=np.float32))
+            G += xc.T @ R[a:a + chunk_rows]
         G = (G - mu.unsqueeze(1) * Rsum.unsqueeze(0)) * inv.unsqueeze(1) / N
         score = G.square().sum(1)
         score[taken] = -1.0
@@ -213,6 +213,41 @@ def _refit(Z: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, loss_fn, l2: flo
     return W.detach(), b.detach(), loss
 
 
+class StreamedRows:
+    """The normalised float32 rows of a data module's split (or of a subset of its examples, by
+    position), read from the store on each access instead of held: ``X[a:b]`` reads those rows,
+    ``X[:, cols]`` those columns of every row (one pass). What :func:`forward_select` needs of ``X``."""
+
+    def __init__(self, dm, split: str, keep: np.ndarray | None = None, chunk_rows: int = 8192):
+        self.dm, self.split, self.chunk_rows = dm, split, int(chunk_rows)
+        self.keep = np.arange(len(dm.row_ids(split)), dtype=np.int64) if keep is None else np.asarray(keep, np.int64)
+        self.shape = (len(self.keep), int(dm.num_features))
+        self.ndim, self.dtype = 2, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self.dm.read_examples(self.split, self.keep[key])
+        rows, cols = key
+        if rows != slice(None):
+            raise IndexError("StreamedRows: X[a:b] or X[:, columns]")
+        cols = np.asarray(cols, dtype=np.int64)
+        out = np.empty((self.shape[0], len(cols)), dtype=np.float32)
+        for a in range(0, self.shape[0], self.chunk_rows):
+            out[a:a + self.chunk_rows] = self.dm.read_examples(self.split, self.keep[a:a + self.chunk_rows])[:, cols]
+        return out
+
+
+def sample_positions(n: int, max_rows: int, seed: int = 0) -> np.ndarray | None:
+    """Positions of the seeded sample of about ``max_rows`` of ``n`` training rows (None: all rows);
+    the rows :func:`train_sample` keeps."""
+    if n <= max_rows:
+        return None
+    return np.flatnonzero(np.random.default_rng(seed).random(n) < (max_rows / n))
+
+
 def train_sample(dm, max_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """The training rows of ``dm`` for selection: all of them, or a seeded sample of about ``max_rows``
     rows read chunk by chunk when there are more. Returns ``(X, y, total_rows)``."""
@@ -242,12 +277,31 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     get = (lambda key, d: fcfg.get(key, d)) if fcfg is not None else (lambda key, d: d)
     total = int(dm.num_features)
     k = resolve_count(get("k", 50), total)
-    X, y, n_total = train_sample(dm, int(get("max_rows", 200_000)), seed)
-    Xv, yv = dm.arrays("val") if _has_rows(dm, "val") else (None, None)
+    max_rows = int(get("max_rows", 200_000))
+    has_val = _has_rows(dm, "val")
+    n_total = len(dm.row_ids("train"))
+    keep = sample_positions(n_total, max_rows, seed)
+    n_keep = n_total if keep is None else len(keep)
+    held = (n_keep + (len(dm.row_ids("val")) if has_val else 0)) * total * 4
+    budget = getattr(dm, "memory_budget_mb", None)
+    if budget is None or held <= float(budget) * 2**20:
+        X, y, n_total = train_sample(dm, max_rows, seed)
+        Xv, yv = dm.arrays("val") if has_val else (None, None)
+        fp32_budget = 512.0
+        held_memory("forward selection", held, f"{n_keep} training + {len(yv) if has_val else 0} dev rows, float32")
+    else:
+        # streamed: every step reads the (sampled) training rows from the store; nothing is copied
+        y_all = dm.targets("train")
+        X, y = StreamedRows(dm, "train", keep), (y_all if keep is None else y_all[keep])
+        del y_all
+        Xv, yv = (StreamedRows(dm, "val"), dm.targets("val")) if has_val else (None, None)
+        fp32_budget = 0.0
+        held_memory("forward selection", 0, f"streams {n_keep} training rows per step ({held / 2**20:.0f} MB > "
+                    f"memory budget {float(budget):.0f} MB)")
     task = str(dm.task)
     res = forward_select(X, y, num_classes=int(dm.num_classes or 1), k=k, task=task,
                          l2=float(get("l2", 1e-4)), max_iter=int(get("max_iter", 100)), X_val=Xv, y_val=yv,
-                         class_weights=dm.class_weights)
+                         class_weights=dm.class_weights, fp32_budget_mb=fp32_budget)
     n_used = len(y)
     del X, y
     cols = np.asarray(dm.columns, dtype=np.int64)
