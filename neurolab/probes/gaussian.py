@@ -75,6 +75,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
+from ..data.memory import held_memory
 from ..errors import ConfigError
 from ..methods.base import Method, RunContext
 from ..ranking import resolve_count
@@ -703,12 +704,27 @@ class GaussianMethod(Method):
     name = "gaussian"
 
     def __init__(self, module: Any = None, k: Any = 50, criterion: str = "mi", select_split: str = "val",
-                 report_split: str | None = "test"):
+                 report_split: str | None = "test", max_rows: int = 100_000):
         self.module = module
         self.k = k
+        self.max_rows = max_rows
         self.criterion = criterion
         self.select_split = select_split
         self.report_split = report_split
+
+    def _rows(self, dm, split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of ``split`` for the selection: all of them, or a seeded sample of about
+        ``max_rows`` (the same rows whether the data are held in memory or streamed)."""
+        from .forward import sample_positions
+
+        n = len(dm.row_ids(split))
+        keep = sample_positions(n, int(self.max_rows), seed) if self.max_rows else None
+        if keep is None:
+            return dm.arrays(split)
+        y = dm.targets(split)[keep]
+        if hasattr(dm, "read_examples"):
+            return dm.read_examples(split, keep), y
+        return np.asarray(dm.arrays(split)[0])[keep], y
 
     def fit(self, data, context: RunContext | None = None) -> "GaussianMethod":
         from .training import default_probe_config, quiet_lightning, trainer_from_cfg
@@ -733,12 +749,17 @@ class GaussianMethod(Method):
 
         sel_split = str(self.select_split or "val")
         rep_split = self.report_split
-        Xs, ys = dm.arrays(sel_split)
+        seed = int(context.seed or 0)
+        Xs, ys = self._rows(dm, sel_split, seed)
         report = None
         if rep_split:
-            Xr, yr = dm.arrays(str(rep_split))
+            Xr, yr = self._rows(dm, str(rep_split), seed)
             if len(yr):
                 report = (Xr, np.asarray(yr, dtype=np.int64))
+        held = (len(ys) + (len(report[1]) if report is not None else 0)) * F * 12  # float32 rows + float64 copy
+        held_memory("gaussian selection", held, f"{len(ys)} {sel_split}"
+                    + (f" + {len(report[1])} {rep_split}" if report is not None else "") + " rows (at most "
+                    f"method.max_rows={self.max_rows} per split, a seeded sample beyond), float32 and float64")
         tracker = context.tracker
         crit = str(self.criterion)
 

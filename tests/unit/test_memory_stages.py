@@ -1,0 +1,35 @@
+"""Stages that may hold rows decide against data.memory_budget_mb and give the same results either way."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers.probes import PLANTED, planted_datamodule, planted_index, probe_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("max_rows", [100_000, 150])
+def test_gaussian_selection_same_whether_rows_held_or_streamed(tmp_path, max_rows):
+    """The selection split (and the report split) are read whole or as a seeded sample of
+    ``max_rows``, the same rows whether the data module holds them or streams them."""
+    from neurolab.methods import RunContext
+    from neurolab.data.memory import HELD
+    from neurolab.probes.gaussian import GaussianMethod
+
+    cfg = probe_cfg(tmp_path, "probe=gaussian")
+    out = []
+    for sub, budget in (("a", 2048), ("b", 0)):
+        dm = planted_datamodule(tmp_path / sub, num_sentences=300, memory_budget_mb=budget)
+        assert dm.in_memory == (budget > 0)
+        m = GaussianMethod(k=5, max_rows=max_rows).fit(dm, RunContext(cfg=cfg, seed=1))
+        out.append(m)
+        n = len(dm.row_ids("val"))
+        expect = n if max_rows >= n else None
+        assert HELD["gaussian selection"] > 0
+        if expect is None:
+            assert n > max_rows and HELD["gaussian selection"] < n * dm.num_features * 12
+    a, b = out
+    assert a.ranking_.indices[:5].tolist() == b.ranking_.indices[:5].tolist()
+    assert {planted_index(*v) for v in PLANTED.values()} <= set(a.ranking_.indices[:5].tolist())
+    np.testing.assert_allclose(a.ranking_.scores[:5], b.ranking_.scores[:5], rtol=1e-4)
