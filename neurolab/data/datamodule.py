@@ -53,6 +53,7 @@ from ..corpus.control import control_task
 from ..corpus.types import Corpus
 from ..errors import ConfigError
 from .buffers import BatchRing
+from .memory import held_memory
 from .join import OTHER, Examples, balance, check_corpus, join_labels, store_keys
 from .plan import chunk_ids
 from .reader import RowReader, raw_to_float32
@@ -275,6 +276,10 @@ class ActivationDataModule(pl.LightningDataModule):
         self.stats["bytes_selected"] = int(need)
         fits = self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20
         self._norm_stats(load_memory=fits)
+        held_memory("data module", need if fits else 0,
+                    f"{sum(len(v) for v in self._examples.values())} examples x {len(self.columns)} features, "
+                    f"{self._held_dtype.name}" if fits else
+                    f"batches stream from the store ({need / 2**20:.0f} MB > memory budget {self.memory_budget_mb:g} MB)")
         self._ready = True
         log.info(
             "data: %s, %d features of %s, %s; examples train/dev/test %d/%d/%d; %s",

@@ -45,7 +45,8 @@ UNITS = 768
 PROBES = ["linear", "gaussian", "neuron_mask"]
 METHODS = ["probeless", "iou", "ap", "selectivity"]
 #: --short: fewer epochs (time, not memory: what a stage holds does not depend on the number of passes)
-SHORT = {"": ["trainer.max_epochs=1"], "probe:neuron_mask": ["method.max_epochs=2", "method.module.anneal_epochs=1"]}
+SHORT = {"": ["trainer.max_epochs=1", "evaluation.percentages=[5]", "evaluation.retrain.random_seeds=[0]",
+             "evaluation.minimal.max_steps=4"], "probe:neuron_mask": ["method.max_epochs=2", "method.module.anneal_epochs=1"]}
 
 
 def _blocks(path: Path) -> list[list[str]]:
@@ -136,8 +137,8 @@ def run_cli(verb: str, args: list[str], corpus_file: Path, store: Path, run_dir:
 
 def commands(only: set[str] | None) -> list[tuple[str, str, list[str]]]:
     cmds = [(f"probe:{p}", "probe", [f"probe={p}"]) for p in PROBES]
-    cmds += [(f"rank:{m}", "rank", [f"method={m}"]) for m in METHODS]
     cmds.append(("evaluate", "evaluate", []))
+    cmds += [(f"rank:{m}", "rank", [f"method={m}"]) for m in METHODS]
     return [c for c in cmds if only is None or c[0] in only]
 
 
