@@ -66,9 +66,11 @@ def _standardisation(X: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]
     s1 = np.zeros(X.shape[1], np.float64)
     s2 = np.zeros(X.shape[1], np.float64)
     for a in range(0, len(X), chunk):
-        c = np.asarray(X[a:a + chunk], dtype=np.float64)
-        s1 += c.sum(0)
-        s2 += np.square(c).sum(0)
+        block = X[a:a + chunk]
+        for b in range(0, len(block), 1024):  # float64 temporaries of 1024 rows, not of a whole chunk
+            c = np.asarray(block[b:b + 1024], dtype=np.float64)
+            s1 += c.sum(0)
+            s2 += np.square(c, out=c).sum(0)
     n = max(len(X), 1)
     mean = s1 / n
     var = np.maximum(s2 / n - mean ** 2, 0.0)
