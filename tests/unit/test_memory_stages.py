@@ -33,3 +33,14 @@ def test_gaussian_selection_same_whether_rows_held_or_streamed(tmp_path, max_row
     assert a.ranking_.indices[:5].tolist() == b.ranking_.indices[:5].tolist()
     assert {planted_index(*v) for v in PLANTED.values()} <= set(a.ranking_.indices[:5].tolist())
     np.testing.assert_allclose(a.ranking_.scores[:5], b.ranking_.scores[:5], rtol=1e-4)
+
+
+def test_gaussian_selection_rows_bounded_by_its_budget():
+    """max_rows=auto: the [C, F, rows] residuals of the selection stay within select_budget_mb."""
+    from neurolab.probes.gaussian import GaussianMethod
+
+    m = GaussianMethod()
+    assert m.row_limit(17, 1536) == 512 * 2**20 // (17 * 1536 * 4)
+    assert m.row_limit(17, 1536, "float64") == 512 * 2**20 // (17 * 1536 * 8)
+    assert GaussianMethod(max_rows=300).row_limit(17, 1536) == 300
+    assert GaussianMethod(select_budget_mb=1).row_limit(2, 10) == 2**20 // 80
