@@ -150,6 +150,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated names: probe:linear,rank:iou,evaluate")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every command")
     ap.add_argument("--short", action="store_true", help="fewer epochs (see SHORT)")
+    ap.add_argument("--per", nargs="*", default=[], help="NAME=OVERRIDE added to one command only, e.g. "
+                    "probe:gaussian=method.select_budget_mb=64")
     args = ap.parse_args()
     if not EWT.exists():
         print(json.dumps({"benchmark": "memory_cli", "skipped": f"{EWT} not found"}))
@@ -178,7 +180,8 @@ def main() -> None:
                                 [*args.extra, *(SHORT[""] if args.short else [])])
                     a = [f"ranking={rk}"]
                 run_dir = d / f"run_{name.replace(':', '_')}"
-                extra = [*args.extra, *(SHORT[""] + SHORT.get(name, []) if args.short else [])]
+                extra = [*args.extra, *(SHORT[""] + SHORT.get(name, []) if args.short else []),
+                         *[p.split("=", 1)[1] for p in args.per if p.split("=", 1)[0] == name]]
                 results[name][f"x{s}"] = run_cli(verb, a, d / "corpus.conllu", d / "store", run_dir, extra)
             r1, r8 = results[name]["x1"]["peak_rss_mb"], results[name][f"x{args.scale}"]["peak_rss_mb"]
             results[name]["ratio"] = round(r8 / r1, 3) if r1 > 0 and r8 > 0 else None
@@ -190,7 +193,7 @@ def main() -> None:
             "sites": SITES, "units_per_site": UNITS, "dtype": "fp16",
             "store_mb_x1": round(sizes[1] * UNITS * len(SITES) * 2 / 2**20, 1),
             f"store_mb_x{args.scale}": round(sizes[args.scale] * UNITS * len(SITES) * 2 / 2**20, 1),
-            "memory_budget_mb": 0, "extra_overrides": args.extra, "short": args.short, "build_s": round(t_build, 1),
+            "memory_budget_mb": 0, "extra_overrides": args.extra, "short": args.short, "per_command": args.per, "build_s": round(t_build, 1),
             "commands": results, "max_ratio": max(ratios) if ratios else None, "target_ratio": 1.2,
         }))
     finally:
