@@ -280,6 +280,7 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     total = int(dm.num_features)
     k = resolve_count(get("k", 50), total)
     max_rows = int(get("max_rows", 200_000))
+    chunk = int(getattr(dm, "chunk_rows", 8192) or 8192)  # the read unit (data.chunk_rows), held or streamed
     has_val = _has_rows(dm, "val")
     n_total = len(dm.row_ids("train"))
     keep = sample_positions(n_total, max_rows, seed)
@@ -294,16 +295,16 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     else:
         # streamed: every step reads the (sampled) training rows from the store; nothing is copied
         y_all = dm.targets("train")
-        X, y = StreamedRows(dm, "train", keep), (y_all if keep is None else y_all[keep])
+        X, y = StreamedRows(dm, "train", keep, chunk), (y_all if keep is None else y_all[keep])
         del y_all
-        Xv, yv = (StreamedRows(dm, "val"), dm.targets("val")) if has_val else (None, None)
+        Xv, yv = (StreamedRows(dm, "val", None, chunk), dm.targets("val")) if has_val else (None, None)
         fp32_budget = 0.0
         held_memory("forward selection", 0, f"streams {n_keep} training rows per step ({held / 2**20:.0f} MB > "
                     f"memory budget {float(budget):.0f} MB)")
     task = str(dm.task)
     res = forward_select(X, y, num_classes=int(dm.num_classes or 1), k=k, task=task,
                          l2=float(get("l2", 1e-4)), max_iter=int(get("max_iter", 100)), X_val=Xv, y_val=yv,
-                         class_weights=dm.class_weights, fp32_budget_mb=fp32_budget)
+                         class_weights=dm.class_weights, fp32_budget_mb=fp32_budget, chunk_rows=chunk)
     n_used = len(y)
     del X, y
     cols = np.asarray(dm.columns, dtype=np.int64)

@@ -264,9 +264,10 @@ class NeuronMask(pl.LightningModule):
     def _dev_base_losses(self) -> torch.Tensor:
         if self._dev_base is None or self._dev_base.device != self.device:
             x, t = self._dev
-            self._dev_base = torch.cat([F.cross_entropy(self._probe()(_rows(x, slice(i, i + 8192)).to(self.device)),
-                                                        t[i:i + 8192].to(self.device), reduction="none")
-                                        for i in range(0, len(t), 8192)])
+            step = int(getattr(x, "chunk_rows", 8192))
+            self._dev_base = torch.cat([F.cross_entropy(self._probe()(_rows(x, slice(i, i + step)).to(self.device)),
+                                                        t[i:i + step].to(self.device), reduction="none")
+                                        for i in range(0, len(t), step)])
         return self._dev_base
 
     def _probe(self) -> torch.nn.Module:
@@ -417,8 +418,9 @@ class NeuronMask(pl.LightningModule):
         if self._dev is None or self.probe is None:
             return None
         x, t = self._dev
-        losses = [F.cross_entropy(self._masked_probe()(_rows(x, slice(i, i + 8192)).to(self.device) * self.gates.deterministic()),
-                                  t[i:i + 8192].to(self.device), reduction="sum") for i in range(0, len(t), 8192)]
+        step = int(getattr(x, "chunk_rows", 8192))
+        losses = [F.cross_entropy(self._masked_probe()(_rows(x, slice(i, i + step)).to(self.device) * self.gates.deterministic()),
+                                  t[i:i + step].to(self.device), reduction="sum") for i in range(0, len(t), step)]
         return float(torch.stack(losses).sum() / len(t) - self._dev_base_losses().mean())
 
     def on_train_end(self) -> None:
@@ -658,8 +660,8 @@ class NeuronMaskMethod(Method):
             yv = dm.targets("val")
             has_val = len(yv) > 0
             if has_val and bool(self.constraint_on_dev):
-                mask.set_dev(StreamedRows(dm, "val"), yv, batch_size=bs)
-            data_ = _StreamedData(dm, bs, 8192 if has_val else 0)
+                mask.set_dev(StreamedRows(dm, "val", None, dm.chunk_rows), yv, batch_size=bs)
+            data_ = _StreamedData(dm, bs, dm.chunk_rows if has_val else 0)
             held_memory("neuron mask", 0, f"streams {n_rows} training + dev rows from the store "
                         f"(memory budget {getattr(dm, 'memory_budget_mb', 0):g} MB)")
         t0 = time.perf_counter()
