@@ -21,7 +21,11 @@ How the orderings compare on real data: ``tests/benchmarks/BENCHMARKS.md``.
 
 Cost per step: one pass over the training rows (``N x F x C`` multiply-adds for the gradients, done
 in row chunks so the rows may be float16) and a refit on at most ``k`` columns. Corpora larger than
-``max_rows`` training rows are subsampled (seeded) for the selection.
+``max_rows`` training rows are subsampled (seeded) for the selection. The (sampled) rows are held
+as float32 when they fit ``data.memory_budget_mb``; otherwise (and always with ``0``) every step
+reads them from the store in ``data.chunk_rows`` blocks (:class:`StreamedRows`), and only the
+selected columns (``rows x k``) are held. Both give the same selection (the same rows, the same
+chunked sums).
 
 Example::
 
