@@ -44,3 +44,22 @@ def test_gaussian_selection_rows_bounded_by_its_budget():
     assert m.row_limit(17, 1536, "float64") == 512 * 2**20 // (17 * 1536 * 8)
     assert GaussianMethod(max_rows=300).row_limit(17, 1536) == 300
     assert GaussianMethod(select_budget_mb=1).row_limit(2, 10) == 2**20 // 80
+
+
+def test_conllu_reader_shares_equal_values(demo_conllu):
+    """One object per distinct string / FEATS mapping: equal values are the same object, and the
+    parsed corpus holds what the file says (checked against a plain line-by-line read)."""
+    from neurolab.corpus.conllu_reader import read_conllu
+
+    corpus = read_conllu(demo_conllu)
+    words = [w for s in corpus.sentences for w in s.words]
+    upos = [u for s in corpus.sentences for u in s.annotations["upos"]]
+    feats = [f for s in corpus.sentences for f in s.annotations["feats"]]
+    assert len({id(u) for u in upos}) == len(set(upos))
+    assert len({id(f) for f in feats}) == len({tuple(sorted(f.items())) for f in feats})
+    plain = []
+    for line in demo_conllu.read_text(encoding="utf-8").splitlines():
+        cells = line.split("\t")
+        if len(cells) == 10 and cells[0].isdigit():
+            plain.append((cells[1], cells[3], {} if cells[5] == "_" else dict(p.split("=", 1) for p in cells[5].split("|"))))
+    assert [(w, u, f) for w, u, f in zip(words, upos, feats)] == plain
