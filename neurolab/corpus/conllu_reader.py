@@ -48,6 +48,22 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
     block_start = 0
     expected = 1
 
+    strings: dict[str, str] = {}
+    mappings: dict[tuple, dict] = {}
+
+    def intern(x):
+        return strings.setdefault(x, x) if isinstance(x, str) else x
+
+    def shared(m) -> dict:
+        """The one dict of these items (read-only by convention, like every annotation)."""
+        if not m:
+            m = {}
+        key = tuple((k, v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in m.items())
+        got = mappings.get(key)
+        if got is None:
+            got = mappings[key] = {intern(k): intern(v) for k, v in m.items()}
+        return got
+
     def flush(end_line: int) -> None:
         nonlocal block, expected
         if not block:
@@ -68,18 +84,16 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
                     skipped["empty_node_lines"] += 1
                 line_no += 1
                 continue
-            where = f"{path}:{line_no}"
-            words.append(tok["form"])
-            cols["lemma"].append(tok["lemma"] if tok["lemma"] is not None else "_")
-            cols["upos"].append(tok["upos"] if tok["upos"] is not None else "_")
-            cols["xpos"].append(tok["xpos"] if tok["xpos"] is not None else "_")
-            feats = tok["feats"]
-            cols["feats"].append(dict(feats) if feats else {})
+            # one object per distinct value (strings, FEATS and MISC mappings) shared by every word
+            # that has it: a corpus costs a few pointers per word, not a few hundred bytes
+            words.append(intern(tok["form"]))
+            cols["lemma"].append(intern(tok["lemma"] if tok["lemma"] is not None else "_"))
+            cols["upos"].append(intern(tok["upos"] if tok["upos"] is not None else "_"))
+            cols["xpos"].append(intern(tok["xpos"] if tok["xpos"] is not None else "_"))
+            cols["feats"].append(shared(tok["feats"]))
             cols["head"].append(tok["head"] if tok["head"] is not None else -1)
-            cols["deprel"].append(tok["deprel"] if tok["deprel"] is not None else "_")
-            misc = tok["misc"]
-            cols["misc"].append(dict(misc) if misc else {})
-            del where
+            cols["deprel"].append(intern(tok["deprel"] if tok["deprel"] is not None else "_"))
+            cols["misc"].append(shared(tok["misc"]))
             line_no += 1
         meta = tl.metadata or {}
         sentences.append(

@@ -53,6 +53,7 @@ from ..corpus.control import control_task
 from ..corpus.types import Corpus
 from ..errors import ConfigError
 from .buffers import BatchRing
+from .memory import held_memory
 from .join import OTHER, Examples, balance, check_corpus, join_labels, store_keys
 from .plan import chunk_ids
 from .reader import RowReader, raw_to_float32
@@ -275,6 +276,10 @@ class ActivationDataModule(pl.LightningDataModule):
         self.stats["bytes_selected"] = int(need)
         fits = self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20
         self._norm_stats(load_memory=fits)
+        held_memory("data module", need if fits else 0,
+                    f"{sum(len(v) for v in self._examples.values())} examples x {len(self.columns)} features, "
+                    f"{self._held_dtype.name}" if fits else
+                    f"batches stream from the store ({need / 2**20:.0f} MB > memory budget {self.memory_budget_mb:g} MB)")
         self._ready = True
         log.info(
             "data: %s, %d features of %s, %s; examples train/dev/test %d/%d/%d; %s",
@@ -475,6 +480,26 @@ class ActivationDataModule(pl.LightningDataModule):
         self._need()
         m32, s32 = self._mean32()
         return None if m32 is None else (torch.from_numpy(m32), torch.from_numpy(s32))
+
+    def read_examples(self, split: str, idx: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """Float32 ``[len(idx), F]`` rows of the examples ``idx`` (positions in ``split``, increasing)
+        of ``split``, normalised as :meth:`arrays` and :meth:`iter_chunks` give them (the same
+        values whether the rows are held in memory or read from the store)."""
+        ex = self._ex(split)
+        idx = np.asarray(idx, dtype=np.int64)
+        norm = self._norm()
+        if self._memory is not None:
+            X = self._memory[_split_name(split)]
+            out = np.empty((len(idx), len(self.columns)), dtype=np.float32)
+            raw_to_float32(X[idx], self._reader.dtype, out=out)
+            return norm.apply(out, normalize, fresh=True)
+        src = _Source(self._reader, None, self.pooled)
+        if self.pooled:
+            return norm.apply(src.load(ex, idx), normalize, fresh=True)
+        out = np.empty((len(idx), len(self.columns)), dtype=np.float32)
+        for a in range(0, len(idx), 1024):
+            raw_to_float32(src.load(ex, idx[a:a + 1024]), self._reader.dtype, out=out[a:a + 1024])
+        return norm.apply(out, normalize, fresh=True)
 
     def iter_chunks_idx(self, split: str, chunk_rows: int | None, normalize: bool):
         """``(idx, X float32)`` blocks of ``split`` in example order; each ``X`` a new array."""

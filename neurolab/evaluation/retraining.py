@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..data import ArrayData
+from ..data.memory import held_memory
 from ..errors import NeurolabError
 from ..probes.training import linear_probe_cfg
 from .base import EvalContext, ProbeJob
@@ -37,8 +38,10 @@ def in_memory_copy(dm, budget_mb: float | None):
     rows = sum(len(dm.row_ids(s)) for s in ("train", "val", "test"))
     need = rows * int(dm.num_features) * 4 / 2**20
     if budget_mb is not None and need > float(budget_mb):
-        log.info("evaluation streams from the store (%.0f MB > memory budget %.0f MB)", need, budget_mb)
+        held_memory("evaluation", 0, f"retrained probes stream from the store ({need:.0f} MB > memory budget "
+                    f"{float(budget_mb):.0f} MB)")
         return dm
+    held_memory("evaluation", need * 2**20, f"float32 copy of train/dev/test, {rows} rows")
     return _array_copy(dm, {s: dm.arrays(s) for s in ("train", "val", "test")})
 
 

@@ -21,7 +21,11 @@ How the orderings compare on real data: ``tests/benchmarks/BENCHMARKS.md``.
 
 Cost per step: one pass over the training rows (``N x F x C`` multiply-adds for the gradients, done
 in row chunks so the rows may be float16) and a refit on at most ``k`` columns. Corpora larger than
-``max_rows`` training rows are subsampled (seeded) for the selection.
+``max_rows`` training rows are subsampled (seeded) for the selection. The (sampled) rows are held
+as float32 when they fit ``data.memory_budget_mb``; otherwise (and always with ``0``) every step
+reads them from the store in ``data.chunk_rows`` blocks (:class:`StreamedRows`), and only the
+selected columns (``rows x k``) are held. Both give the same selection (the same rows, the same
+chunked sums).
 
 Example::
 
@@ -41,11 +45,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.memory import held_memory
 from .optim import one_intraop_thread
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForwardResult", "forward_select", "train_sample"]
+__all__ = ["ForwardResult", "forward_select", "train_sample", "sample_positions", "StreamedRows"]
 
 
 @dataclass
@@ -65,9 +70,11 @@ def _standardisation(X: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]
     s1 = np.zeros(X.shape[1], np.float64)
     s2 = np.zeros(X.shape[1], np.float64)
     for a in range(0, len(X), chunk):
-        c = np.asarray(X[a:a + chunk], dtype=np.float64)
-        s1 += c.sum(0)
-        s2 += np.square(c).sum(0)
+        block = X[a:a + chunk]
+        for b in range(0, len(block), 1024):  # float64 temporaries of 1024 rows, not of a whole chunk
+            c = np.asarray(block[b:b + 1024], dtype=np.float64)
+            s1 += c.sum(0)
+            s2 += np.square(c, out=c).sum(0)
     n = max(len(X), 1)
     mean = s1 / n
     var = np.maximum(s2 / n - mean ** 2, 0.0)
@@ -151,13 +158,12 @@ def forward_select(X: np.ndarray, y: np.ndarray, *, num_classes: int, k: int, ta
         out = Zs @ W + b
         R = residual(out)  # [N, C]
         Rsum = R.sum(0)
-        if X32 is not None:
-            G = X32.T @ R
-        else:
-            G = torch.zeros(Fn, C)
-            for a in range(0, N, chunk_rows):
-                xc = torch.from_numpy(np.asarray(X[a:a + chunk_rows], dtype=np.float32))
-                G += xc.T @ R[a:a + chunk_rows]
+        # row chunk by row chunk in both cases, so rows held or streamed give the same sums
+        G = torch.zeros(Fn, C)
+        for a in range(0, N, chunk_rows):
+            xc = X32[a:a + chunk_rows] if X32 is not None else torch.from_numpy(
+                np.asarray(X[a:a + chunk_rows], dtype=np.float32))
+            G += xc.T @ R[a:a + chunk_rows]
         G = (G - mu.unsqueeze(1) * Rsum.unsqueeze(0)) * inv.unsqueeze(1) / N
         score = G.square().sum(1)
         score[taken] = -1.0
@@ -213,6 +219,41 @@ def _refit(Z: torch.Tensor, W0: torch.Tensor, b0: torch.Tensor, loss_fn, l2: flo
     return W.detach(), b.detach(), loss
 
 
+class StreamedRows:
+    """The normalised float32 rows of a data module's split (or of a subset of its examples, by
+    position), read from the store on each access instead of held: ``X[a:b]`` reads those rows,
+    ``X[:, cols]`` those columns of every row (one pass). What :func:`forward_select` needs of ``X``."""
+
+    def __init__(self, dm, split: str, keep: np.ndarray | None = None, chunk_rows: int = 8192):
+        self.dm, self.split, self.chunk_rows = dm, split, int(chunk_rows)
+        self.keep = np.arange(len(dm.row_ids(split)), dtype=np.int64) if keep is None else np.asarray(keep, np.int64)
+        self.shape = (len(self.keep), int(dm.num_features))
+        self.ndim, self.dtype = 2, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return self.dm.read_examples(self.split, self.keep[key])
+        rows, cols = key
+        if rows != slice(None):
+            raise IndexError("StreamedRows: X[a:b] or X[:, columns]")
+        cols = np.asarray(cols, dtype=np.int64)
+        out = np.empty((self.shape[0], len(cols)), dtype=np.float32)
+        for a in range(0, self.shape[0], self.chunk_rows):
+            out[a:a + self.chunk_rows] = self.dm.read_examples(self.split, self.keep[a:a + self.chunk_rows])[:, cols]
+        return out
+
+
+def sample_positions(n: int, max_rows: int, seed: int = 0) -> np.ndarray | None:
+    """Positions of the seeded sample of about ``max_rows`` of ``n`` training rows (None: all rows);
+    the rows :func:`train_sample` keeps."""
+    if n <= max_rows:
+        return None
+    return np.flatnonzero(np.random.default_rng(seed).random(n) < (max_rows / n))
+
+
 def train_sample(dm, max_rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
     """The training rows of ``dm`` for selection: all of them, or a seeded sample of about ``max_rows``
     rows read chunk by chunk when there are more. Returns ``(X, y, total_rows)``."""
@@ -242,12 +283,32 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     get = (lambda key, d: fcfg.get(key, d)) if fcfg is not None else (lambda key, d: d)
     total = int(dm.num_features)
     k = resolve_count(get("k", 50), total)
-    X, y, n_total = train_sample(dm, int(get("max_rows", 200_000)), seed)
-    Xv, yv = dm.arrays("val") if _has_rows(dm, "val") else (None, None)
+    max_rows = int(get("max_rows", 200_000))
+    chunk = int(getattr(dm, "chunk_rows", 8192) or 8192)  # the read unit (data.chunk_rows), held or streamed
+    has_val = _has_rows(dm, "val")
+    n_total = len(dm.row_ids("train"))
+    keep = sample_positions(n_total, max_rows, seed)
+    n_keep = n_total if keep is None else len(keep)
+    held = (n_keep + (len(dm.row_ids("val")) if has_val else 0)) * total * 4
+    budget = getattr(dm, "memory_budget_mb", None)
+    if budget is None or held <= float(budget) * 2**20:
+        X, y, n_total = train_sample(dm, max_rows, seed)
+        Xv, yv = dm.arrays("val") if has_val else (None, None)
+        fp32_budget = 512.0
+        held_memory("forward selection", held, f"{n_keep} training + {len(yv) if has_val else 0} dev rows, float32")
+    else:
+        # streamed: every step reads the (sampled) training rows from the store; nothing is copied
+        y_all = dm.targets("train")
+        X, y = StreamedRows(dm, "train", keep, chunk), (y_all if keep is None else y_all[keep])
+        del y_all
+        Xv, yv = (StreamedRows(dm, "val", None, chunk), dm.targets("val")) if has_val else (None, None)
+        fp32_budget = 0.0
+        held_memory("forward selection", 0, f"streams {n_keep} training rows per step ({held / 2**20:.0f} MB > "
+                    f"memory budget {float(budget):.0f} MB)")
     task = str(dm.task)
     res = forward_select(X, y, num_classes=int(dm.num_classes or 1), k=k, task=task,
                          l2=float(get("l2", 1e-4)), max_iter=int(get("max_iter", 100)), X_val=Xv, y_val=yv,
-                         class_weights=dm.class_weights)
+                         class_weights=dm.class_weights, fp32_budget_mb=fp32_budget, chunk_rows=chunk)
     n_used = len(y)
     del X, y
     cols = np.asarray(dm.columns, dtype=np.int64)

@@ -75,6 +75,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import Metric
 
+from ..data.memory import held_memory
 from ..errors import ConfigError
 from ..methods.base import Method, RunContext
 from ..ranking import resolve_count
@@ -703,12 +704,36 @@ class GaussianMethod(Method):
     name = "gaussian"
 
     def __init__(self, module: Any = None, k: Any = 50, criterion: str = "mi", select_split: str = "val",
-                 report_split: str | None = "test"):
+                 report_split: str | None = "test", max_rows: Any = "auto", select_budget_mb: float = 512):
         self.module = module
         self.k = k
+        self.max_rows = max_rows
+        self.select_budget_mb = select_budget_mb
         self.criterion = criterion
         self.select_split = select_split
         self.report_split = report_split
+
+    def row_limit(self, num_classes: int, num_features: int, score_dtype: str = "float32") -> int:
+        """Rows of a split the selection uses: ``max_rows``, or (``auto``) as many as keep its
+        ``[C, F, rows]`` residuals within ``select_budget_mb``."""
+        if self.max_rows not in (None, "auto"):
+            return max(int(self.max_rows), 1)
+        item = 8 if str(score_dtype) == "float64" else 4
+        return max(int(float(self.select_budget_mb) * 2**20 // (num_classes * num_features * item)), 1)
+
+    def _rows(self, dm, split: str, seed: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of ``split`` for the selection: all of them, or a seeded sample of about
+        ``limit`` (the same rows whether the data are held in memory or streamed)."""
+        from .forward import sample_positions
+
+        n = len(dm.row_ids(split))
+        keep = sample_positions(n, int(limit), seed)
+        if keep is None:
+            return dm.arrays(split)
+        y = dm.targets(split)[keep]
+        if hasattr(dm, "read_examples"):
+            return dm.read_examples(split, keep), y
+        return np.asarray(dm.arrays(split)[0])[keep], y
 
     def fit(self, data, context: RunContext | None = None) -> "GaussianMethod":
         from .training import default_probe_config, quiet_lightning, trainer_from_cfg
@@ -733,12 +758,19 @@ class GaussianMethod(Method):
 
         sel_split = str(self.select_split or "val")
         rep_split = self.report_split
-        Xs, ys = dm.arrays(sel_split)
+        seed = int(context.seed or 0)
+        limit = self.row_limit(C, F, "float64" if probe.score_dtype == torch.float64 else "float32")
+        Xs, ys = self._rows(dm, sel_split, seed, limit)
         report = None
         if rep_split:
-            Xr, yr = dm.arrays(str(rep_split))
+            Xr, yr = self._rows(dm, str(rep_split), seed, limit)
             if len(yr):
                 report = (Xr, np.asarray(yr, dtype=np.int64))
+        held = (len(ys) + (len(report[1]) if report is not None else 0)) * F * 12  # float32 rows + float64 copy
+        held_memory("gaussian selection", held, f"{len(ys)} {sel_split}"
+                    + (f" + {len(report[1])} {rep_split}" if report is not None else "") + " rows (at most "
+                    f"{limit} per split, a seeded sample beyond), float32 and float64; the selection's residuals "
+                    f"take up to method.select_budget_mb={self.select_budget_mb:g} MB")
         tracker = context.tracker
         crit = str(self.criterion)
 

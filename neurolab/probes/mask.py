@@ -65,6 +65,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from ..data.memory import fits_budget, held_memory
 from ..errors import ConfigError
 from ..methods.base import Method, RunContext
 
@@ -77,6 +78,38 @@ _LOG_LAMBDA_BOUND = 15.0
 _ANNEAL_CLIP = 2.0
 
 __all__ = ["HardConcreteGates", "NeuronMask", "ModelMask", "NeuronMaskMethod", "kl_divergence"]
+
+
+def _rows(x, sl: slice) -> torch.Tensor:
+    """Rows ``sl`` of dev rows held as a tensor or read from the store (a ``StreamedRows`` view)."""
+    r = x[sl]
+    return r if isinstance(r, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(r, dtype=np.float32))
+
+
+class _StreamedData(pl.LightningDataModule):
+    """A data module's own streamed loaders at the mask's batch sizes (training shuffled, dev in order)."""
+
+    def __init__(self, dm, batch_size: int, eval_batch_size: int):
+        super().__init__()
+        self.dm, self.batch_size, self.eval_batch_size = dm, int(batch_size), int(eval_batch_size)
+
+    def train_dataloader(self):
+        return self.dm.train_dataloader(batch_size=self.batch_size)
+
+    def val_dataloader(self):
+        return self.dm.val_dataloader(batch_size=self.eval_batch_size) if self.eval_batch_size else []
+
+
+def _evaluate_chunks(mask: "NeuronMask", chunks) -> dict[str, float]:
+    """:meth:`NeuronMask.evaluate_probe` over ``(X, y)`` blocks: row-weighted means of every block."""
+    tot: dict[str, float] = {}
+    n = 0
+    for X, y in chunks:
+        ev = mask.evaluate_probe(X, y)
+        for k, v in ev.items():
+            tot[k] = tot.get(k, 0.0) + v * len(y)
+        n += len(y)
+    return {k: v / max(n, 1) for k, v in tot.items()}
 
 
 class HardConcreteGates(torch.nn.Module):
@@ -203,7 +236,8 @@ class NeuronMask(pl.LightningModule):
         the training batch's. The training loss of a probe fit on all neurons is optimistic (it
         overfits), so a sparse mask cannot match it on the training rows even where it generalises
         as well; on held-out rows the comparison is fair."""
-        x = torch.as_tensor(np.asarray(X), dtype=torch.float32)
+        # rows in memory, or a view that reads them when sliced (forward.StreamedRows)
+        x = X if hasattr(X, "read_examples") or hasattr(X, "dm") else torch.as_tensor(np.asarray(X), dtype=torch.float32)
         t = torch.as_tensor(np.asarray(y)).long()
         self._dev = (x, t) if len(t) else None
         self._dev_base: torch.Tensor | None = None  # the unmasked probe's per-row dev losses, computed once
@@ -220,9 +254,9 @@ class NeuronMask(pl.LightningModule):
         sl = slice(self._dev_pos, min(n, self._dev_pos + self._dev_bs))
         self._dev_pos = sl.stop
         if self.probe is None:  # a subclass with its own divergence
-            div, _ = self.divergence((x[sl].to(self.device), t[sl].to(self.device)), self.gates.deterministic())
+            div, _ = self.divergence((_rows(x, sl).to(self.device), t[sl].to(self.device)), self.gates.deterministic())
             return div
-        xs, ts = x[sl].to(self.device), t[sl].to(self.device)
+        xs, ts = _rows(x, sl).to(self.device), t[sl].to(self.device)
         masked = F.cross_entropy(self._masked_probe()(xs * self.gates.deterministic()), ts)
         return masked - self._dev_base_losses()[sl].mean()
 
@@ -230,9 +264,10 @@ class NeuronMask(pl.LightningModule):
     def _dev_base_losses(self) -> torch.Tensor:
         if self._dev_base is None or self._dev_base.device != self.device:
             x, t = self._dev
-            self._dev_base = torch.cat([F.cross_entropy(self._probe()(x[i:i + 8192].to(self.device)),
-                                                        t[i:i + 8192].to(self.device), reduction="none")
-                                        for i in range(0, len(t), 8192)])
+            step = int(getattr(x, "chunk_rows", 8192))
+            self._dev_base = torch.cat([F.cross_entropy(self._probe()(_rows(x, slice(i, i + step)).to(self.device)),
+                                                        t[i:i + step].to(self.device), reduction="none")
+                                        for i in range(0, len(t), step)])
         return self._dev_base
 
     def _probe(self) -> torch.nn.Module:
@@ -383,8 +418,9 @@ class NeuronMask(pl.LightningModule):
         if self._dev is None or self.probe is None:
             return None
         x, t = self._dev
-        losses = [F.cross_entropy(self._masked_probe()(x[i:i + 8192].to(self.device) * self.gates.deterministic()),
-                                  t[i:i + 8192].to(self.device), reduction="sum") for i in range(0, len(t), 8192)]
+        step = int(getattr(x, "chunk_rows", 8192))
+        losses = [F.cross_entropy(self._masked_probe()(_rows(x, slice(i, i + step)).to(self.device) * self.gates.deterministic()),
+                                  t[i:i + step].to(self.device), reduction="sum") for i in range(0, len(t), step)]
         return float(torch.stack(losses).sum() / len(t) - self._dev_base_losses().mean())
 
     def on_train_end(self) -> None:
@@ -605,14 +641,29 @@ class NeuronMaskMethod(Method):
         seed = int(cfg.get("seed") or 0)
         bs = int(self.batch_size)
         pl.seed_everything(seed, workers=True, verbose=False)
-        Xtr, ytr = dm.arrays("train")
-        val = dm.arrays("val")
-        t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
-                       torch.from_numpy(np.ascontiguousarray(a[1]).astype(np.int64)))
-        has_val = len(val[1]) > 0
-        if has_val and bool(self.constraint_on_dev):
-            mask.set_dev(val[0], val[1], batch_size=bs)
-        data_ = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, bs, 8192, seed)
+        n_rows = len(dm.row_ids("train")) + len(dm.row_ids("val"))
+        streamed = not fits_budget(n_rows * F_ * 4, getattr(dm, "memory_budget_mb", None))
+        if not streamed:
+            Xtr, ytr = dm.arrays("train")
+            val = dm.arrays("val")
+            t = lambda a: (torch.from_numpy(np.ascontiguousarray(a[0], dtype=np.float32)),
+                           torch.from_numpy(np.ascontiguousarray(a[1]).astype(np.int64)))
+            has_val = len(val[1]) > 0
+            if has_val and bool(self.constraint_on_dev):
+                mask.set_dev(val[0], val[1], batch_size=bs)
+            data_ = TensorDataModule(t((Xtr, ytr)), t(val) if has_val else None, bs, 8192, seed)
+            held_memory("neuron mask", n_rows * F_ * 4, f"{n_rows} training + dev rows, float32")
+        else:
+            # the data module's own loaders: batches streamed from the store, dev rows read as needed
+            from .forward import StreamedRows
+
+            yv = dm.targets("val")
+            has_val = len(yv) > 0
+            if has_val and bool(self.constraint_on_dev):
+                mask.set_dev(StreamedRows(dm, "val", None, dm.chunk_rows), yv, batch_size=bs)
+            data_ = _StreamedData(dm, bs, dm.chunk_rows if has_val else 0)
+            held_memory("neuron mask", 0, f"streams {n_rows} training + dev rows from the store "
+                        f"(memory budget {getattr(dm, 'memory_budget_mb', 0):g} MB)")
         t0 = time.perf_counter()
         with quiet_lightning():
             # max_epochs under the constraint, then anneal_epochs towards target_kept (the ranking's order)
@@ -638,9 +689,12 @@ class NeuronMaskMethod(Method):
         if mask.anneal_kept_ is not None:
             metrics["mask/anneal_kept"] = int(len(mask.anneal_kept_))
         for split in ("val", "test"):
-            X, y = dm.arrays(split)
-            if len(y):
-                ev = mask.evaluate_probe(X, y)
+            if streamed:
+                ev = _evaluate_chunks(mask, dm.iter_chunks(split)) if len(dm.row_ids(split)) else None
+            else:
+                X, y = dm.arrays(split)
+                ev = mask.evaluate_probe(X, y) if len(y) else None
+            if ev is not None:
                 metrics[f"{split}/mask_acc"] = ev["acc"]
                 metrics[f"{split}/mask_divergence"] = ev["loss"] - ev["base_loss"]
         context.tracker.log_table("neuron_mask/path", ["epoch", "l0", "divergence", "lambda", "kept"],

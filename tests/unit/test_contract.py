@@ -154,3 +154,21 @@ def test_the_readme_example_method_works(planted, tmp_path):
     dm = build_datamodule(cfg)
     m = cls(**node).fit(dm, RunContext(cfg=cfg))
     assert isinstance(m, Method) and m.ranking_.indices[0] == PLANTED and m.ranking_.method == "mean_gap"
+
+
+@pytest.mark.parametrize("name", ["linear", "neuron_mask", "gaussian"])
+def test_probe_methods_find_the_planted_neuron_streaming(name, planted, tmp_path):
+    """data.memory_budget_mb=0: the probe-based methods copy no rows (forward selection, the mask's
+    training and dev rows stream from the store; the Gaussian selection holds a sample bounded by
+    method.select_budget_mb) and still find the planted neuron."""
+    from neurolab.data.memory import HELD
+
+    HELD.clear()
+    cfg = _cfg(planted, tmp_path, f"method={name}", "data.memory_budget_mb=0", *FAST.get(name, []))
+    dm = build_datamodule(cfg)
+    dm.setup()
+    assert not dm.in_memory
+    method = build_method(cfg.method).fit(dm, RunContext(cfg=cfg, run_dir=tmp_path, model="toy-model"))
+    assert method.ranking_.indices[0] == PLANTED, (name, method.ranking_.names[:5])
+    # the Gaussian selection holds its (bounded, seeded) sample of the selection splits; nothing else holds rows
+    assert all(v == 0 for k, v in HELD.items() if k != "gaussian selection"), HELD

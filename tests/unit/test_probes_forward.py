@@ -124,3 +124,36 @@ def test_forward_is_the_default_and_finds_planted_neurons(tmp_path):
     ranking, _ = fit_method(planted, cfg)[:2]
     assert set(ranking.indices[:4].tolist()) == planted_ix
     assert ranking.extra["ordering"] == "forward+path"
+
+
+@pytest.mark.parametrize("max_rows", [200_000, 1500])
+def test_forward_selection_same_whether_rows_held_or_streamed(tmp_path, max_rows):
+    """memory_budget_mb=0: forward selection reads its (sampled) rows from the store at every step
+    and holds none; the selection, gains and dev path equal those of the rows held in memory."""
+    from neurolab.data.memory import HELD
+    from neurolab.probes.forward import StreamedRows, forward_ranking, sample_positions
+    from neurolab.ranking import NeuronRanking
+
+    held = planted_datamodule(tmp_path / "a", num_sentences=300, memory_budget_mb=2048)
+    streamed = planted_datamodule(tmp_path / "b", num_sentences=300, memory_budget_mb=0)
+    assert held.in_memory and not streamed.in_memory
+    fcfg = {"k": 6, "l2": 1e-4, "max_iter": 50, "max_rows": max_rows}
+    out = []
+    for dm in (held, streamed):
+        base = NeuronRanking.from_order(np.arange(dm.num_features), sites=list(dm.sites),
+                                        neurons_per_site=dict(dm.neurons_per_site))
+        out.append(forward_ranking(dm, fcfg, base, metrics={}, seed=3))
+        assert (HELD["forward selection"] == 0) == (dm is streamed)
+    a, b = out
+    n = len(held.row_ids("train"))
+    assert max_rows > n or len(sample_positions(n, max_rows, 3)) < n
+    assert a.extra["forward_rows"] == b.extra["forward_rows"] == (n if max_rows > n else len(sample_positions(n, max_rows, 3)))
+    assert a.indices[:6].tolist() == b.indices[:6].tolist()
+    assert {planted_index(*v) for v in PLANTED.values()} <= set(a.indices[:6].tolist())
+    np.testing.assert_allclose(a.extra["forward_gain"], b.extra["forward_gain"], rtol=1e-5)
+    assert a.extra["forward_val_acc"] == b.extra["forward_val_acc"]
+    # the streamed view reads exactly the rows arrays() gives
+    X, _ = streamed.arrays("train")
+    view = StreamedRows(streamed, "train", chunk_rows=700)
+    np.testing.assert_array_equal(view[100:900], X[100:900])
+    np.testing.assert_array_equal(view[:, [3, 0]], X[:, [3, 0]])
