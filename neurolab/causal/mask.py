@@ -14,6 +14,11 @@ one gate vector per input window (sentence), applied at every token of it (speci
 ``all`` scope of the interventions; ``scope=words``: the words' tokens only): as in the interventions,
 a gate on a word-level neuron closes every subword token of the word.
 
+The gates descend the Lagrangian of the sampled gates' KL; the multiplier follows the KL of the kept
+set (test-time gate > 0 open, every other gated neuron shut) on the step's batch, measured every
+``constraint_every`` steps (0: the sampled gates' KL, which stays far above a small ``eps`` while
+many gates are undecided, so the multiplier would only grow).
+
 After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
 over the whole split: the sparsity /
 fidelity path (kept share against KL, per epoch) is logged, written to ``mask_path.json`` and drawn as
@@ -70,7 +75,8 @@ class LiveMask(NeuronMask):
 
     def __init__(self, live, sites: Sequence[str], nps: Mapping[str, int], columns: Sequence[int] | np.ndarray, *,
                  split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
-                 batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0, **kw: Any):
+                 batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
+                 constraint_every: int = 1, **kw: Any):
         kw["adapt_probe"] = False
         cols = np.asarray(columns, dtype=np.int64).reshape(-1)
         super().__init__(len(cols), **kw)
@@ -105,6 +111,13 @@ class LiveMask(NeuronMask):
         self.constraint_met_: bool | None = None
         self.final_: dict[str, float] = {}
         self.epoch_s_: list[float] = []
+        # the multiplier follows the KL of the kept set (test-time gates > 0 open, the others shut) on
+        # the step's batch, measured every `constraint_every` steps (0: the KL of the sampled gates)
+        self.constraint_every = max(0, int(constraint_every))
+        self._dev = "kept" if self.constraint_every else None
+        self._cur: tuple[int, Any] | None = None
+        self._steps = 0
+        self._last_kept_kl: torch.Tensor | None = None
 
     # -- data ------------------------------------------------------------------------------------
     def loader(self, seed: int = 0, shuffle: bool = True):
@@ -176,11 +189,24 @@ class LiveMask(NeuronMask):
 
     def divergence(self, batch, gates):
         i, lb = self._batch(batch)
+        self._cur = (i, lb)
         lp, _, fresh = self._reference(i, lb)
         h = self._masked(lb, gates, grad=True, start=self.start_ if fresh else 0)
         kl = self._kl(lp, h.logits[0])
         div = kl.mean() if kl.numel() else kl.sum()
         return div.to(self.device), {}
+
+    @torch.no_grad()
+    def _dev_divergence(self) -> torch.Tensor:
+        """The kept set's KL on the step's batch (after the step), every ``constraint_every`` steps."""
+        self._steps += 1
+        if self._last_kept_kl is None or (self._steps - 1) % self.constraint_every == 0:
+            i, lb = self._cur
+            lp, _, _ = self._reference(i, lb)
+            h = self._masked(lb, self.kept_mask().to(self.gates.log_alpha.dtype), grad=False, start=0)
+            kl = self._kl(lp, h.logits[0])
+            self._last_kept_kl = (kl.mean() if kl.numel() else kl.sum()).to(self.device)
+        return self._last_kept_kl
 
     def update_multiplier(self, div: torch.Tensor) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -566,10 +566,14 @@ def build_mask(module: Any, num_gates: int) -> NeuronMask:
 
 #: model mode's settings (``method.live.*``): the split of the live corpus the gates are trained and
 #: judged on, its first ``max_sentences`` only, batches (padded tokens, sentences), the scope of a gate
-#: (``all`` tokens, or the ``words``' tokens), the memory kept for the unmasked outputs, and whether a
+#: (``all`` tokens, or the ``words``' tokens), the memory kept for the unmasked outputs, how often the
+#: multiplier measures the kept set's KL (every n steps; 0: it follows the sampled gates'), the gates'
+#: initial open probability (instead of ``module.init_open``: gates of the live model start nearly all
+#: open, as half-shut residual streams give a KL no gradient step recovers from), and whether a
 #: task head for another concept than the ranking's may be used
 LIVE_DEFAULTS = MappingProxyType({"split": "dev", "max_sentences": None, "batch_tokens": 2048, "batch_sentences": 16,
-                                  "scope": "all", "reference_mb": 256.0, "allow_other_concept": False})
+                                  "scope": "all", "reference_mb": 256.0, "constraint_every": 1,
+                                  "init_open": 0.95, "allow_other_concept": False})
 
 
 class NeuronMaskMethod(Method):
@@ -701,9 +705,12 @@ class NeuronMaskMethod(Method):
         cols = np.asarray(data.columns, dtype=np.int64)
         proto = build_mask(self.module, len(cols))
         hp = {k: v for k, v in dict(proto.hparams).items() if k not in ("num_gates", "adapt_probe", "probe_lr")}
+        if opts["init_open"] is not None:
+            hp["init_open"] = float(opts["init_open"])
         mask = LiveMask(live, sites, nps, cols, split=str(opts["split"]), max_sentences=opts["max_sentences"],
                         batch_tokens=int(opts["batch_tokens"]), batch_sentences=int(opts["batch_sentences"]),
-                        scope=str(opts["scope"]), reference_mb=float(opts["reference_mb"]), **hp)
+                        scope=str(opts["scope"]), reference_mb=float(opts["reference_mb"]),
+                        constraint_every=int(opts["constraint_every"]), **hp)
         cfg = context.cfg if context.cfg is not None else default_probe_config(context.run_dir)
         seed = int(cfg.get("seed") or 0)
         pl.seed_everything(seed, workers=True, verbose=False)
