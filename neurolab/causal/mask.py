@@ -110,7 +110,8 @@ class LiveMask(NeuronMask):
         self._closest: dict[str, Any] | None = None
         self.constraint_met_: bool | None = None
         self.final_: dict[str, float] = {}
-        self.epoch_s_: list[float] = []
+        self.epoch_s_: list[float] = []  # training steps of each epoch (seconds)
+        self.eval_s_: list[float] = []  # the epoch-end evaluation over the whole split
         # the multiplier follows the KL of the kept set (test-time gates > 0 open, the others shut) on
         # the step's batch, measured every `constraint_every` steps (0: the KL of the sampled gates)
         self.constraint_every = max(0, int(constraint_every))
@@ -250,13 +251,15 @@ class LiveMask(NeuronMask):
     def on_train_epoch_end(self) -> None:
         import time
 
-        self.epoch_s_.append(time.perf_counter() - self._t0)
+        t1 = time.perf_counter()
+        self.epoch_s_.append(t1 - self._t0)
         annealing = self._anneal is not None
         before = self._best
         super().on_train_epoch_end()  # the constrained epochs evaluate the gates (dev_divergence)
         rec = self.path_[-1]
         if annealing:
             self._eval = self.evaluate()
+        self.eval_s_.append(time.perf_counter() - t1)
         rec["kl"] = self._eval["kl"]
         rec.pop("dev_divergence_all", None)
         if "acc" in self._eval:
