@@ -14,7 +14,8 @@ one gate vector per input window (sentence), applied at every token of it (speci
 ``all`` scope of the interventions; ``scope=words``: the words' tokens only): as in the interventions,
 a gate on a word-level neuron closes every subword token of the word.
 
-The gates descend the Lagrangian of the sampled gates' KL; the multiplier follows the KL of the kept
+The gates descend the Lagrangian ``(L0 / n + lambda (KL - eps)) / (1 + lambda)`` (the expected share of
+open gates, on the scale of a KL) of the sampled gates' KL; the multiplier follows the KL of the kept
 set (test-time gate > 0 open, every other gated neuron shut) on the step's batch, measured every
 ``constraint_every`` steps (0: the sampled gates' KL, which stays far above a small ``eps`` while
 many gates are undecided, so the multiplier would only grow).
@@ -208,6 +209,13 @@ class LiveMask(NeuronMask):
             kl = self._kl(lp, h.logits[0])
             self._last_kept_kl = (kl.mean() if kl.numel() else kl.sum()).to(self.device)
         return self._last_kept_kl
+
+    def _l0_term(self, l0: torch.Tensor) -> torch.Tensor:
+        """The expected share of open gates: on the scale of a KL in nats (a mean over examples), so the
+        multiplier balancing them stays near 1 whatever the number of gates; with the count, every
+        gate's L0 gradient would outweigh its KL gradient until the multiplier grew to the number of
+        gates, and the gates would close together once it fell."""
+        return l0 / max(1, self.num_gates)
 
     def update_multiplier(self, div: torch.Tensor) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

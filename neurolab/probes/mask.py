@@ -297,7 +297,7 @@ class NeuronMask(pl.LightningModule):
         # the Lagrangian L0 + lambda (div - eps) divided by 1 + lambda: the same minimiser, but the
         # gates' gradients stay bounded whatever lambda, so Adam's running moments never hold a
         # lambda-sized scale that would freeze the gates once lambda falls again
-        lagr = (l0 + lam * (div - self.eps)) / (1.0 + lam)
+        lagr = (self._l0_term(l0) + lam * (div - self.eps)) / (1.0 + lam)
         opt.zero_grad()
         self.manual_backward(lagr)
         opt.step()
@@ -323,6 +323,10 @@ class NeuronMask(pl.LightningModule):
             if k in vals:
                 self._epoch.setdefault(k, []).append(vals[k])
         return None
+
+    def _l0_term(self, l0: torch.Tensor) -> torch.Tensor:
+        """The sparsity term of the Lagrangian (the expected L0; subclasses may rescale it)."""
+        return l0
 
     @property
     def target_count(self) -> int:
