@@ -14,11 +14,14 @@ one gate vector per input window (sentence), applied at every token of it (speci
 ``all`` scope of the interventions; ``scope=words``: the words' tokens only): as in the interventions,
 a gate on a word-level neuron closes every subword token of the word.
 
-The gates descend the Lagrangian ``(L0 / n + lambda (KL - eps)) / (1 + lambda)`` (the expected share of
-open gates, on the scale of a KL) of the sampled gates' KL; the multiplier follows the KL of the kept
-set (test-time gate > 0 open, every other gated neuron shut) on the step's batch, measured every
-``constraint_every`` steps (0: the sampled gates' KL, which stays far above a small ``eps`` while
-many gates are undecided, so the multiplier would only grow).
+The gates descend the Lagrangian of the sampled gates' KL. By default (``constraint_every=0``) the
+multiplier follows that KL too (De Cao et al.'s constraint on the expected divergence): while many gates
+are undecided it stays above a small ``eps`` and the multiplier grows, so gates close gradually, one
+epoch after another, and the sparsity / fidelity path has many points. ``constraint_every=n``: the
+multiplier follows the KL of the kept set (test-time gate > 0 open, every other gated neuron shut) on
+the step's batch, measured every ``n`` steps; that KL is 0 until gates start to cross, so the
+multiplier falls and, on MiniLM, thousands of gates crossed between two epoch ends (a collapse the
+epoch-end states cannot catch).
 
 After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
 over the whole split: the sparsity /
@@ -77,7 +80,7 @@ class LiveMask(NeuronMask):
     def __init__(self, live, sites: Sequence[str], nps: Mapping[str, int], columns: Sequence[int] | np.ndarray, *,
                  split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
                  batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
-                 constraint_every: int = 1, **kw: Any):
+                 constraint_every: int = 0, **kw: Any):
         kw["adapt_probe"] = False
         cols = np.asarray(columns, dtype=np.int64).reshape(-1)
         super().__init__(len(cols), **kw)
@@ -209,13 +212,6 @@ class LiveMask(NeuronMask):
             kl = self._kl(lp, h.logits[0])
             self._last_kept_kl = (kl.mean() if kl.numel() else kl.sum()).to(self.device)
         return self._last_kept_kl
-
-    def _l0_term(self, l0: torch.Tensor) -> torch.Tensor:
-        """The expected share of open gates: on the scale of a KL in nats (a mean over examples), so the
-        multiplier balancing them stays near 1 whatever the number of gates; with the count, every
-        gate's L0 gradient would outweigh its KL gradient until the multiplier grew to the number of
-        gates, and the gates would close together once it fell."""
-        return l0 / max(1, self.num_gates)
 
     def update_multiplier(self, div: torch.Tensor) -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -576,7 +576,7 @@ def build_mask(module: Any, num_gates: int) -> NeuronMask:
 #: open, as half-shut residual streams give a KL no gradient step recovers from), and whether a
 #: task head for another concept than the ranking's may be used
 LIVE_DEFAULTS = MappingProxyType({"split": "dev", "max_sentences": None, "batch_tokens": 2048, "batch_sentences": 16,
-                                  "scope": "all", "reference_mb": 256.0, "constraint_every": 1,
+                                  "scope": "all", "reference_mb": 256.0, "constraint_every": 0,
                                   "init_open": 0.95, "allow_other_concept": False})
 
 
