@@ -1,0 +1,343 @@
+"""Differentiable masking of the live model (De Cao, Schlichtkrull, Aziz & Titov 2020):
+``method=neuron_mask method.mode=model task=...``.
+
+Hard-concrete gates (:class:`~neurolab.probes.mask.HardConcreteGates`) multiply the chosen units of
+the chosen sites of the frozen live model. They minimise the expected number of open gates (expected
+L0) under the constraint that the task head's output distribution stays close to the unmasked
+model's: ``KL(p_full || p_masked) <= eps`` (nats, the mean over the head's scored examples: words for
+``task=tagger``, sentences for ``task=classifier``, scored tokens for ``task=lm``), through the
+Lagrangian of :class:`~neurolab.probes.mask.NeuronMask` (same multiplier rule, clipping, annealing).
+Training runs on the rows of one split of the live corpus (``dev`` by default), in batches of
+sentences: memory and time are bounded by a batch (the unmasked output of every batch is kept, a
+``[scored examples, classes]`` array, unless it is over ``reference_mb``). Each training step draws
+one gate vector per input window (sentence), applied at every token of it (specials included, the
+``all`` scope of the interventions; ``scope=words``: the words' tokens only): as in the interventions,
+a gate on a word-level neuron closes every subword token of the word.
+
+The gates descend the Lagrangian of the sampled gates' KL. By default (``constraint_every=0``) the
+multiplier follows that KL too (De Cao et al.'s constraint on the expected divergence): while many gates
+are undecided it stays above a small ``eps`` and the multiplier grows, so gates close gradually, one
+epoch after another, and the sparsity / fidelity path has many points. ``constraint_every=n``: the
+multiplier follows the KL of the kept set (test-time gate > 0 open, every other gated neuron shut) on
+the step's batch, measured every ``n`` steps; that KL is 0 until gates start to cross, so the
+multiplier falls and, on MiniLM, thousands of gates crossed between two epoch ends (a collapse the
+epoch-end states cannot catch).
+
+After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
+over the whole split: the sparsity /
+fidelity path (kept share against KL, per epoch) is logged, written to ``mask_path.json`` and drawn as
+``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
+KL is within ``eps``; if none is, a warning says so and the closest one (least KL) is reported, with
+``mask/constraint_met = 0``. Neurons are ranked as in probe mode: kept neurons first, ordered (as all
+others) by how many steps of the annealing towards ``target_kept`` their gate stayed open.
+
+Example::
+
+    >>> mask = LiveMask(live, ["layers.1"], {"layers.1": 32}, np.arange(32), eps=0.05)   # doctest: +SKIP
+    >>> pl.Trainer(max_epochs=10).fit(mask, mask.loader(seed=0))                        # doctest: +SKIP
+    >>> mask.kept(), mask.path_[-1]["kl"]                                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..probes.mask import NeuronMask
+from .interventions import InterventionError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LiveMask", "plot_mask_path", "MASK_SCOPES"]
+
+MASK_SCOPES = ("all", "words")
+
+
+def _first(x):
+    return x[0]
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return int(i)
+
+
+class LiveMask(NeuronMask):
+    """Gates on ``columns`` (indices into the concatenation of ``sites``, ``nps`` units each) of the live
+    model ``live``; see the module docstring. Other keyword arguments are :class:`NeuronMask`'s."""
+
+    def __init__(self, live, sites: Sequence[str], nps: Mapping[str, int], columns: Sequence[int] | np.ndarray, *,
+                 split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
+                 batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
+                 constraint_every: int = 0, **kw: Any):
+        kw["adapt_probe"] = False
+        cols = np.asarray(columns, dtype=np.int64).reshape(-1)
+        super().__init__(len(cols), **kw)
+        if scope not in MASK_SCOPES:
+            raise ConfigError(f"method.live.scope={scope!r}: expected one of {', '.join(MASK_SCOPES)}")
+        sites = list(sites)
+        live.check_sites(sites, dict(nps))
+        object.__setattr__(self, "live", live)  # outside the module tree: checkpoints hold the gates only
+        self.site_names = sites
+        starts = np.cumsum([0] + [int(nps[s]) for s in sites])
+        if len(cols) and (cols.min() < 0 or cols.max() >= starts[-1]):
+            raise ConfigError(f"columns out of range for sites {sites} ({int(starts[-1])} units)")
+        self.columns = cols
+        # per site: (site, its width, local units gated, positions of their gates)
+        self._groups = []
+        for i, s in enumerate(sites):
+            sel = np.flatnonzero((cols >= starts[i]) & (cols < starts[i + 1]))
+            if len(sel):
+                self._groups.append((s, int(nps[s]), torch.as_tensor(cols[sel] - starts[i]), torch.as_tensor(sel)))
+        self.split, self.max_sentences, self.scope = split, max_sentences, scope
+        sent = live.sentences(split, max_sentences)
+        if not len(sent):
+            raise ConfigError(f"method.live.split={split!r}: no sentence of the live corpus in that split")
+        self.batches_ = [b.to(live.device) for b in live.corpus.batches(
+            sent, batch_tokens=int(batch_tokens), max_batch_sentences=int(batch_sentences))]
+        self._rows = live.row_mask("words") if scope == "words" else None
+        self.start_ = min(live.site_start(s) for s, _, _, _ in self._groups) if self._groups else 0
+        self._ref: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._ref_bytes = 0.0
+        self.reference_mb = float(reference_mb)
+        self._closest: dict[str, Any] | None = None
+        self.constraint_met_: bool | None = None
+        self.final_: dict[str, float] = {}
+        self.epoch_s_: list[float] = []  # training steps of each epoch (seconds)
+        self.eval_s_: list[float] = []  # the epoch-end evaluation over the whole split
+        # the multiplier follows the KL of the kept set (test-time gates > 0 open, the others shut) on
+        # the step's batch, measured every `constraint_every` steps (0: the KL of the sampled gates)
+        self.constraint_every = max(0, int(constraint_every))
+        self._dev = "kept" if self.constraint_every else None
+        self._cur: tuple[int, Any] | None = None
+        self._steps = 0
+        self._last_kept_kl: torch.Tensor | None = None
+
+    # -- data ------------------------------------------------------------------------------------
+    def loader(self, seed: int = 0, shuffle: bool = True):
+        """A DataLoader of batch indices (shuffled with ``seed``); a DistributedSampler shards it under DDP."""
+        g = torch.Generator().manual_seed(int(seed))
+        return torch.utils.data.DataLoader(_Indices(len(self.batches_)), batch_size=1, shuffle=shuffle, generator=g,
+                                           collate_fn=_first)
+
+    def _batch(self, batch):
+        i = int(batch) if not torch.is_tensor(batch) else int(batch.reshape(-1)[0])
+        return i, self.batches_[i]
+
+    def batch_size_of(self, batch) -> int:
+        return int(self._batch(batch)[1].input_ids.shape[0])
+
+    # -- forward passes ----------------------------------------------------------------------------
+    def _fns(self, lb, gates: torch.Tensor, fired: list[int]):
+        """Hook functions multiplying the gated units by ``gates`` (``[n]`` or ``[B, n]``)."""
+        tok = None if self._rows is None else self.live.token_mask(lb, self._rows)
+        fns = {}
+        for s, width, units, pos in self._groups:
+            def fn(t, _w=width, _u=units, _p=pos, _s=s):
+                fired[0] += 1
+                g = gates.index_select(-1, _p.to(gates.device)).to(device=t.device, dtype=t.dtype)
+                full = t.new_ones(g.shape[:-1] + (_w,)).index_copy(-1, _u.to(t.device), g)
+                if full.ndim == 2:
+                    if t.ndim != 3 or full.shape[0] != t.shape[0]:
+                        raise InterventionError(f"mask at {_s}: activation of shape {tuple(t.shape)} does not match "
+                                                f"the batch's {full.shape[0]} inputs")
+                    full = full[:, None, :]
+                out = t * full
+                if tok is not None:
+                    out = torch.where(tok.to(t.device).unsqueeze(-1), out, t)
+                return out
+
+            fns[s] = fn
+        return fns
+
+    def _reference(self, i: int, lb) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """The unmasked head's log-probabilities of batch ``i`` (kept while under ``reference_mb``), its
+        correctness, and whether the batch's prefix cache was just recorded."""
+        if i in self._ref:
+            lp, corr = self._ref[i]
+            return lp, corr, False
+        h = self.live.record_prefix(lb)
+        if h.logits is None:
+            raise ConfigError(f"the task head {self.live.head.kind} gives no output distribution to compare")
+        lp = F.log_softmax(h.logits[0].float(), dim=-1).detach()
+        corr = h.correct[0].detach() if h.correct is not None else None
+        size = lp.numel() * 4 / 2 ** 20
+        if self._ref_bytes + size <= self.reference_mb:
+            self._ref[i] = (lp, corr)
+            self._ref_bytes += size
+        return lp, corr, True
+
+    def _masked(self, lb, gates, *, grad: bool, start: int):
+        fired = [0]
+        h, _ = self.live.forward(lb, self._fns(lb, gates, fired), grad=grad, start=start)
+        if fired[0] < len(self._groups):
+            raise InterventionError(f"the mask's hooks at {[g[0] for g in self._groups]} did not all fire: the forward "
+                                    f"pass of the task head {self.live.head.kind} does not reach them")
+        return h
+
+    @staticmethod
+    def _kl(lp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Per-example ``KL(p || q)`` from the reference log-probabilities and the masked logits."""
+        lq = F.log_softmax(logits.float(), dim=-1)
+        return (lp.exp() * (lp - lq)).sum(-1)
+
+    def divergence(self, batch, gates):
+        i, lb = self._batch(batch)
+        self._cur = (i, lb)
+        lp, _, fresh = self._reference(i, lb)
+        h = self._masked(lb, gates, grad=True, start=self.start_ if fresh else 0)
+        kl = self._kl(lp, h.logits[0])
+        div = kl.mean() if kl.numel() else kl.sum()
+        return div.to(self.device), {}
+
+    @torch.no_grad()
+    def _dev_divergence(self) -> torch.Tensor:
+        """The kept set's KL on the step's batch (after the step), every ``constraint_every`` steps."""
+        self._steps += 1
+        if self._last_kept_kl is None or (self._steps - 1) % self.constraint_every == 0:
+            i, lb = self._cur
+            lp, _, _ = self._reference(i, lb)
+            h = self._masked(lb, self.kept_mask().to(self.gates.log_alpha.dtype), grad=False, start=0)
+            kl = self._kl(lp, h.logits[0])
+            self._last_kept_kl = (kl.mean() if kl.numel() else kl.sum()).to(self.device)
+        return self._last_kept_kl
+
+    def update_multiplier(self, div: torch.Tensor) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            div = div.detach().clone()
+            torch.distributed.all_reduce(div)
+            div /= torch.distributed.get_world_size()
+        super().update_multiplier(div)
+
+    @torch.no_grad()
+    def evaluate(self, gates: torch.Tensor | None = None) -> dict[str, float]:
+        """KL and the head's accuracy over the whole split with the kept neurons open and the others
+        closed (test-time gate > 0 -> 1, else 0: the state the ranking's kept set claims), or with
+        ``gates``: ``kl``, ``acc`` (masked), ``base_acc`` (unmasked), ``n`` examples."""
+        g = (self.kept_mask().to(self.gates.log_alpha.dtype) if gates is None else gates).detach()
+        kl_sum, n, c, c0 = 0.0, 0, 0.0, 0.0
+        for i, lb in enumerate(self.batches_):
+            lp, corr, fresh = self._reference(i, lb)
+            h = self._masked(lb, g, grad=False, start=self.start_ if fresh else 0)
+            kl = self._kl(lp, h.logits[0])
+            kl_sum += float(kl.double().sum())
+            n += int(kl.numel())
+            if corr is not None and h.correct is not None and self.live.head.kind != "lm":
+                c += float(h.correct[0].double().sum())
+                c0 += float(corr.double().sum())
+        out = {"kl": kl_sum / max(n, 1), "n": n}
+        if self.live.head.kind != "lm" and n:
+            out["acc"], out["base_acc"] = c / n, c0 / n
+        return out
+
+    def dev_divergence(self) -> float | None:
+        self._eval = self.evaluate()
+        return self._eval["kl"]
+
+    # -- epochs ---------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        import time
+
+        self._t0 = time.perf_counter()
+        super().on_train_epoch_start()
+
+    def on_train_epoch_end(self) -> None:
+        import time
+
+        t1 = time.perf_counter()
+        self.epoch_s_.append(t1 - self._t0)
+        annealing = self._anneal is not None
+        before = self._best
+        super().on_train_epoch_end()  # the constrained epochs evaluate the gates (dev_divergence)
+        rec = self.path_[-1]
+        if annealing:
+            self._eval = self.evaluate()
+        self.eval_s_.append(time.perf_counter() - t1)
+        rec["kl"] = self._eval["kl"]
+        rec.pop("dev_divergence_all", None)
+        if "acc" in self._eval:
+            rec["acc"] = self._eval["acc"]
+        rec["kept_share"] = rec["kept"] / max(1, self.num_gates)
+        rec["phase"] = "anneal" if annealing else "constrained"
+        self.log_dict({"val/kl": float(rec["kl"]), "val/kept_share": float(rec["kept_share"])}, on_epoch=True,
+                      on_step=False, batch_size=1)
+        if not annealing:
+            key = (rec["kl"], rec["kept"])
+            if self._closest is None or key < self._closest["key"]:
+                self._closest = {"key": key, "snap": self._snapshot(), "epoch": rec["epoch"]}
+            if self._best is not before:  # a new sparsest state within eps
+                self._best["epoch"] = rec["epoch"]
+        log.info("neuron mask (live) epoch %d: kept %d of %d (%.2f%%), KL %.4g nats (eps %.3g), lambda %.3g%s",
+                 rec["epoch"], rec["kept"], self.num_gates, 100 * rec["kept_share"], rec["kl"], self.eps,
+                 rec.get("lambda", float("nan")), " (annealing)" if annealing else "")
+
+    def on_train_end(self) -> None:
+        self.constraint_met_ = self._best is not None
+        self.chosen_epoch_ = (self._best or {}).get("epoch")
+        if self._best is None and self._closest is not None:
+            c = self._closest
+            log.warning("neuron mask: the constraint KL <= %.3g nats was not met at any epoch end; reporting the "
+                        "closest state (epoch %d: KL %.4g nats, %d of %d gates open). More epochs, a larger eps or "
+                        "a higher lambda_init may meet it", self.eps, c["epoch"], c["key"][0], c["key"][1],
+                        self.num_gates)
+            self._best = c["snap"]
+            self.chosen_epoch_ = c["epoch"]
+        super().on_train_end()
+        self.final_ = self.evaluate()
+
+
+def plot_mask_path(path_: Sequence[Mapping[str, Any]], eps: float, out: str | Path, chosen_epoch: int | None = None,
+                   title: str | None = None) -> Path:
+    """Kept share against KL per epoch (constrained epochs, then annealing), with ``eps`` and the state reported."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    try:
+        ep = np.array([r["epoch"] for r in path_])
+        kl = np.array([r.get("kl", np.nan) for r in path_], dtype=float)
+        ks = np.array([r.get("kept_share", np.nan) for r in path_], dtype=float)
+        ann = np.array([r.get("phase") == "anneal" for r in path_])
+        ax = axes[0]
+        for sel, lab, col in ((~ann, "constrained", "#4C72B0"), (ann, "annealing", "#C44E52")):
+            if sel.any():
+                ax.plot(100 * ks[sel], kl[sel], "o-", color=col, label=lab, ms=4)
+        if chosen_epoch is not None and chosen_epoch in ep:
+            j = int(np.flatnonzero(ep == chosen_epoch)[0])
+            ax.plot([100 * ks[j]], [kl[j]], "*", color="black", ms=12, label=f"reported (epoch {chosen_epoch})")
+        ax.axhline(eps, color="gray", ls="--", lw=0.8, label=f"eps = {eps:g}")
+        ax.set_xlabel("gates open (% of the gated neurons)")
+        ax.set_ylabel("KL(full || masked), nats")
+        ax.set_yscale("symlog", linthresh=max(eps / 10, 1e-4))
+        ax.legend(fontsize=7)
+        ax2 = axes[1]
+        ax2.plot(ep, 100 * ks, "o-", color="#55A868", ms=3, label="open %")
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("gates open (%)")
+        ax3 = ax2.twinx()
+        ax3.plot(ep, kl, "s--", color="#8172B2", ms=3, label="KL")
+        ax3.axhline(eps, color="gray", ls="--", lw=0.8)
+        ax3.set_ylabel("KL (nats)")
+        ax3.set_yscale("symlog", linthresh=max(eps / 10, 1e-4))
+        fig.suptitle(title or "differentiable mask of the live model: sparsity / fidelity path", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return out
+

@@ -1,0 +1,147 @@
+"""method=neuron_mask method.mode=model on a tiny random BERT with a planted tagger head: the head reads
+only three known units of layers.1 (class c's logit is 2 z_c of unit c, z-scored), so the mask under
+a KL constraint must keep those units open and may close every other one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neurolab.causal import LiveModel, TaggerHead
+from neurolab.causal.mask import LiveMask
+from neurolab.errors import ConfigError
+from neurolab.methods.base import RunContext
+from neurolab.probes.mask import NeuronMask, NeuronMaskMethod
+
+try:  # ArrayData moves from neurolab.probes to neurolab.data
+    from neurolab.data import ArrayData
+except ImportError:  # pragma: no cover
+    from neurolab.probes import ArrayData
+from tests.helpers.causal import TAGS, random_labels, sentences, tiny_lm
+
+PLANTED = [3, 11, 20]  # unit PLANTED[c] of layers.1 drives class c
+SITES = ["layers.0", "layers.1"]
+NPS = {"layers.0": 32, "layers.1": 32}
+FAST = dict(eps=0.02, lr=0.1, lambda_lr=0.1, lambda_init=100.0, target_kept=3, anneal_epochs=4)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, tok = tiny_lm("bert", head=False)
+    words = sentences(4)
+    n = len(words)
+    splits = {"train": np.arange(0, n // 2), "dev": np.arange(n // 2, n)}
+    dummy = TaggerHead(site="layers.1").set_weights(np.zeros((3, 32)), np.zeros(3), TAGS)
+    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits, batch_tokens=256)
+    _, a = probe.activations(["layers.1"], "train")
+    mu, sd = a["layers.1"].mean(0), a["layers.1"].std(0)
+    W = np.zeros((3, 32))
+    for c, u in enumerate(PLANTED):
+        W[c, u] = 2.0
+    head = TaggerHead(site="layers.1").set_weights(W, np.zeros(3), TAGS, mean=mu, std=sd)
+    live = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits, concept_name="tags",
+                     concept_values={"A"}, batch_tokens=256)
+    rows, acts = live.activations(SITES, "train")
+    X = np.concatenate([acts[s] for s in SITES], axis=1)
+    y = np.array([TAGS.index(live.labels[r]) for r in rows])
+    data = ArrayData({"train": (X, y), "val": (X[:10], y[:10]), "test": (X[:10], y[:10])}, class_names=TAGS,
+                     sites=SITES, neurons_per_site=NPS, concept="tags=A")
+    return live, data
+
+
+def _method(**kw):
+    mod = dict(FAST)
+    mod.update(kw.pop("module", {}))
+    return NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **mod), mode="model",
+                            max_epochs=kw.pop("max_epochs", 16), live={"batch_sentences": 4, **kw})
+
+
+def test_mask_keeps_the_planted_units_and_closes_the_rest(planted, one_thread, tmp_path):
+    live, data = planted
+    m = _method().fit(data.subset(np.arange(32, 64)), RunContext(live=lambda: live, model="tiny"))
+    r = m.ranking_
+    planted_cols = {32 + u for u in PLANTED}
+    assert set(r.indices[:3].tolist()) == planted_cols, r.names[:6]
+    assert m.metrics_["mask/kept"] == 3, m.metrics_
+    assert m.metrics_["mask/kl"] <= 0.02 and m.metrics_["mask/constraint_met"] == 1
+    assert np.isclose(m.metrics_["mask/kept_share"], 3 / 32)
+    assert abs(m.metrics_["mask/acc"] - m.metrics_["mask/base_acc"]) <= 0.05  # (random gold labels)
+    assert r.method == "neuron_mask" and r.sites == SITES and len(r) == 32 and r.concept == "tags=A"
+    # the path: one record per epoch with the KL over the whole split of the test-time gates
+    assert len(m.mask_.path_) == 16 + 4 and all("kl" in p and "kept_share" in p for p in m.mask_.path_)
+    # an independent check of the reported KL: the live model run by hand with only the kept units open
+    mask = m.mask_
+    g = np.zeros(32, np.float32)
+    g[[c - 32 for c in r.indices[:3]]] = 1.0
+    import torch
+
+    kl_hand = mask.evaluate(torch.from_numpy(g))["kl"]
+    assert np.isclose(kl_hand, m.metrics_["mask/kl"], atol=1e-6)
+    # with every gate closed the KL is large: the constraint is what keeps the planted units
+    assert mask.evaluate(torch.zeros(32))["kl"] > 0.1
+    paths = m.write(tmp_path)
+    assert [p.name for p in paths] == ["mask_path.json", "mask_path.png"] and paths[1].stat().st_size > 1000
+
+
+def test_same_seed_same_ranking_bytes(planted, one_thread, tmp_path):
+    live, data = planted
+    d = data.subset(np.arange(32, 64))
+    a = _method(max_epochs=4).fit(d, RunContext(live=lambda: live, seed=0)).ranking_.to_json(tmp_path / "a.json")
+    b = _method(max_epochs=4).fit(d, RunContext(live=lambda: live, seed=0)).ranking_.to_json(tmp_path / "b.json")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_two_sites_planted_units_kept(planted, one_thread):
+    """Gates on both sites train together; layers.0 feeds layers.1 through the residual stream, so some of
+    its units may stay open, but the planted units of layers.1 lead and layers.1's others close."""
+    live, data = planted
+    m = _method(max_epochs=20).fit(
+        data, RunContext(live=lambda: live))
+    kept = set(m.mask_.kept().tolist())
+    assert {32 + u for u in PLANTED} <= kept
+    assert not (kept & (set(range(32, 64)) - {32 + u for u in PLANTED})), m.ranking_.names[:10]
+    assert m.metrics_["mask/kl"] <= 0.02 and m.metrics_["mask/constraint_met"] == 1
+    assert len(kept) < 64
+
+
+def test_bad_input(planted, one_thread, caplog):
+    live, data = planted
+    d = data.subset(np.arange(32, 64))
+    with pytest.raises(ConfigError, match="set task="):
+        _method().fit(d, RunContext())
+    bad = ArrayData({"train": (np.zeros((4, 8), np.float32), np.arange(4) % 3)}, class_names=TAGS,
+                    sites=["layers.7"], neurons_per_site={"layers.7": 8}, concept="tags=A")
+    with pytest.raises(ConfigError, match="not a site of model"):
+        _method().fit(bad, RunContext(live=lambda: live))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        _method(split_name="dev").fit(d, RunContext(live=lambda: live))
+    with pytest.raises(ConfigError, match="scope"):
+        _method(scope="concept").fit(d, RunContext(live=lambda: live))
+    # an unreachable constraint: eps 0 and gates pushed shut from the first step -> a warning, the closest state
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        m = _method(max_epochs=2, module={"eps": 0.0, "lambda_init": 0.01, "lr": 1.0, "anneal_epochs": 0,
+                                          "target_kept": None}, init_open=0.5).fit(
+            d, RunContext(live=lambda: live))
+    assert m.metrics_["mask/constraint_met"] == 0 and m.metrics_["mask/kl"] > 0
+    assert "not met" in caplog.text and "closest state" in caplog.text
+
+
+def test_head_for_another_concept_is_refused(planted, one_thread):
+    live, data = planted
+    d = data.subset(np.arange(32, 64))
+    d.concept = "upos=NOUN"
+    with pytest.raises(ConfigError, match="predicts concept 'tags'"):
+        _method().fit(d, RunContext(live=lambda: live))
+
+
+def test_live_mask_subword_gates_follow_the_words(planted, one_thread):
+    """A gate multiplies every token of a sentence's window (scope all) or only its words' tokens (words):
+    both give the unmasked output with every gate open."""
+    import torch
+
+    live, _ = planted
+    for scope in ("all", "words"):
+        mk = LiveMask(live, ["layers.1"], {"layers.1": 32}, np.arange(32), split="dev", batch_sentences=4, scope=scope)
+        assert mk.evaluate(torch.ones(32))["kl"] < 1e-10
+        assert mk.evaluate(torch.zeros(32))["kl"] > 0.1
