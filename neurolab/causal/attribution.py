@@ -42,8 +42,8 @@ from .live import LiveModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["integrated_gradients", "path_points", "IGResult", "AttributionMethod", "RULES", "OBJECTIVES",
-           "POSITIONS", "BASELINES"]
+__all__ = ["integrated_gradients", "path_points", "IGResult", "AttributionMethod", "coarse_neurons", "refine_neurons",
+           "knowledge_neurons", "knowledge_effects", "RULES", "OBJECTIVES", "POSITIONS", "BASELINES"]
 
 RULES = ("riemann_left", "gauss_legendre")
 OBJECTIVES = ("prob", "logit", "loss")
@@ -119,11 +119,13 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
                          max_sentences: int | None = None, steps: int = 20, rule: str = "riemann_left",
                          objective: str = "prob", positions: str = "target",
                          baselines: Mapping[str, np.ndarray] | None = None, chunk_tokens: int = 4096,
-                         keep_tokens: bool = False, progress: bool = False, cache: bool = True) -> IGResult:
+                         max_copies: int | None = None, keep_tokens: bool = False, progress: bool = False,
+                         cache: bool = True) -> IGResult:
     """Integrated gradients of every example of ``split`` (see the module docstring).
 
     ``baselines``: per site, the baseline value of each unit (default zeros); ``chunk_tokens``: the
-    padded tokens of one forward / backward pass (copies x windows x length); ``keep_tokens``: also
+    padded tokens of one forward / backward pass (copies x windows x length), ``max_copies`` at most
+    that many (example, step) copies per pass; ``keep_tokens``: also
     return per-token attributions (small inputs only); ``cache=False``: rerun the blocks below the
     site instead of replaying them (for checks)."""
     alphas, weights = path_points(steps, rule)
@@ -190,6 +192,8 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
             base = torch.as_tensor(base_vec[s], device=dev)
             copies = [(i, k) for i in range(S) for k in range(len(alphas))]
             m_max = max(1, int(chunk_tokens) // max(1, B * T))
+            if max_copies:
+                m_max = min(m_max, int(max_copies))
             got0 = np.zeros(len(ids), bool)
             for a in range(0, len(copies), m_max):
                 part = copies[a:a + m_max]
@@ -438,3 +442,116 @@ def _values(live: LiveModel, data, concept_value) -> set[str] | None:
     from .live import concept_values_of
 
     return live.concept_values or concept_values_of(None, str(getattr(data, "concept_name", "") or ""))
+
+
+# -- knowledge neurons (Dai et al. 2021) --------------------------------------------------------------------
+def coarse_neurons(attributions: np.ndarray, t: float = 0.2) -> np.ndarray:
+    """Per example, the neurons whose attribution exceeds ``t`` x that example's largest attribution:
+    a bool ``[n, F]`` (an example whose largest attribution is not positive has none)."""
+    A = np.asarray(attributions, dtype=np.float64)
+    if A.ndim != 2:
+        raise ConfigError(f"attributions of shape {A.shape}: expected [examples, neurons]")
+    if not 0 <= t <= 1:
+        raise ConfigError(f"t={t!r}: expected a share of the largest attribution in [0, 1]")
+    mx = A.max(1, keepdims=True) if A.shape[1] else np.zeros((len(A), 1))
+    return (A > t * mx) & (mx > 0)
+
+
+def refine_neurons(coarse: np.ndarray, p: float = 0.7, *, keep: tuple[int, int] = (2, 5), step: float = 0.05,
+                   max_iter: int = 100) -> tuple[np.ndarray, float]:
+    """The neurons shared by at least a share ``p`` of one concept's examples (``coarse``: bool
+    ``[n, F]`` of its examples), with ``p`` adapted as in the original procedure: raised by ``step``
+    while more than ``keep[1]`` neurons pass, lowered while fewer than ``keep[0]`` do (never below
+    ``step`` nor above 1, and never back to a value already tried, so it ends). Returns the neurons
+    (column indices, most shared first) and the final ``p``."""
+    C = np.asarray(coarse, dtype=bool)
+    if C.ndim != 2 or len(C) == 0:
+        raise ConfigError("refine_neurons: no example of the concept")
+    lo, hi = int(keep[0]), int(keep[1])
+    if not 0 <= lo <= hi:
+        raise ConfigError(f"keep={keep!r}: expected (min, max) counts with min <= max")
+    share = C.mean(0)
+    tried: set[int] = set()
+    q = float(p)
+    for _ in range(int(max_iter)):
+        key = int(round(q / step))
+        tried.add(key)
+        n = int((share >= q - 1e-12).sum())
+        if n > hi and q + step <= 1 + 1e-9 and int(round((q + step) / step)) not in tried:
+            q += step
+        elif n < lo and q - step >= step - 1e-9 and int(round((q - step) / step)) not in tried:
+            q -= step
+        else:
+            break
+    sel = np.flatnonzero(share >= q - 1e-12)
+    order = sel[np.lexsort((sel, -share[sel]))]
+    return order, round(q, 10)
+
+
+def knowledge_neurons(attributions: np.ndarray, labels: Sequence[Any], *, t: float = 0.2, p: float = 0.7,
+                      keep: tuple[int, int] = (2, 5), step: float = 0.05) -> dict[str, dict[str, Any]]:
+    """Dai et al.'s procedure on per-example attributions ``[n, F]`` with one label (concept value) per
+    example: coarse neurons per example (:func:`coarse_neurons`), refined per label to those shared by
+    a share ``p`` of its examples, ``p`` adapted until each label keeps ``keep`` neurons
+    (:func:`refine_neurons`). Returns ``{label: {"neurons": columns, "p": p, "examples": n}}``."""
+    labels = np.array([None if x is None else str(x) for x in labels], dtype=object)
+    A = np.asarray(attributions)
+    if len(labels) != len(A):
+        raise ConfigError(f"{len(labels)} labels for {len(A)} examples")
+    C = coarse_neurons(A, t)
+    out = {}
+    for v in sorted({x for x in labels if x is not None}):
+        sel = labels == v
+        cols, q = refine_neurons(C[sel], p, keep=keep, step=step)
+        out[v] = {"neurons": cols, "p": q, "examples": int(sel.sum())}
+    return out
+
+
+def knowledge_effects(live: LiveModel, neurons: Mapping[str, Sequence[tuple[str, int]]], *, split: str = "test",
+                      max_sentences: int | None = None, factors: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Suppression (x0) and enhancement (x2) of each concept value's knowledge neurons at the words'
+    own tokens (every word's tokens at once, specials untouched), reported as the mean relative change
+    of the gold class's probability on the value's own words and on the other words:
+    ``kn/{op}/{value}/own`` and ``kn/{op}/{value}/other`` (``-0.3``: 30% lower), with
+    ``kn/{value}/neurons`` the number of neurons. ``factors``: the operations (default
+    ``{"suppress": 0.0, "enhance": 2.0}``)."""
+    factors = dict(factors or {"suppress": 0.0, "enhance": 2.0})
+    ex = live.examples(split, max_sentences)
+    labels = np.array([None if x is None else str(x) for x in ex.labels], dtype=object)
+    out: dict[str, float] = {}
+    batches = live.batches(split, max_sentences)
+    base = np.full(len(ex.ids), np.nan)
+    for b in batches:
+        with torch.no_grad():
+            h, _ = live.forward(b)
+        base[ex.positions(h.ids)] = h.prob[0].double().cpu().numpy()
+    for v, ns in neurons.items():
+        ns = [(str(s), int(u)) for s, u in ns]
+        if not ns:
+            continue
+        live.check_sites(sorted({s for s, _ in ns}))
+        own = labels == str(v)
+        other = np.array([x is not None for x in labels]) & ~own
+        out[f"kn/{v}/neurons"] = len(ns)
+        for op, fac in factors.items():
+            new = np.full(len(ex.ids), np.nan)
+            for b in batches:
+                bb = b.to(live.device)
+                mask = (bb.token_row >= 0).unsqueeze(-1)
+                fns = {}
+                for s in sorted({s for s, _ in ns}):
+                    idx = torch.tensor([u for x, u in ns if x == s], device=live.device)
+
+                    def fn(t, _i=idx):
+                        t = t.clone()
+                        t[..., _i] = torch.where(mask, t[..., _i] * fac, t[..., _i])
+                        return t
+
+                    fns[s] = fn
+                with torch.no_grad():
+                    h, _ = live.forward(bb, fns)
+                new[ex.positions(h.ids)] = h.prob[0].double().cpu().numpy()
+            rel = (new - base) / np.maximum(base, 1e-12)
+            out[f"kn/{op}/{v}/own"] = float(rel[own].mean()) if own.any() else float("nan")
+            out[f"kn/{op}/{v}/other"] = float(rel[other].mean()) if other.any() else float("nan")
+    return out
