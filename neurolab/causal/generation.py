@@ -207,7 +207,7 @@ def generate_inputs(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple
                     steps: int = 300, restarts: int = 8, lr: float = 0.1, tau_start: float = 2.0,
                     tau_end: float = 0.1, position: Any = "last", exclude_subwords: bool = False, seed: int = 0,
                     eval_every: int = 25, keep: int = 5, init_scale: float = 1.0, warm_start: int = 1024,
-                    warm_peak: float = 8.0, straight_through: bool = True) -> list[list[Generated]]:
+                    warm_peak: float = 8.0, straight_through: bool = True, optimizer: str = "natural") -> list[list[Generated]]:
     """Per neuron, the ``keep`` best distinct generated inputs (highest activation first), see the
     module docstring. All neurons x restarts are optimised together in one batch.
 
@@ -218,7 +218,12 @@ def generate_inputs(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple
     of a GELU, whose gradient ascent drifts towards 0); 0: random starts only.
     ``straight_through``: the forward pass gets the hard (one-hot) Gumbel sample and the gradient
     flows through the soft one (the relaxed mixture of embeddings otherwise; mixtures of 30k
-    embeddings are far from any real token, which the final argmax must be)."""
+    embeddings are far from any real token, which the final argmax must be).
+    ``optimizer``: ``natural`` (each step adds ``lr`` x the standardised first-order gain of every
+    token, ``E @ d act / d input``, to its logits: the natural-gradient step of the softmax, which
+    does not shrink with the token's current probability) or ``adam`` (Adam on the logits through
+    the softmax, as the original; its per-coordinate scaling raises every token with a positive gain
+    alike)."""
     if isinstance(neurons, tuple) and len(neurons) == 2 and isinstance(neurons[0], str):
         neurons = [neurons]
     if int(steps) < 1:
@@ -246,7 +251,9 @@ def generate_inputs(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple
                 logits[n * R + r, torch.arange(L, device=E.device), cand[c]] += float(warm_peak)
                 best[n][tuple(int(t) for t in cand[c].tolist())] = (float(vals_all[c, n]), r)
     logits.requires_grad_(True)
-    opt = torch.optim.Adam([logits], lr=float(lr))
+    if optimizer not in ("natural", "adam"):
+        raise ConfigError(f"optimizer={optimizer!r}: expected natural or adam")
+    opt = torch.optim.Adam([logits], lr=float(lr)) if optimizer == "adam" else None
     neg = torch.finfo(E.dtype).min / 4
     mask = torch.where(allowed, torch.zeros((), dtype=E.dtype, device=E.device), torch.full((), neg, dtype=E.dtype,
                                                                                              device=E.device))
@@ -270,10 +277,20 @@ def generate_inputs(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple
         if straight_through:  # the model sees the hard sample; the gradient flows through the soft one
             hard = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0)
             y = hard - y.detach() + y
-        act = runner._run(y @ E, L, which, grad=True)
-        opt.zero_grad(set_to_none=True)
-        (-act.sum()).backward()
-        opt.step()
+        if opt is not None:
+            act = runner._run(y @ E, L, which, grad=True)
+            opt.zero_grad(set_to_none=True)
+            (-act.sum()).backward()
+            opt.step()
+        else:
+            x = (y @ E).detach().requires_grad_(True)
+            act = runner._run(x, L, which, grad=True)
+            (gx,) = torch.autograd.grad(act.sum(), [x])  # [N, L, H]
+            with torch.no_grad():
+                gain = gx @ E.T  # first-order gain of every token at every position [N, L, V]
+                gain = gain - gain.mean(-1, keepdim=True)
+                gain = gain / gain.std(-1, keepdim=True).clamp_min(1e-12)
+                logits.add_(float(lr) * gain)
         if eval_every and (t + 1) % int(eval_every) == 0:
             evaluate_hard()
     evaluate_hard()
