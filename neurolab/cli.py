@@ -22,6 +22,7 @@ TASKS = {
     "analyze": ("neurolab.tasks.analyze", "analyze", "groups and similarities: clusters, redundancy, select, similarity, nmf, latent"),
     "benchmark": ("neurolab.tasks.benchmark", "benchmark", "score every registered method on planted neurons (known answers)"),
     "intervene": ("neurolab.tasks.intervene", "intervene", "steer the live model with a ranking's top neurons toward a class"),
+    "explain": ("neurolab.tasks.explain", "explain", "one neuron: top contexts, rankings, inputs generated for it"),
 }
 
 USAGE = """usage: neurolab <verb> [key=value ...] [-m] [--help]

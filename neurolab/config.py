@@ -55,7 +55,7 @@ def _register_resolvers() -> None:
 
 
 _register_resolvers()
-VERBS = ("extract", "probe", "rank", "evaluate", "run", "analyze", "benchmark", "intervene")
+VERBS = ("extract", "probe", "rank", "evaluate", "run", "analyze", "benchmark", "intervene", "explain")
 
 
 def config_dir() -> str:

@@ -29,7 +29,7 @@ from ..store.integrity import NONFINITE_MODES, VERIFY_MODES
 __all__ = ["validate", "RULES", "Rule", "VERB_GROUPS"]
 
 EXTRACT = frozenset({"extract"})
-READS_STORE = frozenset({"probe", "rank", "evaluate", "run", "analyze", "intervene"})
+READS_STORE = frozenset({"probe", "rank", "evaluate", "run", "analyze", "intervene", "explain"})
 ALL = EXTRACT | READS_STORE
 TRAINS = frozenset({"probe", "rank", "evaluate", "run"})
 SPLITS = ("train", "dev", "test")
@@ -50,6 +50,7 @@ VERB_GROUPS = {
                   "benchmark"),
     "intervene": ("model", "corpus", "store", "extract", "concept", "data", "probe", "regularization", "trainer",
                   "sites", "seed", "task", "ranking", "intervention"),
+    "explain": ("model", "corpus", "store", "extract", "seed", "neuron"),
 }
 
 

@@ -120,3 +120,37 @@ def test_evaluate_and_rank_verbs_with_the_live_model(setup, one_thread):
                 "ablation/top_concept@1%", "ablation/top_other@1%"):
         assert key in saved and saved[key] is not None, key
     assert m["ablation/base"] == saved["ablation/base"]
+
+
+def test_rank_method_attribution_cli(setup, one_thread):
+    """The command `neurolab rank method=attribution task=tagger concept.value=NOUN` writes
+    ranking.json, the per-example attributions, a ranking per UPOS value and
+    attribution/completeness_error; steps=0 is one clear error."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, common, store = setup
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    run = root / "rank_attribution"
+    args = common + TAGGER + ["method=attribution", "method.steps=4", "method.max_sentences=6", "concept.value=NOUN",
+                              "evaluation=[]", "viz.enabled=false"]
+    p = subprocess.run([sys.executable, "-m", "neurolab.cli", "rank", *args, f"hydra.run.dir={run}"], cwd=repo,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = NeuronRanking.from_json(run / "ranking.json")
+    assert r.method == "attribution" and r.concept == "upos=NOUN" and len(r) == sum(store.neurons_per_site.values())
+    saved = json.loads((run / "metrics.json").read_text())
+    # (4 steps and a zero baseline in the residual stream: a steep path, a large quadrature error)
+    assert 0 <= saved["attribution/completeness_error"] < float("inf")
+    assert all(f"attribution/completeness_error/{s}" in saved for s in store.sites)
+    z = np.load(run / "attribution.npz")
+    assert z["attributions"].shape == (len(z["rows"]), len(r)) and "NOUN" in set(z["labels"].tolist())
+    assert (run / "attribution_rankings" / "NOUN.json").exists()
+    bad = subprocess.run([sys.executable, "-m", "neurolab.cli", "rank", *args, "method.steps=0",
+                          f"hydra.run.dir={root / 'bad_steps'}"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert bad.returncode != 0 and "at least 1 step" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-2000:]

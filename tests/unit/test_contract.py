@@ -30,7 +30,7 @@ EVALUATORS = sorted(p.stem for p in (CONF / "evaluation").glob("*.yaml"))
 NEEDS_MORE = {
     "maxcorr": "tests/unit/test_analysis_multimodel.py", "mincorr": "tests/unit/test_analysis_multimodel.py",
     "linreg": "tests/unit/test_analysis_multimodel.py", "representatives": "tests/unit/test_analysis_clusters.py",
-    "ablation": "tests/unit/test_causal_methods.py",
+    "ablation": "tests/unit/test_causal_methods.py", "attribution": "tests/unit/test_attribution.py",
 }
 # evaluators that need the live model: their tests plant a tagger that reads known units
 EVAL_NEEDS_MORE = {"ablation": "tests/unit/test_causal_methods.py"}

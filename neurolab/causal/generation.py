@@ -1,0 +1,350 @@
+"""Corpus generation (Poerner et al. 2018): the inputs a neuron wants, found by optimising the input.
+
+For a sequence of ``length`` tokens, trainable logits ``[length, vocab]`` are relaxed by
+Gumbel-softmax with a temperature annealed from ``tau_start`` to ``tau_end`` (geometric schedule);
+the soft one-hot vectors weight the model's input embedding matrix and go into the model (between
+the tokenizer's special tokens, as extraction feeds words) through ``inputs_embeds``; Adam raises
+the neuron's activation at ``position`` (the last generated token by default, or ``mean`` over
+them). Several seeded restarts (and several neurons) share every forward pass. The hard (argmax)
+sequence of every restart is scored with real token ids along the way (every ``eval_every`` steps and
+at the end) and the best distinct ones are kept and decoded. Special tokens are never generated;
+``exclude_subwords`` also excludes subword continuation pieces (``##x`` of WordPiece, pieces
+without a leading space marker of byte-level BPE and SentencePiece).
+
+:func:`exhaustive_best` scores every allowed token as a length-1 input (the true optimum for length 1)
+and :func:`best_ngrams` the distinct token n-grams of a corpus, in isolation, through the same path.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..models.hooks import intervene
+from ..models.sites import resolve_sites, site_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Generated", "NeuronInput", "generate_inputs", "exhaustive_best", "best_ngrams", "parse_neuron",
+           "allowed_tokens"]
+
+
+class _Stop(Exception):
+    """Ends a forward pass once every neuron has been read."""
+
+
+@dataclass
+class Generated:
+    """An input for a neuron: its token ids, decoded text and the neuron's activation on it."""
+
+    tokens: list[int]
+    text: str
+    activation: float
+    restart: int = -1
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "activation": float(self.activation), "tokens": [int(t) for t in self.tokens]}
+
+
+class NeuronInput:
+    """Runs token sequences (ids or soft embeddings) between the model's special tokens and reads
+    neurons ``[(site, unit)]`` at a position of the sequence."""
+
+    def __init__(self, model, tokenizer, neurons: Sequence[tuple[str, int]], *, position: Any = "last"):
+        from ..extraction.alignment import special_tokens
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.neurons = [(str(s), int(u)) for s, u in neurons]
+        table = site_table(model)
+        for s, u in self.neurons:
+            if s not in table:
+                raise ConfigError(f"site {s!r} is not a site of model {type(model).__name__} "
+                                  f"(its sites: {', '.join(table)})")
+            n = table[s].units
+            if n is not None and not 0 <= u < int(n):
+                raise ConfigError(f"unit {u} is out of range for site {s} ({n} units)")
+        self.sites = resolve_sites(model, sorted({s for s, _ in self.neurons}))
+        pre, suf = special_tokens(tokenizer)
+        self.prefix, self.suffix = list(pre), list(suf)
+        self.position = position
+        self.enc_dec = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.emb = model.get_input_embeddings()
+        self.device = next(model.parameters()).device
+        from ..models.loading import model_max_length
+
+        self.max_length = int(model_max_length(model, tokenizer, None))
+
+    def check_length(self, length: int) -> None:
+        if isinstance(length, bool) or int(length) < 1:
+            raise ConfigError(f"length={length!r}: expected at least 1 token")
+        limit = self.max_length - len(self.prefix) - len(self.suffix)
+        if int(length) > limit:
+            raise ConfigError(f"length={length} exceeds the model's limit: at most {limit} tokens between its "
+                              f"{len(self.prefix) + len(self.suffix)} special tokens ({self.max_length} in all)")
+
+    def _read(self, acts: dict[str, torch.Tensor], length: int, which: torch.Tensor | None) -> torch.Tensor:
+        """``[N]``: for input copy i, neuron ``which[i]`` at the position (``which`` None: ``[N, neurons]``)."""
+        out = []
+        p0 = len(self.prefix)
+        for i, (s, u) in enumerate(self.neurons):
+            t = acts[s]  # [N, T, H]
+            if self.position == "last":
+                v = t[:, p0 + length - 1, u]
+            elif self.position == "mean":
+                v = t[:, p0:p0 + length, u].mean(1)
+            else:
+                k = int(self.position)
+                if not -length <= k < length:
+                    raise ConfigError(f"position={k} is outside the {length} generated tokens")
+                v = t[:, p0 + (k % length), u]
+            out.append(v)
+        stacked = torch.stack(out, 1)  # [N, neurons]
+        if which is None:
+            return stacked
+        return stacked.gather(1, which.view(-1, 1)).squeeze(1)
+
+    def _run(self, embeds: torch.Tensor, length: int, which: torch.Tensor, grad: bool) -> torch.Tensor:
+        N = embeds.shape[0]
+        ids_pre = torch.tensor(self.prefix, device=self.device, dtype=torch.long)
+        ids_suf = torch.tensor(self.suffix, device=self.device, dtype=torch.long)
+        parts = []
+        if len(ids_pre):
+            parts.append(self.emb(ids_pre).unsqueeze(0).expand(N, -1, -1).to(embeds.dtype))
+        parts.append(embeds)
+        if len(ids_suf):
+            parts.append(self.emb(ids_suf).unsqueeze(0).expand(N, -1, -1).to(embeds.dtype))
+        x = torch.cat(parts, 1)
+        kw: dict[str, Any] = {"inputs_embeds": x, "attention_mask": torch.ones(x.shape[:2], device=self.device,
+                                                                                dtype=torch.long)}
+        if self.enc_dec:
+            kw["decoder_inputs_embeds"] = x
+        if getattr(self.model.config, "use_cache", None) is not None:
+            kw["use_cache"] = False
+        acts: dict[str, torch.Tensor] = {}
+
+        def rec(t, _n):
+            acts[_n] = t
+            if len(acts) == len(self.sites):
+                raise _Stop  # every neuron read: the blocks above are not needed
+            return t
+
+        with (torch.enable_grad() if grad else torch.no_grad()), \
+                intervene(self.model, {s: partial(rec, _n=s.name) for s in self.sites}):
+            try:
+                self.model(**kw)
+            except _Stop:
+                pass
+        return self._read(acts, length, which)
+
+    def score_ids(self, ids: torch.Tensor, which: torch.Tensor | int | None = 0, batch: int = 1024) -> torch.Tensor:
+        """Activations of hard token sequences ``ids [N, length]`` (``which``: the neuron index, one or
+        one per row; None: every neuron, ``[N, neurons]``)."""
+        ids = torch.as_tensor(ids, dtype=torch.long, device=self.device)
+        N, L = ids.shape
+        if which is None:
+            which_t = None
+        elif not torch.is_tensor(which) or which.dim() == 0:
+            which_t = torch.as_tensor(which, device=self.device, dtype=torch.long).expand(N)
+        else:
+            which_t = which.to(self.device)
+        out = []
+        for a in range(0, N, batch):
+            w = None if which_t is None else which_t[a:a + batch]
+            out.append(self._run(self.emb(ids[a:a + batch]), L, w, grad=False))
+        return torch.cat(out) if out else torch.zeros(0, device=self.device)
+
+
+def allowed_tokens(tokenizer, vocab_size: int, *, exclude_subwords: bool = False) -> np.ndarray:
+    """Bool ``[vocab_size]``: tokens a generated input may use (no special tokens, no unused or
+    added pieces; optionally no subword continuations)."""
+    ok = np.ones(int(vocab_size), bool)
+    special = set(int(i) for i in (tokenizer.all_special_ids or []))
+    for i in special:
+        if 0 <= i < vocab_size:
+            ok[i] = False
+    inv = {i: t for t, i in tokenizer.get_vocab().items()}
+    pieces = list(inv.values())
+    if any(t.startswith("##") for t in pieces):
+        starts_word = lambda t: not t.startswith("##")  # WordPiece
+    elif any(t.startswith("\u0120") for t in pieces):
+        starts_word = lambda t: t.startswith("\u0120")  # byte-level BPE (GPT-2): a leading space marker
+    elif any(t.startswith("\u2581") for t in pieces):
+        starts_word = lambda t: t.startswith("\u2581")  # SentencePiece
+    else:
+        starts_word = lambda t: True
+    for i in range(int(vocab_size)):
+        t = inv.get(i)
+        if t is None:
+            ok[i] = False
+        elif (t.startswith("[") and t.endswith("]") and len(t) > 2) or (t.startswith("<") and t.endswith(">") and len(t) > 2):
+            ok[i] = False  # [unused12], <extra_id_3> ...
+        elif exclude_subwords and not starts_word(t):
+            ok[i] = False
+    if not ok.any():
+        raise ConfigError("no token of the vocabulary may be generated (all are special or excluded)")
+    return ok
+
+
+def parse_neuron(name: str) -> tuple[str, int]:
+    """``"layers.3.mlp:117"`` -> ``("layers.3.mlp", 117)``."""
+    s = str(name)
+    if ":" not in s:
+        raise ConfigError(f"neuron={name!r}: expected SITE:UNIT, e.g. layers.3.mlp:117")
+    site, unit = s.rsplit(":", 1)
+    try:
+        return site, int(unit)
+    except ValueError:
+        raise ConfigError(f"neuron={name!r}: the unit after ':' must be an integer") from None
+
+
+def generate_inputs(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple[str, int], *, length: int = 5,
+                    steps: int = 300, restarts: int = 8, lr: float = 0.1, tau_start: float = 2.0,
+                    tau_end: float = 0.1, position: Any = "last", exclude_subwords: bool = False, seed: int = 0,
+                    eval_every: int = 25, keep: int = 5, init_scale: float = 1.0, warm_start: int = 1024,
+                    warm_peak: float = 8.0, straight_through: bool = True, optimizer: str = "natural") -> list[list[Generated]]:
+    """Per neuron, the ``keep`` best distinct generated inputs (highest activation first), see the
+    module docstring. All neurons x restarts are optimised together in one batch.
+
+    ``warm_start``: score that many seeded random hard sequences first and start restart ``r`` of a
+    neuron from its ``r``-th best (its logits raised by ``warm_peak`` at those tokens; the random
+    sequences count among the candidates kept), so that
+    restarts begin where the neuron is active rather than in a flat region (e.g. the negative side
+    of a GELU, whose gradient ascent drifts towards 0); 0: random starts only.
+    ``straight_through``: the forward pass gets the hard (one-hot) Gumbel sample and the gradient
+    flows through the soft one (the relaxed mixture of embeddings otherwise; mixtures of 30k
+    embeddings are far from any real token, which the final argmax must be).
+    ``optimizer``: ``natural`` (each step adds ``lr`` x the standardised first-order gain of every
+    token, ``E @ d act / d input``, to its logits: the natural-gradient step of the softmax, which
+    does not shrink with the token's current probability) or ``adam`` (Adam on the logits through
+    the softmax, as the original; its per-coordinate scaling raises every token with a positive gain
+    alike)."""
+    if isinstance(neurons, tuple) and len(neurons) == 2 and isinstance(neurons[0], str):
+        neurons = [neurons]
+    if int(steps) < 1:
+        raise ConfigError(f"steps={steps!r}: expected at least 1")
+    if int(restarts) < 1:
+        raise ConfigError(f"restarts={restarts!r}: expected at least 1")
+    runner = NeuronInput(model, tokenizer, neurons, position=position)
+    runner.check_length(length)
+    L = int(length)
+    E = runner.emb.weight.detach()
+    V = E.shape[0]
+    allowed = torch.from_numpy(allowed_tokens(tokenizer, V, exclude_subwords=exclude_subwords)).to(E.device)
+    nN, R = len(runner.neurons), int(restarts)
+    which = torch.arange(nN, device=E.device).repeat_interleave(R)  # [nN * R]
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    logits = (torch.randn((nN * R, L, V), generator=gen) * float(init_scale)).to(E.device, E.dtype)
+    best: list[dict[tuple, tuple[float, int]]] = [{} for _ in range(nN)]
+    if int(warm_start) > 0:
+        pool = torch.from_numpy(np.flatnonzero(allowed.cpu().numpy()))
+        cand = pool[torch.randint(len(pool), (int(warm_start), L), generator=gen)].to(E.device)
+        vals_all = runner.score_ids(cand, None)  # [warm_start, neurons]
+        for n in range(nN):
+            top = torch.argsort(vals_all[:, n], descending=True)[:R]
+            for r, c in enumerate(top.tolist()):
+                logits[n * R + r, torch.arange(L, device=E.device), cand[c]] += float(warm_peak)
+                best[n][tuple(int(t) for t in cand[c].tolist())] = (float(vals_all[c, n]), r)
+    logits.requires_grad_(True)
+    if optimizer not in ("natural", "adam"):
+        raise ConfigError(f"optimizer={optimizer!r}: expected natural or adam")
+    opt = torch.optim.Adam([logits], lr=float(lr)) if optimizer == "adam" else None
+    neg = torch.finfo(E.dtype).min / 4
+    mask = torch.where(allowed, torch.zeros((), dtype=E.dtype, device=E.device), torch.full((), neg, dtype=E.dtype,
+                                                                                             device=E.device))
+
+    def evaluate_hard():
+        with torch.no_grad():
+            ids = (logits + mask).argmax(-1)  # [nN * R, L]
+            vals = runner.score_ids(ids, which).double().cpu().numpy()
+        for j in range(nN * R):
+            n, r = divmod(j, R)
+            key = tuple(int(t) for t in ids[j].tolist())
+            if key not in best[n] or vals[j] > best[n][key][0]:
+                best[n][key] = (float(vals[j]), r)
+
+    for t in range(int(steps)):
+        frac = t / max(1, int(steps) - 1)
+        tau = float(tau_start) * (float(tau_end) / float(tau_start)) ** frac
+        u = torch.rand(logits.shape, generator=gen).to(E.device, E.dtype).clamp_(1e-10, 1 - 1e-10)
+        g = -torch.log(-torch.log(u))
+        y = torch.softmax((logits + mask + g) / tau, dim=-1)  # [N, L, V]
+        if straight_through:  # the model sees the hard sample; the gradient flows through the soft one
+            hard = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0)
+            y = hard - y.detach() + y
+        if opt is not None:
+            act = runner._run(y @ E, L, which, grad=True)
+            opt.zero_grad(set_to_none=True)
+            (-act.sum()).backward()
+            opt.step()
+        else:
+            x = (y @ E).detach().requires_grad_(True)
+            act = runner._run(x, L, which, grad=True)
+            (gx,) = torch.autograd.grad(act.sum(), [x])  # [N, L, H]
+            with torch.no_grad():
+                gain = gx @ E.T  # first-order gain of every token at every position [N, L, V]
+                gain = gain - gain.mean(-1, keepdim=True)
+                gain = gain / gain.std(-1, keepdim=True).clamp_min(1e-12)
+                logits.add_(float(lr) * gain)
+        if eval_every and (t + 1) % int(eval_every) == 0:
+            evaluate_hard()
+    evaluate_hard()
+    out = []
+    for n in range(nN):
+        items = sorted(best[n].items(), key=lambda kv: -kv[1][0])[: int(keep)]
+        out.append([Generated(list(k), tokenizer.decode(list(k)), v, r) for k, (v, r) in items])
+    return out
+
+
+def exhaustive_best(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple[str, int], *,
+                    exclude_subwords: bool = False, position: Any = "last", batch: int = 2048,
+                    top: int = 1) -> list[list[Generated]] | list[Generated]:
+    """Every allowed token as a length-1 input: the ``top`` best (the true optimum for length 1), per
+    neuron when given a list of neurons (one pass over the vocabulary for all of them)."""
+    single = isinstance(neurons, tuple) and len(neurons) == 2 and isinstance(neurons[0], str)
+    runner = NeuronInput(model, tokenizer, [neurons] if single else list(neurons), position=position)
+    V = runner.emb.weight.shape[0]
+    ok = np.flatnonzero(allowed_tokens(tokenizer, V, exclude_subwords=exclude_subwords))
+    ids = torch.from_numpy(ok).view(-1, 1)
+    vals = runner.score_ids(ids, None, batch=batch).double().cpu().numpy()  # [tokens, neurons]
+    out = []
+    for n in range(vals.shape[1]):
+        order = np.argsort(-vals[:, n], kind="stable")[: int(top)]
+        out.append([Generated([int(ok[i])], tokenizer.decode([int(ok[i])]), float(vals[i, n])) for i in order])
+    return out[0] if single else out
+
+
+def best_ngrams(model, tokenizer, neuron: tuple[str, int], sentences: Sequence[Sequence[str]], length: int, *,
+                position: Any = "last", max_ngrams: int = 20000, batch: int = 1024, top: int = 1,
+                exclude_subwords: bool = False) -> list[Generated]:
+    """The distinct token n-grams of ``length`` tokens in the corpus ``sentences`` (words, tokenised as
+    extraction tokenises them; the first ``max_ngrams`` in corpus order), each scored in isolation as
+    a generated input would be: the ``top`` best."""
+    from ..extraction.alignment import tokenize_words
+
+    runner = NeuronInput(model, tokenizer, [neuron], position=position)
+    runner.check_length(length)
+    V = runner.emb.weight.shape[0]
+    ok = allowed_tokens(tokenizer, V, exclude_subwords=exclude_subwords)
+    seen: dict[tuple, None] = {}
+    for tok in tokenize_words(tokenizer, [list(s) for s in sentences]):
+        ids = [int(i) for i in tok.ids]
+        for a in range(0, len(ids) - int(length) + 1):
+            g = tuple(ids[a:a + int(length)])
+            if all(0 <= i < V and ok[i] for i in g):
+                seen.setdefault(g, None)
+            if len(seen) >= max_ngrams:
+                break
+        if len(seen) >= max_ngrams:
+            break
+    if not seen:
+        return []
+    grams = list(seen)
+    vals = runner.score_ids(torch.tensor(grams), 0, batch=batch).double().cpu().numpy()
+    order = np.argsort(-vals, kind="stable")[: int(top)]
+    return [Generated(list(grams[i]), tokenizer.decode(list(grams[i])), float(vals[i])) for i in order]
