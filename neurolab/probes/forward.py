@@ -240,9 +240,12 @@ class StreamedRows:
         if rows != slice(None):
             raise IndexError("StreamedRows: X[a:b] or X[:, columns]")
         cols = np.asarray(cols, dtype=np.int64)
+        # only those columns are read and converted (the same values as whole rows sliced)
+        sub = self.dm.subset(np.asarray(self.dm.columns)[cols]) if hasattr(self.dm, "subset") else self.dm
         out = np.empty((self.shape[0], len(cols)), dtype=np.float32)
         for a in range(0, self.shape[0], self.chunk_rows):
-            out[a:a + self.chunk_rows] = self.dm.read_examples(self.split, self.keep[a:a + self.chunk_rows])[:, cols]
+            block = sub.read_examples(self.split, self.keep[a:a + self.chunk_rows])
+            out[a:a + self.chunk_rows] = block if sub is not self.dm else block[:, cols]
         return out
 
 
