@@ -9,7 +9,7 @@ depend on its training), gates on the 7 hidden sites (2,688 neurons), EWT dev (`
 first sentences only; 0: all), batches of at most 16 sentences / 2,048 padded tokens, as the method's
 defaults. The mask runs two epochs: the first also computes (and keeps) the unmasked outputs; the
 second is the steady state. An epoch is its training steps (a forward and a backward pass with sampled
-gates, then, every ``constraint_every`` steps, a forward pass without gradient of the kept set for the
+gates, and with ``constraint_every`` = n > 0, every n steps a forward pass without gradient of the kept set for the
 multiplier) plus the evaluation of the kept set over the whole split at the epoch's end (the
 sparsity / fidelity path). ``baseline``: one forward and one backward pass of the head's loss over the
 same batches with one gradient leaf per site (the same hooks, gates fixed at 1). Wall-clock seconds
@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--conllu", default=str(DEFAULT_CONLLU))
     ap.add_argument("--max-sentences", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--constraint-every", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--constraint-every", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 

@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MASK_SENTENCES = 48  # of the dev split of EWT dev (about 600 words)
+MASK_SENTENCES = 100  # of the dev split of EWT dev (about 1.9k words), in batches of 8 sentences
 TEST_SENTENCES = 120  # of EWT test, for the ablation curve
 
 
@@ -36,15 +36,15 @@ def test_mask_of_the_upos_tagger_on_minilm(ewt_dev, ewt_test, minilm_dir, ewt_st
     upos = ColumnConcept("upos")
     site5 = ActivationDataModule(store, dev, splits, upos, sites=["layers.5"])
     site5.setup()
-    head = TaggerHead(site="layers.5", epochs=5).fit(site5, run_dir=tmp_path / "head")
+    head = TaggerHead(site="layers.5").fit(site5, run_dir=tmp_path / "head")
     model, tok = load_model({"name_or_path": str(minilm_dir)})
     live_dev = LiveModel.from_corpus(model, tok, head, dev, splits, upos)
     data = ActivationDataModule(store, dev, splits, upos)
     data.setup()
     t0 = time.perf_counter()
-    module = dict(eps=0.1, lr=0.2, lambda_lr=0.2, target_kept=0.01, anneal_epochs=3)
-    method = NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **module), mode="model", max_epochs=5,
-                              live={"max_sentences": MASK_SENTENCES, "batch_sentences": 6})
+    module = dict(eps=0.1, lr=0.1, lambda_lr=0.1, lambda_init=10.0, target_kept=0.01, anneal_epochs=3)
+    method = NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **module), mode="model", max_epochs=6,
+                              live={"max_sentences": MASK_SENTENCES, "batch_sentences": 8, "init_open": 0.9})
     method.fit(data, RunContext(live=lambda: live_dev, seed=0))
     fit_s = time.perf_counter() - t0
     m, r = method.metrics_, method.ranking_
@@ -61,6 +61,5 @@ def test_mask_of_the_upos_tagger_on_minilm(ewt_dev, ewt_test, minilm_dir, ewt_st
               f"{fit_s:.0f} s; path (epoch, kept, KL, phase) {path}; top 1% by site {r.by_site('1%')}; zero-ablation "
               f"on {ab['ablation/n']} EWT test words: base {ab['ablation/base']:.4f}, top 1% {ab['ablation/top@1%']:.4f}, "
               f"random 1% {ab['ablation/random@1%']:.4f} +- {ab['ablation/random_std@1%']:.4f}")
-    assert m["mask/kl"] <= 0.1 + 1e-9 or m["mask/constraint_met"] == 0
-    assert m["mask/constraint_met"] == 1 and m["mask/kept_share"] < 1.0
+    assert m["mask/constraint_met"] == 1 and m["mask/kl"] <= 0.1 and 0 < m["mask/kept_share"] <= 1
     assert ab["ablation/top@1%"] < ab["ablation/random@1%"] - 3 * ab["ablation/random_std@1%"] - 0.01
