@@ -314,7 +314,8 @@ class AttributionMethod(Method):
             gold class in every case).
         baseline: ``zero`` | ``mean`` (each unit's mean over the store's training rows).
         positions: ``target`` (the example's own tokens) | ``all`` (every position).
-        split / max_sentences: the live corpus's examples attributed.
+        split / max_sentences: the live corpus's examples attributed (its first 200 sentences by
+            default: each word costs ``steps`` forward and backward passes of the blocks above the site).
         chunk_tokens: padded tokens per forward / backward pass.
         save_examples: write the per-example attributions (float16) to ``attribution.npz``.
     """
@@ -323,7 +324,7 @@ class AttributionMethod(Method):
 
     def __init__(self, steps: int = 20, rule: str = "riemann_left", objective: str = "prob", baseline: str = "zero",
                  positions: str = "target", rank_by: str = "mean", threshold: float = 0.2, split: str = "train",
-                 max_sentences: int | None = None, concept_value: Any = None, chunk_tokens: int = 4096,
+                 max_sentences: int | None = 200, concept_value: Any = None, chunk_tokens: int = 4096,
                  save_examples: bool = True):
         self.steps = steps
         self.rule = rule
