@@ -324,6 +324,7 @@ def plot_mask_path(path_: Sequence[Mapping[str, Any]], eps: float, out: str | Pa
         ax.set_xlabel("gates open (% of the gated neurons)")
         ax.set_ylabel("KL(full || masked), nats")
         ax.set_yscale("symlog", linthresh=max(eps / 10, 1e-4))
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
         ax2 = axes[1]
         ax2.plot(ep, 100 * ks, "o-", color="#55A868", ms=3, label="open %")
@@ -334,6 +335,7 @@ def plot_mask_path(path_: Sequence[Mapping[str, Any]], eps: float, out: str | Pa
         ax3.axhline(eps, color="gray", ls="--", lw=0.8)
         ax3.set_ylabel("KL (nats)")
         ax3.set_yscale("symlog", linthresh=max(eps / 10, 1e-4))
+        ax3.set_ylim(bottom=0)
         fig.suptitle(title or "differentiable mask of the live model: sparsity / fidelity path", fontsize=9)
         fig.tight_layout()
         fig.savefig(out, metadata={"Software": None})
