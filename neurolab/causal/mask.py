@@ -24,9 +24,8 @@ multiplier falls and, on MiniLM, thousands of gates crossed between two epoch en
 epoch-end states cannot catch).
 
 After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
-over the whole split: the sparsity /
-fidelity path (kept share against KL, per epoch) is logged, written to ``mask_path.json`` and drawn as
-``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
+over the whole split: the sparsity / fidelity path (kept share against KL, per epoch) is logged,
+written to ``mask_path.json`` and drawn as ``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
 KL is within ``eps``; if none is, a warning says so and the closest one (least KL) is reported, with
 ``mask/constraint_met = 0``. Neurons are ranked as in probe mode: kept neurons first, ordered (as all
 others) by how many steps of the annealing towards ``target_kept`` their gate stayed open.
