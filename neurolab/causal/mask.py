@@ -24,9 +24,8 @@ multiplier falls and, on MiniLM, thousands of gates crossed between two epoch en
 epoch-end states cannot catch).
 
 After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
-over the whole split: the sparsity /
-fidelity path (kept share against KL, per epoch) is logged, written to ``mask_path.json`` and drawn as
-``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
+over the whole split: the sparsity / fidelity path (kept share against KL, per epoch) is logged,
+written to ``mask_path.json`` and drawn as ``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
 KL is within ``eps``; if none is, a warning says so and the closest one (least KL) is reported, with
 ``mask/constraint_met = 0``. Neurons are ranked as in probe mode: kept neurons first, ordered (as all
 others) by how many steps of the annealing towards ``target_kept`` their gate stayed open.
@@ -324,6 +323,7 @@ def plot_mask_path(path_: Sequence[Mapping[str, Any]], eps: float, out: str | Pa
         ax.set_xlabel("gates open (% of the gated neurons)")
         ax.set_ylabel("KL(full || masked), nats")
         ax.set_yscale("symlog", linthresh=max(eps / 10, 1e-4))
+        ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
         ax2 = axes[1]
         ax2.plot(ep, 100 * ks, "o-", color="#55A868", ms=3, label="open %")
@@ -334,6 +334,7 @@ def plot_mask_path(path_: Sequence[Mapping[str, Any]], eps: float, out: str | Pa
         ax3.axhline(eps, color="gray", ls="--", lw=0.8)
         ax3.set_ylabel("KL (nats)")
         ax3.set_yscale("symlog", linthresh=max(eps / 10, 1e-4))
+        ax3.set_ylim(bottom=0)
         fig.suptitle(title or "differentiable mask of the live model: sparsity / fidelity path", fontsize=9)
         fig.tight_layout()
         fig.savefig(out, metadata={"Software": None})
