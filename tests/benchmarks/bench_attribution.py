@@ -13,6 +13,8 @@ model over the same words, side by side in one run; prints ONE JSON object.
 * **plain**: ``--steps`` forward + backward passes of the same batches (the whole model, no cache),
   the gradient of the summed gold-class probability of every word with respect to the same site.
 
+**generation**: one input of 5 tokens for ``layers.2.mlp:0`` (``--generate-steps`` steps, 8 restarts).
+
 The first counts ``steps`` passes per *word* (each word's baseline differs), the second ``steps``
 passes per *batch of sentences* (every word at once, which integrated gradients cannot do: that
 would attribute the sum of all the words' predictions, not each word's). ``ratio`` = attribution
@@ -50,6 +52,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--naive-words", type=int, default=100,
                     help="also time one word at a time (no cache, one pass per word holding its steps, as a "
                          "per-example loop would) over the first sentences holding this many words (0: skip)")
+    ap.add_argument("--generate-steps", type=int, default=300,
+                    help="also time one generated input (length 5, 8 restarts) for layers.2.mlp:0 (0: skip)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
 
@@ -148,6 +152,15 @@ def main(argv=None) -> dict:
             tn, nn = naive(site)
             out["sites"][site]["naive_per_word_ms"] = round(1000 * tn / nn, 2)
             out["sites"][site]["naive_words"] = nn
+    if args.generate_steps:
+        from neurolab.causal.generation import generate_inputs
+
+        t0 = time.perf_counter()
+        (gen,) = generate_inputs(model, tok, [("layers.2.mlp", 0)], length=5, steps=args.generate_steps, restarts=8)
+        sync()
+        out["generation"] = {"neuron": "layers.2.mlp:0", "length": 5, "steps": args.generate_steps, "restarts": 8,
+                             "seconds": round(time.perf_counter() - t0, 2), "best": gen[0].text,
+                             "activation": round(gen[0].activation, 4)}
     print(json.dumps(out))
     return out
 
