@@ -19,7 +19,9 @@ Each site gets its own path (the other sites keep their values). Batching: the b
 site come from the live model's prefix cache; one forward and one backward pass then handle many
 (example, step) copies of a batch at once: copy ``(i, k)`` scales, at step ``k``, the ``i``-th
 example of **every** sentence of the batch (sentences are independent), so a batch of sentences
-with at most ``S`` examples each needs ``S x K`` copies, cut into chunks of ``chunk_tokens``.
+with at most ``S`` examples each needs ``S x K`` copies, cut into chunks of ``chunk_tokens``. A batch
+holds one sentence by default (``sentences_per_pass``): sentences of different lengths and word
+counts in one batch pay for padding and for idle copies (about half the copies on EWT test).
 
 The live model changes every subword token of a word, while the store's rows are word-level
 aggregates: the attribution of a word is the sum over its tokens.
@@ -119,13 +121,15 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
                          max_sentences: int | None = None, steps: int = 20, rule: str = "riemann_left",
                          objective: str = "prob", positions: str = "target",
                          baselines: Mapping[str, np.ndarray] | None = None, chunk_tokens: int = 4096,
-                         max_copies: int | None = None, keep_tokens: bool = False, progress: bool = False,
-                         cache: bool = True) -> IGResult:
+                         max_copies: int | None = None, sentences_per_pass: int = 1, keep_tokens: bool = False,
+                         progress: bool = False, cache: bool = True) -> IGResult:
     """Integrated gradients of every example of ``split`` (see the module docstring).
 
     ``baselines``: per site, the baseline value of each unit (default zeros); ``chunk_tokens``: the
     padded tokens of one forward / backward pass (copies x windows x length), ``max_copies`` at most
-    that many (example, step) copies per pass; ``keep_tokens``: also
+    that many (example, step) copies per pass; ``sentences_per_pass``: sentences whose copies share a
+    pass (1, the default: each sentence at its own length with exactly one copy per word and step;
+    more sentences pad to the longest and give the shorter ones idle copies); ``keep_tokens``: also
     return per-token attributions (small inputs only); ``cache=False``: rerun the blocks below the
     site instead of replaying them (for checks)."""
     alphas, weights = path_points(steps, rule)
@@ -154,7 +158,10 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
     f0 = {s: np.full(n, np.nan) for s in sites}
     toks: dict[str, dict[int, np.ndarray]] = {s: {} for s in sites} if keep_tokens else {}
     corpus = live.corpus
-    batches = live.batches(split, max_sentences)
+    if int(sentences_per_pass) < 1:
+        raise ConfigError(f"sentences_per_pass={sentences_per_pass!r}: expected at least 1")
+    batches = corpus.batches(live.sentences(split, max_sentences), batch_tokens=live.batch_tokens,
+                             max_batch_sentences=int(sentences_per_pass))
     it = batches
     if progress:
         from tqdm.auto import tqdm

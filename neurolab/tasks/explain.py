@@ -46,7 +46,9 @@ def explain(cfg: DictConfig) -> dict:
         raise ConfigError("explain needs neuron=SITE:UNIT, e.g. neuron=layers.2.mlp:117")
     site, unit = parse_neuron(str(name))
     ecfg = cfg.get("explain") or {}
-    model, tok = load_model(cfg.model, device=ecfg.get("device", "auto"))
+    from ..causal.live import _device
+
+    model, tok = load_model(cfg.model, device=_device(ecfg.get("device", "auto")))
     table = site_table(model)
     if site not in table:
         raise ConfigError(f"neuron={name}: {site!r} is not a site of model {cfg.model.get('name_or_path')} "

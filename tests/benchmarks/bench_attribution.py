@@ -6,9 +6,14 @@ model over the same words, side by side in one run; prints ONE JSON object.
 
 * **attribution**: :func:`neurolab.causal.attribution.integrated_gradients` at ``--steps`` left-Riemann
   points for every word of the first sentences of EWT test holding ``--words`` words (positions =
-  target: each word's own path), one site at a time;
+  target: each word's own path), one site at a time, ``--sentences-per-pass`` sentences per pass
+  (``copy_fill``: the share of (example, step) copies that explain a word; the rest is idle);
+* **naive**: the same, one word per pass (its steps as one batch), no prefix cache: the loop a
+  per-example library runs (``naive_per_word_ms``, over ``--naive-words`` words);
 * **plain**: ``--steps`` forward + backward passes of the same batches (the whole model, no cache),
   the gradient of the summed gold-class probability of every word with respect to the same site.
+
+**generation**: one input of 5 tokens for ``layers.2.mlp:0`` (``--generate-steps`` steps, 8 restarts).
 
 The first counts ``steps`` passes per *word* (each word's baseline differs), the second ``steps``
 passes per *batch of sentences* (every word at once, which integrated gradients cannot do: that
@@ -43,9 +48,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--chunk-tokens", type=int, default=4096)
+    ap.add_argument("--sentences-per-pass", type=int, default=1)
     ap.add_argument("--naive-words", type=int, default=100,
                     help="also time one word at a time (no cache, one pass per word holding its steps, as a "
                          "per-example loop would) over the first sentences holding this many words (0: skip)")
+    ap.add_argument("--generate-steps", type=int, default=300,
+                    help="also time one generated input (length 5, 8 restarts) for layers.2.mlp:0 (0: skip)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
 
@@ -94,7 +102,7 @@ def main(argv=None) -> dict:
     def attribution(site: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         res = integrated_gradients(live, [site], split="test", max_sentences=n_sent, steps=args.steps,
-                                   chunk_tokens=args.chunk_tokens)
+                                   chunk_tokens=args.chunk_tokens, sentences_per_pass=args.sentences_per_pass)
         sync()
         return time.perf_counter() - t0, res.completeness_error()
 
@@ -110,14 +118,16 @@ def main(argv=None) -> dict:
         return time.perf_counter() - t0, n
 
     waste = []
-    for b in batches:
+    for b in live.corpus.batches(live.sentences("test", n_sent), batch_tokens=args.batch_tokens,
+                                 max_batch_sentences=args.sentences_per_pass):
         sent = live.corpus.row_sentence[b.rows]
         counts = np.bincount(np.searchsorted(b.sentences, sent), minlength=len(b.sentences))
         waste.append((counts.max() * len(counts), counts.sum()))
     out: dict = {"model": "all-MiniLM-L6-v2", "device": str(dev), "threads": torch.get_num_threads(),
                  "sentences": n_sent, "words": int(len(ex.ids)),
                  "tokens": int(sum(int(b.attention_mask.sum()) for b in batches)), "steps": args.steps,
-                 "chunk_tokens": args.chunk_tokens, "batches": len(batches),
+                 "chunk_tokens": args.chunk_tokens, "sentences_per_pass": args.sentences_per_pass,
+                 "batches": len(batches),
                  "words_per_sentence": round(len(ex.ids) / n_sent, 2),
                  "copy_fill": round(sum(w for _, w in waste) / max(1, sum(c for c, _ in waste)), 3), "sites": {}}
     for site in args.sites:
@@ -142,6 +152,15 @@ def main(argv=None) -> dict:
             tn, nn = naive(site)
             out["sites"][site]["naive_per_word_ms"] = round(1000 * tn / nn, 2)
             out["sites"][site]["naive_words"] = nn
+    if args.generate_steps:
+        from neurolab.causal.generation import generate_inputs
+
+        t0 = time.perf_counter()
+        (gen,) = generate_inputs(model, tok, [("layers.2.mlp", 0)], length=5, steps=args.generate_steps, restarts=8)
+        sync()
+        out["generation"] = {"neuron": "layers.2.mlp:0", "length": 5, "steps": args.generate_steps, "restarts": 8,
+                             "seconds": round(time.perf_counter() - t0, 2), "best": gen[0].text,
+                             "activation": round(gen[0].activation, 4)}
     print(json.dumps(out))
     return out
 

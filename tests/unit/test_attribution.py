@@ -164,11 +164,13 @@ def test_equals_captum(planted, positions, rule, site):
 def test_batched_equals_one_at_a_time(planted):
     live, (model, tok, head, words, labels, splits) = planted
     kw = dict(split="test", max_sentences=6, steps=5, objective="loss")
-    batched = integrated_gradients(live, SITES, chunk_tokens=1 << 16, **kw)
+    batched = integrated_gradients(live, SITES, chunk_tokens=1 << 16, sentences_per_pass=8, **kw)
+    default = integrated_gradients(live, SITES, **kw)
     single = _live(model, tok, head, words, labels, splits, batch_tokens=128, max_batch_sentences=1)
     alone = integrated_gradients(single, SITES, chunk_tokens=1, cache=False, **kw)
-    assert np.array_equal(batched.rows, alone.rows)
+    assert np.array_equal(batched.rows, alone.rows) and np.array_equal(default.rows, alone.rows)
     for s in SITES:
+        assert np.allclose(default.attributions[s], alone.attributions[s], atol=1e-10)
         assert np.allclose(batched.attributions[s], alone.attributions[s], atol=1e-10)
         assert np.allclose(batched.f_baseline[s], alone.f_baseline[s], atol=1e-12)
     assert np.allclose(batched.f_actual, alone.f_actual, atol=1e-12)
@@ -208,6 +210,8 @@ def test_bad_input(planted):
         AttributionMethod(steps=0).fit(_data(live), RunContext(live=lambda: live))
     with pytest.raises(ConfigError, match="needs the live model"):
         AttributionMethod().fit(_data(live), RunContext())
+    with pytest.raises(ConfigError, match="sentences_per_pass"):
+        integrated_gradients(live, ["layers.0"], split="test", sentences_per_pass=0)
     with pytest.raises(ConfigError, match="positions="):
         integrated_gradients(live, ["layers.0"], split="test", positions="first")
 

@@ -43,8 +43,7 @@ def setup(tmp_path_factory):
     return root, common
 
 
-QUICK = ["explain.generate.steps=30", "explain.generate.restarts=4", "explain.generate.warm_start=64",
-         "explain.device=cpu"]
+QUICK = ["explain.generate.steps=30", "explain.generate.restarts=4", "explain.generate.warm_start=64"]
 
 
 def test_explain_writes_the_contract(setup):
