@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--extra", nargs="*", default=[])
     ap.add_argument("--skip-epoch", action="store_true")
+    ap.add_argument("--epoch-only", action="store_true", help="only the epoch against the sequential read")
     args = ap.parse_args()
     d = Path(args.workdir)
     sites = [f"layers.{i}" for i in range(args.sites)]
@@ -131,6 +132,10 @@ def main() -> None:
                  "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
                  "extra_overrides": args.extra, "commands": {}}
     planted = {3 * c for c in range(len(TAGS))}
+    if args.epoch_only:
+        res["epoch_vs_sequential_read"] = epoch_vs_read(corpus, store)
+        print(json.dumps(res))
+        return
     probe_dir = d / "run_probe"
     res["commands"]["probe:linear"] = run_cli("probe", ["probe=linear"], corpus, store, probe_dir, args.extra)
     res["commands"]["rank:probeless"] = run_cli("rank", ["method=probeless"], corpus, store, d / "run_rank", args.extra)
