@@ -7,7 +7,8 @@ from .bank import ProbeBank, ProbeSpec, fit_probe_bank
 from .gaussian import GaussianMethod, GaussianProbe
 from .linear import LinearProbe, load_probe
 from .linear_method import LinearMethod
-from .mask import NeuronMask, NeuronMaskMethod
+from .mask import NeuronMask
+from .mask_method import NeuronMaskMethod
 from .ranking import cumulative_mass_order, rank_from_weights
 from .regularization import Regularization
 from .training import fit_probe, linear_probe_cfg

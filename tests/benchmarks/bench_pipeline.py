@@ -56,6 +56,7 @@ def measured(cmd: list[str], env: dict, cwd: Path) -> tuple[dict, str]:
 def neurolab_round(work: Path, env: dict, rank: bool) -> dict:
     store = work / "store"
     shutil.rmtree(store, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     common = ["corpus=ewt_dev", f"store.dir={store}"]
     out = {}
     for verb, extra in (("extract", []), ("probe", []), *((("rank", []),) if rank else ())):

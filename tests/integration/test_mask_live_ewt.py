@@ -28,7 +28,8 @@ def test_mask_of_the_upos_tagger_on_minilm(ewt_dev, ewt_test, minilm_dir, ewt_st
     from neurolab.evaluation.base import sizes_from_config
     from neurolab.methods.base import RunContext
     from neurolab.models.loading import load_model
-    from neurolab.probes.mask import NeuronMask, NeuronMaskMethod
+    from neurolab.probes.mask import NeuronMask
+    from neurolab.probes.mask_method import NeuronMaskMethod
     from neurolab.tasks.extract import extract_store
 
     store = extract_store(compose("extract", [f"model.name_or_path={minilm_dir}", f"corpus.path={ewt_dev}",

@@ -10,7 +10,8 @@ from neurolab.causal import LiveModel, TaggerHead
 from neurolab.causal.mask import LiveMask
 from neurolab.errors import ConfigError
 from neurolab.methods.base import RunContext
-from neurolab.probes.mask import NeuronMask, NeuronMaskMethod
+from neurolab.probes.mask import NeuronMask
+from neurolab.probes.mask_method import NeuronMaskMethod
 
 try:  # ArrayData moves from neurolab.probes to neurolab.data
     from neurolab.data import ArrayData
