@@ -10,6 +10,7 @@ import pytest
 
 from neurolab.config import compose
 from neurolab.errors import ConfigError
+from tests.helpers.browser import CHROMIUM, chromium
 from tests.helpers.extraction import save_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,6 +70,32 @@ def test_explain_writes_the_contract(setup):
     assert "&lt;b&gt;cat&lt;/b&gt;" in page and "AT&amp;T" in page
     assert "src=\"http" not in page and "href=\"http" not in page  # self-contained
     assert info["generated"][0]["text"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_explain_page_in_headless_chromium(setup, tmp_path):
+    """The page as a browser builds it: the generated inputs and the top contexts are on it, corpus words
+    holding markup are text (no <b> or <script> element comes from them), and it renders offline."""
+    from neurolab.tasks.explain import explain
+
+    root, common = setup
+    run = root / "run_browser"
+    explain(compose("explain", common + QUICK + ["neuron=layers.1:5"], run_dir=run))
+    info = json.loads((run / "explain.json").read_text(encoding="utf-8"))
+    page = (run / "explain.html").as_uri()
+    dom = chromium(["--dump-dom", page], tmp_path).stdout
+    assert "Neuron layers.1:5" in dom and "Top corpus contexts" in dom and "Inputs it wants" in dom
+    gen = info["generated"][0]["text"]
+    assert gen.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in dom
+    assert "&lt;b&gt;cat&lt;/b&gt;" in dom or "&lt;script&gt;" in dom or "AT&amp;T" in dom  # corpus words, as text
+    assert "<script" not in dom.lower() and "<b>cat" not in dom
+    png = tmp_path / "shot.png"
+    res = chromium([f"--screenshot={png}", "--window-size=1000,900", page], tmp_path)
+    assert png.exists(), res.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)[..., :3]
+    assert float(np.mean(img.max(axis=-1) - img.min(axis=-1) > 0.1)) > 1e-4  # coloured words were drawn
 
 
 def test_explain_longer_inputs_and_mlp_site(setup):

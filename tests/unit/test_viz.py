@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,8 +11,9 @@ from neurolab.data import ChunkSource, row_labels
 from neurolab.methods import APRanker
 from neurolab.store import write_store
 from neurolab.viz.html import NEGATIVE_RGB, POSITIVE_RGB, activation_color, neuron_page, sentence_html, write_pages
+from tests.helpers.browser import CHROMIUM
+from tests.helpers.browser import chromium as _chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_diverging_scale():
@@ -68,13 +67,6 @@ def test_write_pages_from_store_and_corpus(tmp_path, demo_conllu):
     assert "upos" in page and "NOUN" in page and "http://" not in page and "https://" not in page
     index = out["index"].read_text()
     assert 'href="neuron_layers.0_3.html"' in index and "data:image/png;base64," in index
-
-
-def _chromium(args, tmp_path, timeout=90):
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
