@@ -286,7 +286,7 @@ def forward_ranking(dm, fcfg, base, metrics: dict | None = None, seed: int = 0):
     get = (lambda key, d: fcfg.get(key, d)) if fcfg is not None else (lambda key, d: d)
     total = int(dm.num_features)
     k = resolve_count(get("k", 50), total)
-    max_rows = int(get("max_rows", 200_000))
+    max_rows = int(get("max_rows", 50_000))
     chunk = int(getattr(dm, "chunk_rows", 8192) or 8192)  # the read unit (data.chunk_rows), held or streamed
     has_val = _has_rows(dm, "val")
     n_total = len(dm.row_ids("train"))

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LinearMethod", "fit_path"]
 
 ORDERINGS = ("forward", "path", "mass")
-FORWARD_DEFAULTS = MappingProxyType({"k": 50, "then": "path", "l2": 1.0e-4, "max_iter": 100, "max_rows": 200_000})
+FORWARD_DEFAULTS = MappingProxyType({"k": 50, "then": "path", "l2": 1.0e-4, "max_iter": 100, "max_rows": 50_000})
 
 
 class LinearMethod(Method):
