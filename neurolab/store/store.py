@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
@@ -436,6 +437,18 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _release(m: np.ndarray) -> None:
+    """Unmap the pages a gather touched in one shard file (they stay in the page cache, so the next read
+    of them is a minor fault): without it, random reads over a store map all of it into the process's
+    resident set (the kernel maps about 64 KB around each row read), which then grows with the store."""
+    mm = getattr(m, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
 class ActivationStore:
     """Read access to a finished store. Opening reads only the manifest.
 
@@ -742,7 +755,9 @@ class ActivationStore:
             local = srt[p:q] - self._starts[sh]
             c = 0
             for s, w in zip(sites, widths):
-                convert_into(dst[p:q, c : c + w], self._mmap(sh, s)[local], self.dtype)
+                m = self._mmap(sh, s)
+                convert_into(dst[p:q, c : c + w], m[local], self.dtype)
+                _release(m)  # at most one shard file's pages mapped at a time
                 c += w
         if order is not None:
             out[order] = dst

@@ -255,3 +255,35 @@ def test_store_copies_without_its_maps(stores, data):
     t = copy.deepcopy(s)
     assert t._mmaps == {} and t._buf is None and t._gather is None
     np.testing.assert_array_equal(t.read(np.array([5, 1, 30])), ref(data[0], [5, 1, 30]))
+
+
+def _rss_file_mb() -> float | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@pytest.mark.skipif(_rss_file_mb() is None, reason="needs Linux's /proc/self/status")
+def test_random_reads_do_not_map_the_whole_store_into_memory(tmp_path):
+    """Gathering every row of a 192 MB store in random order leaves at most a shard file's pages mapped:
+    the resident set does not grow with the store (mapped pages would otherwise add up to its size)."""
+    rng = np.random.default_rng(0)
+    n, width = 32768, 768
+    acts = {"a": rng.normal(size=(n, width)).astype(np.float32), "b": rng.normal(size=(n, width)).astype(np.float32)}
+    s = write_store(tmp_path / "big", acts, np.arange(n) // 16, np.arange(n) % 16, dtype="fp32", shard_size=4096)
+    store_mb = 2 * n * width * 4 / 2**20
+    ref = np.concatenate([acts["a"], acts["b"]], axis=1)
+    del acts
+    before = _rss_file_mb()
+    perm = rng.permutation(n)
+    for i in range(0, n, 4096):
+        rows = perm[i : i + 4096]
+        got = s.read(rows, ["a", "b"])
+        if i == 0:
+            np.testing.assert_array_equal(got, ref[rows])  # pages dropped from the map still read right
+    grown = _rss_file_mb() - before
+    assert grown < 0.25 * store_mb, (grown, store_mb)
