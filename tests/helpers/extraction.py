@@ -1,6 +1,7 @@
 """Tiny random HF models with offline tokenizers, saved as local folders (for extraction tests)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ TRAIN_TEXT = [
 
 def wordpiece_tokenizer(kind: str = "bert"):
     """A trained WordPiece fast tokenizer. kind='bert' adds [CLS] ... [SEP]; 't5' adds ... </s>."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     if kind == "bert":
@@ -26,11 +27,13 @@ def wordpiece_tokenizer(kind: str = "bert"):
     else:
         specials = ["<pad>", "</s>", "<unk>"]
         unk = "<unk>"
-    tok = Tokenizer(models.WordPiece(unk_token=unk))
+    # the vocabulary a WordPieceTrainer (vocab_size=160) learned from TRAIN_TEXT once, kept in a file: the
+    # trainer breaks ties in the order of a randomly seeded hash map, so every process learned another one
+    words = json.loads((Path(__file__).with_name("wordpiece_vocab.json")).read_text(encoding="utf-8"))[kind]
+    assert words[: len(specials)] == specials
+    tok = Tokenizer(models.WordPiece(vocab={w: i for i, w in enumerate(words)}, unk_token=unk))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=160, special_tokens=specials, min_frequency=1)
-    tok.train_from_iterator(TRAIN_TEXT * 3, trainer=trainer)
     vocab = tok.get_vocab()
     if kind == "bert":
         tok.post_processor = processors.TemplateProcessing(
