@@ -44,3 +44,31 @@ def sentences(repeat: int = 3) -> list[list[str]]:
 def random_labels(words, seed: int = 0, tags=TAGS):
     rng = np.random.default_rng(seed)
     return [[tags[int(rng.integers(len(tags)))] for _ in s] for s in words]
+
+
+def planted_tagger(repeat: int, planted=(0, 1, 2)):
+    """A tiny float64 BERT with a tagger head on z-scored layers.1 whose class c's logit is 2 z_u (u =
+    ``planted[c]``) plus 0.01 of every other unit, and labels that are the head's own predictions (so the
+    unablated accuracy is 1). Returns (model, tokenizer, head, words, labels, splits)."""
+    from neurolab.causal import LiveModel, TaggerHead
+
+    model, tok = tiny_lm("bert", head=False)
+    model = model.double()
+    words = sentences(repeat)
+    n = len(words)
+    splits = {"train": np.arange(0, n // 2), "test": np.arange(n // 2, n)}
+    dummy = TaggerHead(site="layers.1").set_weights(np.zeros((3, 32)), np.zeros(3), TAGS)
+    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
+    _, a = probe.activations(["layers.1"], "train")
+    mu, sd = a["layers.1"].mean(0), a["layers.1"].std(0)
+    W = np.full((3, 32), 0.01)
+    for c, u in enumerate(planted):
+        W[c, u] = 2.0
+    head = TaggerHead(site="layers.1").set_weights(W, np.zeros(3), TAGS, mean=mu, std=sd)
+    probe = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
+    labels = [[None] * len(s) for s in words]
+    for split in ("train", "test"):
+        res = probe.run([], split)
+        for r, p in zip(res.examples.ids, res.base.pred):
+            labels[int(probe.corpus.row_sentence[r])][int(probe.corpus.row_word[r])] = TAGS[p]
+    return model, tok, head, words, labels, splits

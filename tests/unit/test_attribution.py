@@ -7,17 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from neurolab.causal import LiveModel, TaggerHead
+from neurolab.causal import LiveModel
 from neurolab.causal.attribution import AttributionMethod, integrated_gradients, path_points
+from neurolab.data import ArrayData
 from neurolab.errors import ConfigError
 from neurolab.methods.base import RunContext
 from neurolab.models.hooks import capture, intervene
-from tests.helpers.causal import TAGS, random_labels, sentences, tiny_lm
-
-try:  # ArrayData moves from neurolab.probes to neurolab.data
-    from neurolab.data import ArrayData
-except ImportError:  # pragma: no cover
-    from neurolab.probes import ArrayData
+from tests.helpers.causal import TAGS, planted_tagger
 
 PLANTED = [0, 1, 2]  # unit c of layers.1 drives class c
 SITES = ["layers.0", "layers.1"]
@@ -33,25 +29,7 @@ def _live(model, tok, head, words, labels, splits, **kw):
 
 @pytest.fixture(scope="module")
 def planted():
-    model, tok = tiny_lm("bert", head=False)
-    model = model.double()
-    words = sentences(2)
-    n = len(words)
-    splits = {"train": np.arange(0, n // 2), "test": np.arange(n // 2, n)}
-    dummy = TaggerHead(site="layers.1").set_weights(np.zeros((3, 32)), np.zeros(3), TAGS)
-    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
-    _, a = probe.activations(["layers.1"], "train")
-    mu, sd = a["layers.1"].mean(0), a["layers.1"].std(0)
-    W = np.full((3, 32), 0.01)
-    for c, u in enumerate(PLANTED):
-        W[c, u] = 2.0
-    head = TaggerHead(site="layers.1").set_weights(W, np.zeros(3), TAGS, mean=mu, std=sd)
-    probe = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
-    labels = [[None] * len(s) for s in words]
-    for split in ("train", "test"):
-        res = probe.run([], split)
-        for r, p in zip(res.examples.ids, res.base.pred):
-            labels[int(probe.corpus.row_sentence[r])][int(probe.corpus.row_word[r])] = TAGS[p]
+    model, tok, head, words, labels, splits = planted_tagger(2, PLANTED)
     live = _live(model, tok, head, words, labels, splits, batch_tokens=128)
     return live, (model, tok, head, words, labels, splits)
 

@@ -6,19 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neurolab.causal import LiveModel, NeuronStats, TaggerHead, make_set
+from neurolab.causal import LiveModel, NeuronStats, make_set
 from neurolab.causal.ablation import AblationMethod, ablation_curve
 from neurolab.causal.steering import parse_neurons, steering_curve
 from neurolab.errors import ConfigError
 from neurolab.evaluation.ablation import AblationEvaluator
 from neurolab.evaluation.base import EvalContext, Size
 from neurolab.methods.base import RunContext
-try:  # ArrayData moves from neurolab.probes to neurolab.data
-    from neurolab.data import ArrayData
-except ImportError:  # pragma: no cover
-    from neurolab.probes import ArrayData
+from neurolab.data import ArrayData
 from neurolab.ranking import NeuronRanking
-from tests.helpers.causal import TAGS, random_labels, sentences, tiny_lm
+from tests.helpers.causal import TAGS, planted_tagger
 
 PLANTED = [0, 1, 2]  # unit c of layers.1 drives class c
 SITES = ["layers.0", "layers.1"]
@@ -32,25 +29,7 @@ Data = ArrayData
 def planted():
     """The tagger reads z-scored layers.1: class c's logit is 2 z_c (planted unit c) plus 0.01 of every
     other unit; the labels are its own predictions (so ablating unit c moves words away from class c)."""
-    model, tok = tiny_lm("bert", head=False)
-    model = model.double()
-    words = sentences(6)
-    n = len(words)
-    splits = {"train": np.arange(0, n // 2), "test": np.arange(n // 2, n)}
-    dummy = TaggerHead(site="layers.1").set_weights(np.zeros((3, 32)), np.zeros(3), TAGS)
-    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
-    _, a = probe.activations(["layers.1"], "train")
-    mu, sd = a["layers.1"].mean(0), a["layers.1"].std(0)
-    W = np.full((3, 32), 0.01)
-    for c, u in enumerate(PLANTED):
-        W[c, u] = 2.0
-    head = TaggerHead(site="layers.1").set_weights(W, np.zeros(3), TAGS, mean=mu, std=sd)
-    probe = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
-    labels = [[None] * len(s) for s in words]
-    for split in ("train", "test"):
-        res = probe.run([], split)
-        for r, p in zip(res.examples.ids, res.base.pred):
-            labels[int(probe.corpus.row_sentence[r])][int(probe.corpus.row_word[r])] = TAGS[p]
+    model, tok, head, words, labels, splits = planted_tagger(6, PLANTED)
     live = LiveModel(model, tok, head, words=words, labels=labels, splits=splits, concept_values={"A"},
                      concept_name="tags", batch_tokens=128)
     # the word rows of both sites over the training sentences, with their labels: the data of the run
