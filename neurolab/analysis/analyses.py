@@ -78,7 +78,7 @@ def _corpus(context: RunContext, store):
     if n_sent > len(corpus.sentences):
         raise ConfigError(f"store {store.path} has {n_sent} sentences but the corpus {cfg.corpus.get('path')} has "
                           f"{len(corpus.sentences)}: give the corpus the store was extracted from")
-    lens = np.array([len(s.words) for s in corpus.sentences], np.int64)
+    lens = corpus.lengths()
     bad = np.flatnonzero(store.word_ids >= lens[store.sentence_ids])
     if len(bad):
         r = int(bad[0])

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import conllu
 
-from .types import Corpus, CorpusFormatError, Sentence
+from .columnar import ColumnarBuilder
+from .types import Corpus, CorpusFormatError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ _ID_WORD = re.compile(r"^[1-9][0-9]*$")
 _ID_RANGE = re.compile(r"^[1-9][0-9]*-[1-9][0-9]*$")
 _ID_EMPTY = re.compile(r"^[0-9]+\.[1-9][0-9]*$")
 COLUMNS = ["id", "form", "lemma", "upos", "xpos", "feats", "head", "deprel", "deps", "misc"]
+#: the annotation columns a corpus keeps (held as columns: :mod:`neurolab.corpus.columnar`)
+READ_COLUMNS = ["lemma", "upos", "xpos", "feats", "head", "deprel", "misc"]
 
 
 def _parse_feats(value: str, where: str) -> dict[str, str]:
@@ -42,7 +45,8 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: corpus file not found")
-    sentences: list[Sentence] = []
+    sentences = ColumnarBuilder(str(path), READ_COLUMNS)
+    empty: list[str] = []
     skipped = {"multiword_token_lines": 0, "empty_node_lines": 0}
     block: list[str] = []
     block_start = 0
@@ -96,15 +100,10 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
             cols["misc"].append(shared(tok["misc"]))
             line_no += 1
         meta = tl.metadata or {}
-        sentences.append(
-            Sentence(
-                words=words,
-                annotations=cols,
-                sent_id=meta.get("sent_id"),
-                source=f"{path}:{block_start}",
-                text=meta.get("text"),
-            )
-        )
+        if words:
+            sentences.add(words, cols, sent_id=meta.get("sent_id"), line=block_start, text=meta.get("text"))
+        else:
+            empty.append(f"{path}:{block_start}")
         block = []
         expected = 1
 
@@ -141,15 +140,13 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
                 raise CorpusFormatError(f"{where}: ID {tid!r} is not a word index, a range (3-4) or an empty node (5.1)")
             block.append(line)
         flush(-1)
-    empty = [s for s in sentences if not s.words]
     if empty:
         skipped["empty_sentences"] = len(empty)
-        for s in empty:
-            log.warning("%s: sentence without words, skipped", s.source)
-        sentences = [s for s in sentences if s.words]
-    if not sentences:
+        for where in empty:
+            log.warning("%s: sentence without words, skipped", where)
+    if not len(sentences):
         raise CorpusFormatError(f"{path}: no sentences found (is this a CoNLL-U file?)")
     skipped = {k: v for k, v in skipped.items() if v}
     if skipped:
         log.info("%s: skipped %s", path, skipped)
-    return Corpus(sentences, name=name or path.stem, skipped=skipped)
+    return Corpus(sentences.build(), name=name or path.stem, skipped=skipped)

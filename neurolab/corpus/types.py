@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from ..errors import NeurolabError
 
@@ -53,27 +53,45 @@ class Corpus:
 
     @property
     def num_words(self) -> int:
-        return sum(len(s.words) for s in self.sentences)
+        return int(self.lengths().sum())
+
+    def lengths(self):
+        """Words per sentence (int64 numpy array), without building sentence objects where the
+        sentences are held as columns (:class:`ColumnarSentences`)."""
+        import numpy as np
+
+        own = getattr(self.sentences, "lengths", None)
+        if own is not None:
+            return own()
+        return np.fromiter((len(s.words) for s in self.sentences), dtype=np.int64, count=len(self.sentences))
 
     @property
     def columns(self) -> list[str]:
+        own = getattr(self.sentences, "columns", None)
+        if own is not None:
+            return list(own)
         cols: set[str] = set()
         for s in self.sentences:
             cols.update(s.annotations)
         return sorted(cols)
 
+    def iter_words(self) -> Iterator[list[str]]:
+        """The words of each sentence in order (one list at a time)."""
+        own = getattr(self.sentences, "iter_words", None)
+        return own() if own is not None else (s.words for s in self.sentences)
+
     def words(self) -> list[list[str]]:
-        return [s.words for s in self.sentences]
+        return list(self.iter_words())
 
     def fingerprint(self) -> str:
         """sha256 over the words and sentence boundaries (annotations excluded)."""
-        return fingerprint_words(self.words())
+        return fingerprint_words(self.iter_words())
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> "Corpus":
         return Corpus([self.sentences[i] for i in indices], name=name or self.name, skipped=dict(self.skipped))
 
 
-def fingerprint_words(sentences: Sequence[Sequence[str]]) -> str:
+def fingerprint_words(sentences: Iterable[Sequence[str]]) -> str:
     h = hashlib.sha256()
     for words in sentences:
         h.update(json.dumps(list(words), ensure_ascii=False).encode("utf-8"))

@@ -109,6 +109,7 @@ class ActivationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         chunk_rows: int = 8192,
+        chunk_mb: float = 128,
         unseen_labels: str = "drop",
         sentence_pooling: str = "mean",
         eval_batch_size: int | None = None,
@@ -140,6 +141,7 @@ class ActivationDataModule(pl.LightningDataModule):
         self.num_workers = int(num_workers or 0)
         self.seed = int(seed or 0)
         self.chunk_rows = max(int(chunk_rows or 8192), 1)
+        self.chunk_mb = float(chunk_mb or 0)
         self.unseen_labels = str(unseen_labels or "drop")
         self.sentence_pooling = str(sentence_pooling or "mean")
         for key, val, ok in (("data.normalize", self.normalize, NORMALIZE), ("data.balance", self.balance, BALANCE),
@@ -269,6 +271,7 @@ class ActivationDataModule(pl.LightningDataModule):
         if self.task == CLASSIFICATION:
             self._examples["train"], self.class_weights = balance(self._examples["train"], self.balance,
                                                                   len(self.class_names), self.seed, self.stats)
+        self._cap_chunk_rows()
         self._chunks = {k: chunk_ids(v.lengths() if v.length is not None else len(v), self.chunk_rows)
                         for k, v in self._examples.items()}
         self._reader = RowReader(store, self.sites, self.columns)
@@ -287,6 +290,22 @@ class ActivationDataModule(pl.LightningDataModule):
             len(self._examples["train"]), len(self._examples["dev"]), len(self._examples["test"]),
             {k: v for k, v in self.stats.items() if k.startswith(("unlabelled", "missing", "unseen", "dropped"))},
         )
+
+    def _row_cap(self) -> int:
+        """Rows of all selected features whose float32 copy fits ``data.chunk_mb`` (at least 256)."""
+        if self.chunk_mb <= 0:
+            return 1 << 62
+        return max(256, int(self.chunk_mb * 2**20 // (4 * max(1, len(self.columns)))))
+
+    def _cap_chunk_rows(self) -> None:
+        """``data.chunk_mb``: a block of ``chunk_rows`` rows of every selected feature as float32 stays
+        under this many MB (wide stores, e.g. every layer of a large model, read fewer rows per block;
+        at least 256)."""
+        cap = self._row_cap()
+        if cap < self.chunk_rows:
+            log.info("data: %d rows per block (data.chunk_rows=%d x %d features would exceed data.chunk_mb=%g MB)",
+                     cap, self.chunk_rows, len(self.columns), self.chunk_mb)
+            self.chunk_rows = cap
 
     def _keys(self) -> np.ndarray:
         """``sentence << 32 | word`` of every store row, read shard by shard (not cached)."""
@@ -434,7 +453,8 @@ class ActivationDataModule(pl.LightningDataModule):
         if len(rows) == 0:
             raise ConfigError(f"split {split!r} holds no store rows")
         labels = row_labels(self.store, concept.labels(self.corpus), what=f"concept {concept.name}")
-        return ChunkSource.from_store(self.store, labels, sites=self.sites, rows=rows, chunk_rows=int(chunk_rows))
+        return ChunkSource.from_store(self.store, labels, sites=self.sites, rows=rows,
+                                      chunk_rows=int(min(int(chunk_rows), self._row_cap())))
 
     def example_ids(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(sentence id, word id) of each example of ``split`` (word id 0 for sentence level)."""
@@ -709,6 +729,7 @@ def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
         memory_budget_mb=data.get("memory_budget_mb", 2048),
         num_workers=data.get("num_workers", 0),
         chunk_rows=data.get("chunk_rows", 8192),
+        chunk_mb=data.get("chunk_mb", 128),
         unseen_labels=data.get("unseen_labels", "drop"),
         sentence_pooling=data.get("sentence_pooling", "mean"),
         seed=int(cfg.get("seed") or 0),

@@ -102,7 +102,7 @@ def check_corpus(store, corpus: Corpus, keys: np.ndarray) -> None:
                 f"{str(fp)[:16]}… in the store, {mine[:16]}… for the corpus"
             )
         return
-    lens = np.array([len(s.words) for s in corpus.sentences], dtype=np.int64)
+    lens = corpus.lengths()
     sid = keys >> 32
     if len(sid) and (sid.min() < 0 or sid.max() >= len(lens)):
         raise StoreMismatchError(
@@ -129,7 +129,7 @@ def join_labels(store, corpus: Corpus, labels: list, *, level: str, keys: np.nda
     are counted in ``stats`` (see :mod:`neurolab.data.datamodule`)."""
     stats = {} if stats is None else stats
     regression = task == REGRESSION
-    lens = np.fromiter((len(s.words) for s in corpus.sentences), dtype=np.int64, count=len(corpus))
+    lens = corpus.lengths()
     table: dict[Any, int] = {}
 
     def bad(i: int, lab: Any) -> ConfigError:

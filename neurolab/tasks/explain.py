@@ -101,7 +101,7 @@ def explain(cfg: DictConfig) -> dict:
             from ..corpus import load_corpus
 
             corpus, _ = load_corpus(cfg.corpus)
-        best = best_ngrams(model, tok, (site, unit), [s.words for s in corpus.sentences], length,
+        best = best_ngrams(model, tok, (site, unit), corpus.words(), length,
                            max_ngrams=int(g.get("max_ngrams", 20000)), **kw)
         out["corpus_best"] = best[0].to_dict() if best else None
         if length == 1:

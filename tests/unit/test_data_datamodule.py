@@ -379,3 +379,23 @@ def test_reader_matches_store_read_for_every_dtype(tmp_path, dtype):
         ref = ref if cols is None else ref[:, cols]
         np.testing.assert_array_equal(r.read_rows(rows), ref)
         np.testing.assert_array_equal(r.read_range(5, 120), store.read(slice(5, 120), SITES)[:, cols if cols is not None else slice(None)])
+
+
+def test_chunk_mb_caps_the_rows_of_a_block_for_wide_stores(setup_small):
+    """``data.chunk_mb`` bounds a block's float32 bytes: ``chunk_rows`` rows of F features, or fewer
+    (at least 256) when they would take more; the examples are the same either way."""
+    corpus, store, acts, splits = setup_small
+    F = sum(a.shape[1] for a in acts.values())
+    wide = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), chunk_rows=8192,
+                                chunk_mb=300 * 4 * F / 2**20, memory_budget_mb=0)
+    wide.setup()
+    assert wide.chunk_rows == 300
+    floor = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), chunk_rows=8192, chunk_mb=1e-6)
+    floor.setup()
+    assert floor.chunk_rows == 256
+    plain = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), chunk_rows=8192, chunk_mb=0)
+    plain.setup()
+    assert plain.chunk_rows == 8192
+    np.testing.assert_array_equal(np.sort(wide.row_ids("train")), np.sort(plain.row_ids("train")))
+    seen = np.concatenate([y.numpy() for _, y in wide.train_dataloader()])
+    assert len(seen) == len(plain.targets("train"))
