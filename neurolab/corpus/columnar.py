@@ -1,12 +1,11 @@
 """Sentences held as columns: what a large corpus costs in memory.
 
-A corpus read from CoNLL-U used to be one :class:`~neurolab.corpus.types.Sentence` per sentence with
-a Python list per annotation column: about 180 bytes per word even with every distinct string shared,
-so a corpus of ten million words held almost 2 GB before a single activation was read.
-:class:`ColumnarSentences` keeps one ``int32`` code per word and column (an index into the column's
-table of distinct values; the dependency head as its number), the sentence boundaries as offsets and
-the per-sentence metadata (id, first line, text) once per sentence: about 40 bytes per word for the
-eight CoNLL-U columns kept.
+One :class:`~neurolab.corpus.types.Sentence` per sentence with a Python list per annotation column
+costs several pointers and list headers per word even with every distinct string shared; at tens of
+millions of words that is gigabytes before a single activation is read. :class:`ColumnarSentences`
+keeps one ``int32`` code per word and column (an index into the column's table of distinct values; the
+dependency head as its number), the sentence boundaries as offsets and the per-sentence metadata (id,
+first line, text) once per sentence. Measured sizes: ``tests/benchmarks/BENCHMARKS.md``.
 
 It is a read-only ``Sequence[Sentence]``: indexing builds the sentence (its words and annotation lists)
 on demand, so every consumer of ``corpus.sentences`` works unchanged; the per-sentence lists exist only

@@ -260,7 +260,7 @@ class ActivationDataModule(pl.LightningDataModule):
         self.class_names = classes
         del labels, keys, corpus
         if self._corpus_cfg is not None:
-            # the parsed corpus (Python objects, ~1 kB per word) is not needed after the join; a
+            # the parsed corpus is not needed after the join; a
             # reloadable one is dropped before the rows are read and parsed again if asked for
             self.corpus = None
         self.pooled = level == SENTENCE and self.sentence_pooling == "mean"

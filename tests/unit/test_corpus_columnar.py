@@ -92,4 +92,4 @@ def test_columns_hold_a_fraction_of_the_memory_of_word_lists(ewt_dev, tmp_path):
     as_lists = both - columnar
     assert len(objects) == len(corpus)
     assert columnar / words < 70, f"{columnar / words:.0f} bytes per word held as columns"
-    assert columnar < as_lists / 2, (columnar / words, as_lists / words)  # measured: 59 vs 143 B per word
+    assert columnar < as_lists / 2, (columnar / words, as_lists / words)
