@@ -119,22 +119,80 @@ class LiveMask(NeuronMask):
         # the step's batch, measured every `constraint_every` steps (0: the KL of the sampled gates)
         self.constraint_every = max(0, int(constraint_every))
         self._dev = "kept" if self.constraint_every else None
-        self._cur: tuple[int, Any] | None = None
+        self._cur: int | None = None
+        self.world_, self.rank_, self._shares = 1, 0, None  # DDP: see setup()
+        self._generator: torch.Generator | None = None
+        self.examples_seen_ = 0  # examples this process ran through training steps
         self._steps = 0
         self._last_kept_kl: torch.Tensor | None = None
 
     # -- data ------------------------------------------------------------------------------------
     def loader(self, seed: int = 0, shuffle: bool = True):
-        """A DataLoader of batch indices (shuffled with ``seed``); a DistributedSampler shards it under DDP."""
+        """A DataLoader of batch indices (shuffled with ``seed``), the same on every rank: under DDP each
+        rank runs its share of the sentences of every batch (:meth:`setup`), so the trainer must not shard
+        the indices (``use_distributed_sampler=False``). ``seed`` also seeds the gates' noise."""
+        self.seed_ = int(seed)
         g = torch.Generator().manual_seed(int(seed))
         return torch.utils.data.DataLoader(_Indices(len(self.batches_)), batch_size=1, shuffle=shuffle, generator=g,
                                            collate_fn=_first)
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _allsum(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over the ranks (no gradient); ``x`` itself in one process."""
+        if self.world_ > 1:
+            x = x.detach().clone()
+            torch.distributed.all_reduce(x)
+        return x
+
+    def setup(self, stage: str | None = None) -> None:
+        """Under DDP (``world`` processes): rank ``r`` takes sentences ``r, r + world, ...`` of every batch
+        (their windows collated as a batch of their own), so that a step of ``world`` processes sees the
+        batch of one process: the gates of a window are drawn for the whole batch on every rank (the same
+        noise), the KL is summed over the ranks' examples and divided by their total, and DDP averages the
+        gradients of ``world * (the rank's KL sum) / (the total)``: the 1-process step, up to float
+        summation order. The epoch-end evaluation is sharded the same way."""
+        self._shard(*self._world())
+
+    def _shard(self, world: int, rank: int) -> None:
+        self.world_, self.rank_ = int(world), int(rank)
+        self._ref.clear()
+        self._ref_bytes = 0.0
+        if self.world_ == 1:
+            self._shares = None
+            return
+        shares = []
+        for lb in self.batches_:
+            pos = np.arange(self.rank_, len(lb.sentences), self.world_)
+            if not len(pos):
+                shares.append((None, None))
+                continue
+            sub = self.live.corpus._collate(lb.index, np.asarray(lb.sentences)[pos]).to(self.live.device)
+            win = np.flatnonzero(np.isin(lb.window_sentence.cpu().numpy(), pos))
+            shares.append((sub, torch.as_tensor(win, dtype=torch.long)))
+        self._shares = shares
+
+    def _local(self, i: int):
+        """This rank's part of batch ``i`` and the positions of its windows in the batch (None: all of it)."""
+        if self._shares is None:
+            return self.batches_[i], None
+        return self._shares[i]
+
+    def on_train_start(self) -> None:
+        # the gates' noise: its own generator, seeded alike on every rank and in one process
+        dev = self.gates.log_alpha.device
+        self._generator = torch.Generator(device=dev).manual_seed(int(getattr(self, "seed_", 0)))
 
     def _batch(self, batch):
         i = int(batch) if not torch.is_tensor(batch) else int(batch.reshape(-1)[0])
         return i, self.batches_[i]
 
     def batch_size_of(self, batch) -> int:
+        """Windows of the whole batch (over all ranks): one gate draw each."""
         return int(self._batch(batch)[1].input_ids.shape[0])
 
     # -- forward passes ----------------------------------------------------------------------------
@@ -191,25 +249,37 @@ class LiveMask(NeuronMask):
         lq = F.log_softmax(logits.float(), dim=-1)
         return (lp.exp() * (lp - lq)).sum(-1)
 
-    def divergence(self, batch, gates):
-        i, lb = self._batch(batch)
-        self._cur = (i, lb)
+    def _local_kl(self, i: int, gates: torch.Tensor, *, grad: bool) -> tuple[torch.Tensor, int]:
+        """Sum of the per-example KL over this rank's part of batch ``i`` and its number of examples."""
+        lb, win = self._local(i)
+        if lb is None:  # more ranks than sentences in this batch
+            return self.gates.log_alpha.sum() * 0.0, 0
+        if win is not None and gates.ndim == 2:
+            gates = gates.index_select(0, win.to(gates.device))
         lp, _, fresh = self._reference(i, lb)
-        h = self._masked(lb, gates, grad=True, start=self.start_ if fresh else 0)
+        h = self._masked(lb, gates, grad=grad, start=self.start_ if fresh else 0)
         kl = self._kl(lp, h.logits[0])
-        div = kl.mean() if kl.numel() else kl.sum()
-        return div.to(self.device), {}
+        return kl.sum(), int(kl.numel())
+
+    def _global_mean(self, local_sum: torch.Tensor, n: int) -> torch.Tensor:
+        """``world * local_sum / (examples over all ranks)``: its mean over the ranks is the batch's mean KL."""
+        total = float(self._allsum(torch.tensor(float(n), dtype=torch.float64)))
+        return local_sum * (self.world_ / max(total, 1.0))
+
+    def divergence(self, batch, gates):
+        i, _ = self._batch(batch)
+        self._cur = i
+        s, n = self._local_kl(i, gates, grad=True)
+        self.examples_seen_ += n
+        return self._global_mean(s, n).to(self.device), {}
 
     @torch.no_grad()
     def _dev_divergence(self) -> torch.Tensor:
         """The kept set's KL on the step's batch (after the step), every ``constraint_every`` steps."""
         self._steps += 1
         if self._last_kept_kl is None or (self._steps - 1) % self.constraint_every == 0:
-            i, lb = self._cur
-            lp, _, _ = self._reference(i, lb)
-            h = self._masked(lb, self.kept_mask().to(self.gates.log_alpha.dtype), grad=False, start=0)
-            kl = self._kl(lp, h.logits[0])
-            self._last_kept_kl = (kl.mean() if kl.numel() else kl.sum()).to(self.device)
+            s, n = self._local_kl(self._cur, self.kept_mask().to(self.gates.log_alpha.dtype), grad=False)
+            self._last_kept_kl = self._global_mean(s, n).to(self.device)
         return self._last_kept_kl
 
     def update_multiplier(self, div: torch.Tensor) -> None:
@@ -225,16 +295,21 @@ class LiveMask(NeuronMask):
         closed (test-time gate > 0 -> 1, else 0: the state the ranking's kept set claims), or with
         ``gates``: ``kl``, ``acc`` (masked), ``base_acc`` (unmasked), ``n`` examples."""
         g = (self.kept_mask().to(self.gates.log_alpha.dtype) if gates is None else gates).detach()
-        kl_sum, n, c, c0 = 0.0, 0, 0.0, 0.0
-        for i, lb in enumerate(self.batches_):
+        acc = torch.zeros(4, dtype=torch.float64)  # KL sum, examples, correct masked / unmasked
+        for i in range(len(self.batches_)):
+            lb, _ = self._local(i)
+            if lb is None:
+                continue
             lp, corr, fresh = self._reference(i, lb)
             h = self._masked(lb, g, grad=False, start=self.start_ if fresh else 0)
             kl = self._kl(lp, h.logits[0])
-            kl_sum += float(kl.double().sum())
-            n += int(kl.numel())
+            acc[0] += float(kl.double().sum())
+            acc[1] += int(kl.numel())
             if corr is not None and h.correct is not None and self.live.head.kind != "lm":
-                c += float(h.correct[0].double().sum())
-                c0 += float(corr.double().sum())
+                acc[2] += float(h.correct[0].double().sum())
+                acc[3] += float(corr.double().sum())
+        kl_sum, n, c, c0 = self._allsum(acc).tolist()
+        n = int(round(n))
         out = {"kl": kl_sum / max(n, 1), "n": n}
         if self.live.head.kind != "lm" and n:
             out["acc"], out["base_acc"] = c / n, c0 / n

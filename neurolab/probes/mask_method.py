@@ -194,8 +194,10 @@ class NeuronMaskMethod(Method):
         t0 = time.perf_counter()
         with quiet_lightning():
             epochs = int(self.max_epochs) + mask.anneal_epochs
+            # under DDP every rank iterates all batches and runs its share of each (LiveMask.setup)
             trainer = trainer_from_cfg(cfg, logger=context.logger, max_epochs=epochs, limit_val_batches=0,
-                                       num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[])
+                                       num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[],
+                                       use_distributed_sampler=False)
             trainer.fit(mask, train_dataloaders=mask.loader(seed))
         fit_s = time.perf_counter() - t0
         mask.to("cpu")
