@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LiveMask", "plot_mask_path", "MASK_SCOPES"]
 
 MASK_SCOPES = ("all", "words")
+MASK_BASELINES = ("zero", "mean")
 
 
 def _first(x):
@@ -79,12 +80,19 @@ class LiveMask(NeuronMask):
     def __init__(self, live, sites: Sequence[str], nps: Mapping[str, int], columns: Sequence[int] | np.ndarray, *,
                  split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
                  batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
-                 constraint_every: int = 0, **kw: Any):
+                 constraint_every: int = 0, baseline: str = "zero", means: Sequence[float] | np.ndarray | None = None,
+                 **kw: Any):
         kw["adapt_probe"] = False
         cols = np.asarray(columns, dtype=np.int64).reshape(-1)
         super().__init__(len(cols), **kw)
         if scope not in MASK_SCOPES:
             raise ConfigError(f"method.live.scope={scope!r}: expected one of {', '.join(MASK_SCOPES)}")
+        if baseline not in MASK_BASELINES:
+            raise ConfigError(f"method.live.baseline={baseline!r}: expected one of {', '.join(MASK_BASELINES)}")
+        if baseline == "mean":
+            if means is None or len(np.asarray(means).reshape(-1)) != len(cols):
+                raise ConfigError("method.live.baseline=mean needs one mean per gated neuron (the training rows' means)")
+        self.baseline = baseline
         sites = list(sites)
         live.check_sites(sites, dict(nps))
         object.__setattr__(self, "live", live)  # outside the module tree: checkpoints hold the gates only
@@ -95,10 +103,15 @@ class LiveMask(NeuronMask):
         self.columns = cols
         # per site: (site, its width, local units gated, positions of their gates)
         self._groups = []
+        mu = None if baseline == "zero" else np.asarray(means, dtype=np.float32).reshape(-1)
         for i, s in enumerate(sites):
             sel = np.flatnonzero((cols >= starts[i]) & (cols < starts[i + 1]))
             if len(sel):
-                self._groups.append((s, int(nps[s]), torch.as_tensor(cols[sel] - starts[i]), torch.as_tensor(sel)))
+                base = None
+                if mu is not None:  # the value a shut gate leaves: the unit's mean (0 where ungated)
+                    base = torch.zeros(int(nps[s]))
+                    base[torch.as_tensor(cols[sel] - starts[i])] = torch.from_numpy(mu[sel])
+                self._groups.append((s, int(nps[s]), torch.as_tensor(cols[sel] - starts[i]), torch.as_tensor(sel), base))
         self.split, self.max_sentences, self.scope = split, max_sentences, scope
         sent = live.sentences(split, max_sentences)
         if not len(sent):
@@ -106,7 +119,7 @@ class LiveMask(NeuronMask):
         self.batches_ = [b.to(live.device) for b in live.corpus.batches(
             sent, batch_tokens=int(batch_tokens), max_batch_sentences=int(batch_sentences))]
         self._rows = live.row_mask("words") if scope == "words" else None
-        self.start_ = min(live.site_start(s) for s, _, _, _ in self._groups) if self._groups else 0
+        self.start_ = min(live.site_start(g[0]) for g in self._groups) if self._groups else 0
         self._ref: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._ref_bytes = 0.0
         self.reference_mb = float(reference_mb)
@@ -200,8 +213,8 @@ class LiveMask(NeuronMask):
         """Hook functions multiplying the gated units by ``gates`` (``[n]`` or ``[B, n]``)."""
         tok = None if self._rows is None else self.live.token_mask(lb, self._rows)
         fns = {}
-        for s, width, units, pos in self._groups:
-            def fn(t, _w=width, _u=units, _p=pos, _s=s):
+        for s, width, units, pos, base in self._groups:
+            def fn(t, _w=width, _u=units, _p=pos, _s=s, _b=base):
                 fired[0] += 1
                 g = gates.index_select(-1, _p.to(gates.device)).to(device=t.device, dtype=t.dtype)
                 full = t.new_ones(g.shape[:-1] + (_w,)).index_copy(-1, _u.to(t.device), g)
@@ -211,6 +224,8 @@ class LiveMask(NeuronMask):
                                                 f"the batch's {full.shape[0]} inputs")
                     full = full[:, None, :]
                 out = t * full
+                if _b is not None:
+                    out = out + (1.0 - full) * _b.to(device=t.device, dtype=t.dtype)
                 if tok is not None:
                     out = torch.where(tok.to(t.device).unsqueeze(-1), out, t)
                 return out

@@ -28,11 +28,14 @@ __all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS"]
 #: (``all`` tokens, or the ``words``' tokens), the memory kept for the unmasked outputs, how often the
 #: multiplier measures the kept set's KL (every n steps; 0: it follows the sampled gates'), the gates'
 #: initial open probability (instead of ``module.init_open``: gates of the live model start nearly all
-#: open, as half-shut residual streams give a KL no gradient step recovers from), and whether a
-#: task head for another concept than the ranking's may be used
+#: open, as half-shut residual streams give a KL no gradient step recovers from), whether a
+#: task head for another concept than the ranking's may be used, and what a shut gate leaves in its unit
+#: (``zero``, or ``mean``: the unit's mean over the store's training rows, De Cao et al.'s baseline in place
+#: of a learned one: the mask then asks which units' variation the output needs, not their offset)
 LIVE_DEFAULTS = MappingProxyType({"split": "dev", "max_sentences": None, "batch_tokens": 2048, "batch_sentences": 16,
                                   "scope": "all", "reference_mb": 256.0, "constraint_every": 0,
-                                  "init_open": 0.95, "allow_other_concept": False})
+                                  "init_open": 0.95, "allow_other_concept": False,
+                                  "baseline": "zero"})
 
 
 class NeuronMaskMethod(Method):
@@ -184,10 +187,16 @@ class NeuronMaskMethod(Method):
         hp = {k: v for k, v in dict(proto.hparams).items() if k not in ("num_gates", "adapt_probe", "probe_lr")}
         if opts["init_open"] is not None:
             hp["init_open"] = float(opts["init_open"])
+        means = None
+        if str(opts["baseline"]) == "mean":
+            from ..causal.interventions import NeuronStats
+
+            means = NeuronStats(data, "train", pool_size=0).mean
         mask = LiveMask(live, sites, nps, cols, split=str(opts["split"]), max_sentences=opts["max_sentences"],
                         batch_tokens=int(opts["batch_tokens"]), batch_sentences=int(opts["batch_sentences"]),
                         scope=str(opts["scope"]), reference_mb=float(opts["reference_mb"]),
-                        constraint_every=int(opts["constraint_every"]), **hp)
+                        constraint_every=int(opts["constraint_every"]), baseline=str(opts["baseline"]), means=means,
+                        **hp)
         cfg = context.cfg if context.cfg is not None else default_probe_config(context.run_dir)
         seed = int(cfg.get("seed") or 0)
         pl.seed_everything(seed, workers=True, verbose=False)
@@ -209,7 +218,7 @@ class NeuronMaskMethod(Method):
         order_local = np.concatenate([kept, [i for i in order_local if i not in kept_set]]).astype(np.int64)
         fin = dict(mask.final_)
         extra = {"mode": "model", "kept": int(len(kept)), "eps": mask.eps, "kl": fin.get("kl"), "task": live.head.kind,
-                 "split": mask.split, "constraint_met": bool(mask.constraint_met_), "path": mask.path_}
+                 "split": mask.split, "baseline": mask.baseline, "constraint_met": bool(mask.constraint_met_), "path": mask.path_}
         ranking = self.ranking_from_order(cols[order_local], scores[order_local], data, context, extra=extra)
         metrics: dict[str, float] = {
             "mask/kept": int(len(kept)), "mask/kept_share": float(len(kept)) / max(1, F_), "mask/kl": float(fin["kl"]),

@@ -124,3 +124,48 @@ def test_live_mask_subword_gates_follow_the_words(planted, one_thread):
         mk = LiveMask(live, ["layers.1"], {"layers.1": 32}, np.arange(32), split="dev", batch_sentences=4, scope=scope)
         assert mk.evaluate(torch.ones(32))["kl"] < 1e-10
         assert mk.evaluate(torch.zeros(32))["kl"] > 0.1
+
+
+def test_mean_baseline_shut_gates_leave_the_training_means(planted, one_thread):
+    """baseline=mean: a shut gate sets its unit to the unit's mean over the training rows; checked against a
+    hook on the Hugging Face model's layer 1 output setting every unit to that mean, and the planted units
+    are still the ones kept."""
+    import torch
+    import torch.nn.functional as F
+
+    from neurolab.causal.interventions import NeuronStats
+
+    live, data = planted
+    d = data.subset(np.arange(32, 64))
+    mu = NeuronStats(d, "train", pool_size=0).mean
+    assert np.allclose(mu, data.arrays("train")[0][:, 32:].astype(np.float64).mean(0), atol=1e-5)
+    mk = LiveMask(live, ["layers.1"], {"layers.1": 32}, np.arange(32), split="dev", batch_sentences=4,
+                  baseline="mean", means=mu)
+    got = mk.evaluate(torch.zeros(32))["kl"]
+    base = torch.as_tensor(mu, dtype=torch.float32)
+
+    def hook(mod, args, out):
+        return (base.expand_as(out[0]).clone(),) + tuple(out[1:]) if isinstance(out, tuple) else base.expand_as(out)
+
+    tot, n = 0.0, 0
+    block = live.model.encoder.layer[1]
+    for b in live.batches("dev"):
+        kw = live.model_inputs(b)
+        with torch.no_grad():
+            full = live.model(**kw, output_hidden_states=True)
+            h = block.register_forward_hook(hook)
+            try:
+                shut = live.model(**kw, output_hidden_states=True)
+            finally:
+                h.remove()
+        cap = lambda o: {"layers.1": o.hidden_states[2]}
+        lp = F.log_softmax(live.head.score(live, b, full, cap(full)).logits[0].double(), -1)
+        lq = F.log_softmax(live.head.score(live, b, shut, cap(shut)).logits[0].double(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)
+        tot, n = tot + float(kl.sum()), n + kl.numel()
+    assert got > 0.05 and got == pytest.approx(tot / n, rel=1e-4)
+    m = _method(baseline="mean").fit(d, RunContext(live=lambda: live))
+    assert set(m.ranking_.indices[:3].tolist()) == {32 + u for u in PLANTED}
+    assert m.metrics_["mask/constraint_met"] == 1 and m.ranking_.extra["baseline"] == "mean"
+    with pytest.raises(ConfigError, match="baseline"):
+        _method(baseline="median").fit(d, RunContext(live=lambda: live))
