@@ -23,6 +23,10 @@ the step's batch, measured every ``n`` steps; that KL is 0 until gates start to 
 multiplier falls and, on MiniLM, thousands of gates crossed between two epoch ends (a collapse the
 epoch-end states cannot catch).
 
+A shut gate leaves 0 in its unit (``baseline=zero``) or the unit's mean over the store's training rows
+(``baseline=mean``; De Cao et al. learn the baseline vector). Under DDP (``trainer=ddp``) each rank runs
+its share of the sentences of every batch and the steps equal one process's (:meth:`LiveMask.setup`).
+
 After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
 over the whole split: the sparsity / fidelity path (kept share against KL, per epoch) is logged,
 written to ``mask_path.json`` and drawn as ``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
