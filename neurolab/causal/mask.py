@@ -31,7 +31,8 @@ After each epoch the kept neurons (test-time gate > 0) are run open, all other g
 over the whole split: the sparsity / fidelity path (kept share against KL, per epoch) is logged,
 written to ``mask_path.json`` and drawn as ``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
 KL is within ``eps``; if none is, a warning says so and the closest one (least KL) is reported, with
-``mask/constraint_met = 0``. Neurons are ranked as in probe mode: kept neurons first, ordered (as all
+``mask/constraint_met = 0``. Annealing starts with the multiplier at most ``lambda_init`` (the
+constrained phase may leave it at its bound). Neurons are ranked as in probe mode: kept neurons first, ordered (as all
 others) by how many steps of the annealing towards ``target_kept`` their gate stayed open.
 
 Example::
@@ -43,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -85,7 +87,7 @@ class LiveMask(NeuronMask):
                  split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
                  batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
                  constraint_every: int = 0, baseline: str = "zero", means: Sequence[float] | np.ndarray | None = None,
-                 **kw: Any):
+                 anneal_restart_lambda: bool = True, **kw: Any):
         kw["adapt_probe"] = False
         cols = np.asarray(columns, dtype=np.int64).reshape(-1)
         super().__init__(len(cols), **kw)
@@ -97,6 +99,7 @@ class LiveMask(NeuronMask):
             if means is None or len(np.asarray(means).reshape(-1)) != len(cols):
                 raise ConfigError("method.live.baseline=mean needs one mean per gated neuron (the training rows' means)")
         self.baseline = baseline
+        self.anneal_restart_lambda = bool(anneal_restart_lambda)
         sites = list(sites)
         live.check_sites(sites, dict(nps))
         object.__setattr__(self, "live", live)  # outside the module tree: checkpoints hold the gates only
@@ -343,7 +346,13 @@ class LiveMask(NeuronMask):
         import time
 
         self._t0 = time.perf_counter()
+        starting = self._anneal is None
         super().on_train_epoch_start()
+        if starting and self._anneal is not None and self.anneal_restart_lambda:
+            # the constrained phase may leave the multiplier at its bound (the KL above eps): annealing would
+            # spend most of its steps bringing it down before the L0 target could act
+            with torch.no_grad():
+                self.log_lambda.clamp_(max=math.log(float(self.hparams.get("lambda_init", 100.0))))
 
     def on_train_epoch_end(self) -> None:
         import time

@@ -31,11 +31,13 @@ __all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS"]
 #: open, as half-shut residual streams give a KL no gradient step recovers from), whether a
 #: task head for another concept than the ranking's may be used, and what a shut gate leaves in its unit
 #: (``zero``, or ``mean``: the unit's mean over the store's training rows, De Cao et al.'s baseline in place
-#: of a learned one: the mask then asks which units' variation the output needs, not their offset)
+#: of a learned one: the mask then asks which units' variation the output needs, not their offset), and
+#: the bound on the KL (nats, replaces ``module.eps``; null: keep it): on MiniLM's 7 sites no state within
+#: 0.1 nats closes more than a few percent of the gates (tests/benchmarks/BENCHMARKS.md)
 LIVE_DEFAULTS = MappingProxyType({"split": "dev", "max_sentences": None, "batch_tokens": 2048, "batch_sentences": 16,
                                   "scope": "all", "reference_mb": 256.0, "constraint_every": 0,
                                   "init_open": 0.95, "allow_other_concept": False,
-                                  "baseline": "zero"})
+                                  "baseline": "zero", "eps": 0.5})
 
 
 class NeuronMaskMethod(Method):
@@ -187,6 +189,8 @@ class NeuronMaskMethod(Method):
         hp = {k: v for k, v in dict(proto.hparams).items() if k not in ("num_gates", "adapt_probe", "probe_lr")}
         if opts["init_open"] is not None:
             hp["init_open"] = float(opts["init_open"])
+        if opts["eps"] is not None:
+            hp["eps"] = float(opts["eps"])
         means = None
         if str(opts["baseline"]) == "mean":
             from ..causal.interventions import NeuronStats

@@ -34,7 +34,7 @@ def main() -> None:
     cfg = compose("probe", ["logger=none", "trainer.enable_progress_bar=false", "seed=0", *trainer], run_dir=out_dir)
     mod = dict(eps=0.02, lr=0.1, lambda_lr=0.1, lambda_init=100.0, target_kept=3, anneal_epochs=4)
     m = NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **mod), mode="model", max_epochs=epochs,
-                         live={"batch_sentences": 4})
+                         live={"batch_sentences": 4, "eps": None})
     m.fit(data, RunContext(cfg=cfg, live=lambda: live, seed=0))
     rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
     if rank == 0:

@@ -31,7 +31,7 @@ def _method(**kw):
     mod = dict(FAST)
     mod.update(kw.pop("module", {}))
     return NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **mod), mode="model",
-                            max_epochs=kw.pop("max_epochs", 16), live={"batch_sentences": 4, **kw})
+                            max_epochs=kw.pop("max_epochs", 16), live={"batch_sentences": 4, "eps": None, **kw})
 
 
 def test_mask_keeps_the_planted_units_and_closes_the_rest(planted, one_thread, tmp_path):

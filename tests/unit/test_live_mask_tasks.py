@@ -35,7 +35,7 @@ def _data(site="layers.1", width=32, concept="tags"):
 def _fit(live, data, eps, epochs=12, **live_opts):
     mod = dict(FAST, eps=eps)
     m = NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **mod), mode="model", max_epochs=epochs,
-                         live={"batch_sentences": 4, **live_opts})
+                         live={"batch_sentences": 4, "eps": None, **live_opts})
     return m.fit(data, RunContext(live=lambda: live, seed=0))
 
 
