@@ -8,8 +8,9 @@ Every method runs through ``neurolab rank`` (composed configs, as the CLI compos
 EWT dev (MiniLM, ``sites=all_layers``, extracted once into ``--work``) and one UPOS tagger head on
 layers.5 (trained by the first run, reused by the others with ``task.path``). The causal methods see the
 first ``--sentences`` sentences of their split: the mask the dev split (``method.live.max_sentences``),
-attribution and ablation the train split (``method.max_sentences``); linear trains its probe on the store's
-train rows. Evaluators: ``ablation`` (zero-ablation of the top / random k in the live model, the tagger's
+ablation the train split (``method.max_sentences``); attribution the first ``--attribution-sentences`` of the
+train split (integrated gradients cost about 0.5 s per word and site on one CPU thread: 7 sites x 100
+sentences would take hours); linear trains its probe on the store's train rows. Evaluators: ``ablation`` (zero-ablation of the top / random k in the live model, the tagger's
 accuracy on the first ``--test-sentences`` sentences of the test split; random k: 3 seeds) and ``retrain``
 (probes retrained on the top / random k), at 1% and 5% (27 and 134 neurons). ``--mask key=value``:
 overrides of the mask's settings (e.g. ``method.module.lr=0.02``).
@@ -45,6 +46,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--evaluation", default="ablation,retrain")
     ap.add_argument("--sentences", type=int, default=100)
+    ap.add_argument("--attribution-sentences", type=int, default=8)
     ap.add_argument("--test-sentences", type=int, default=120)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mask", nargs="*", default=[], help="overrides of the mask's settings (method.*=...)")
@@ -76,11 +78,12 @@ def main(argv=None) -> dict:
     per = {
         "neuron_mask": [f"method.live.max_sentences={args.sentences}", *args.mask],
         "linear": [],
-        "attribution": [f"method.max_sentences={args.sentences}", "method.save_examples=false"],
+        "attribution": [f"method.max_sentences={args.attribution_sentences}", "method.save_examples=false"],
         "ablation": [f"method.max_sentences={args.sentences}"],
     }
     out: dict = {"model": "all-MiniLM-L6-v2", "sites": "all_layers (2688 neurons)", "concept": "upos",
-                 "task": "tagger on layers.5", "sentences": args.sentences, "test_sentences": args.test_sentences,
+                 "task": "tagger on layers.5", "sentences": args.sentences,
+                 "attribution_sentences": args.attribution_sentences, "test_sentences": args.test_sentences,
                  "threads": torch.get_num_threads(), "mask_overrides": args.mask, "methods": {}}
     for name in args.methods.split(","):
         task = [f"task.path={head}"] if (head / "task").exists() else []
