@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
         "neuron_mask": [f"method.live.max_sentences={args.sentences}", *args.mask],
         "linear": [],
         "attribution": [f"method.max_sentences={args.attribution_sentences}", "method.save_examples=false"],
-        "ablation": [f"method.max_sentences={args.sentences}"],
+        "ablation": [f"method.max_sentences={args.sentences}", "method.loss_on=all"],  # (concept=upos has no value)
     }
     out: dict = {"model": "all-MiniLM-L6-v2", "sites": "all_layers (2688 neurons)", "concept": "upos",
                  "task": "tagger on layers.5", "sentences": args.sentences,
