@@ -20,7 +20,11 @@ from .mask import _StreamedData, _evaluate_chunks, build_mask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS"]
+__all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS", "PROBE_EPOCHS", "MODEL_EPOCHS"]
+
+#: constrained epochs when ``max_epochs`` is null: probe mode, and model mode (whose gates close slowly at
+#: the default learning rates: on MiniLM, 3.8% of them after 30 epochs, 65.7% after 60; BENCHMARKS.md)
+PROBE_EPOCHS, MODEL_EPOCHS = 30, 60
 
 
 #: model mode's settings (``method.live.*``): the split of the live corpus the gates are trained and
@@ -60,7 +64,8 @@ class NeuronMaskMethod(Method):
 
     name = "neuron_mask"
 
-    def __init__(self, module: Any = None, mode: str = "probe", constraint_on_dev: bool = True, max_epochs: int = 30,
+    def __init__(self, module: Any = None, mode: str = "probe", constraint_on_dev: bool = True,
+                 max_epochs: int | None = None,
                  batch_size: int = 256, linear: Mapping[str, Any] = MappingProxyType({}),
                  live: Mapping[str, Any] = LIVE_DEFAULTS):
         self.module = module
@@ -119,7 +124,7 @@ class NeuronMaskMethod(Method):
         t0 = time.perf_counter()
         with quiet_lightning():
             # max_epochs under the constraint, then anneal_epochs towards target_kept (the ranking's order)
-            epochs = int(self.max_epochs) + mask.anneal_epochs
+            epochs = self._constrained_epochs(PROBE_EPOCHS) + mask.anneal_epochs
             trainer = trainer_from_cfg(cfg, logger=context.logger, max_epochs=epochs,
                                        limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
                                        enable_progress_bar=False, callbacks=[])
@@ -155,6 +160,12 @@ class NeuronMaskMethod(Method):
         log.info("neuron mask: kept %d of %d neurons (eps %.3g) in %.1f s", len(kept), F_, mask.eps, fit_s)
         self.ranking_, self.metrics_, self.predictor_, self.mask_ = ranking, metrics, probe, mask
         return self
+
+    def _constrained_epochs(self, default: int) -> int:
+        n = default if self.max_epochs is None else int(self.max_epochs)
+        if n < 1:
+            raise ConfigError(f"method.max_epochs must be >= 1 (or null), got {self.max_epochs}")
+        return n
 
     # -- model mode ----------------------------------------------------------------------------
     def _live_options(self) -> dict[str, Any]:
@@ -206,7 +217,7 @@ class NeuronMaskMethod(Method):
         pl.seed_everything(seed, workers=True, verbose=False)
         t0 = time.perf_counter()
         with quiet_lightning():
-            epochs = int(self.max_epochs) + mask.anneal_epochs
+            epochs = self._constrained_epochs(MODEL_EPOCHS) + mask.anneal_epochs
             # under DDP every rank iterates all batches and runs its share of each (LiveMask.setup)
             trainer = trainer_from_cfg(cfg, logger=context.logger, max_epochs=epochs, limit_val_batches=0,
                                        num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[],
