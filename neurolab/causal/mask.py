@@ -23,11 +23,16 @@ the step's batch, measured every ``n`` steps; that KL is 0 until gates start to 
 multiplier falls and, on MiniLM, thousands of gates crossed between two epoch ends (a collapse the
 epoch-end states cannot catch).
 
+A shut gate leaves 0 in its unit (``baseline=zero``) or the unit's mean over the store's training rows
+(``baseline=mean``; De Cao et al. learn the baseline vector). Under DDP (``trainer=ddp``) each rank runs
+its share of the sentences of every batch and the steps equal one process's (:meth:`LiveMask.setup`).
+
 After each epoch the kept neurons (test-time gate > 0) are run open, all other gated neurons closed,
 over the whole split: the sparsity / fidelity path (kept share against KL, per epoch) is logged,
 written to ``mask_path.json`` and drawn as ``mask_path.png``. The state reported is the sparsest epoch-end state of the constrained epochs whose
 KL is within ``eps``; if none is, a warning says so and the closest one (least KL) is reported, with
-``mask/constraint_met = 0``. Neurons are ranked as in probe mode: kept neurons first, ordered (as all
+``mask/constraint_met = 0``. Annealing starts with the multiplier at most ``lambda_init`` (the
+constrained phase may leave it at its bound). Neurons are ranked as in probe mode: kept neurons first, ordered (as all
 others) by how many steps of the annealing towards ``target_kept`` their gate stayed open.
 
 Example::
@@ -39,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,6 +61,7 @@ log = logging.getLogger(__name__)
 __all__ = ["LiveMask", "plot_mask_path", "MASK_SCOPES"]
 
 MASK_SCOPES = ("all", "words")
+MASK_BASELINES = ("zero", "mean")
 
 
 def _first(x):
@@ -79,12 +86,20 @@ class LiveMask(NeuronMask):
     def __init__(self, live, sites: Sequence[str], nps: Mapping[str, int], columns: Sequence[int] | np.ndarray, *,
                  split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
                  batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
-                 constraint_every: int = 0, **kw: Any):
+                 constraint_every: int = 0, baseline: str = "zero", means: Sequence[float] | np.ndarray | None = None,
+                 anneal_restart_lambda: bool = True, **kw: Any):
         kw["adapt_probe"] = False
         cols = np.asarray(columns, dtype=np.int64).reshape(-1)
         super().__init__(len(cols), **kw)
         if scope not in MASK_SCOPES:
             raise ConfigError(f"method.live.scope={scope!r}: expected one of {', '.join(MASK_SCOPES)}")
+        if baseline not in MASK_BASELINES:
+            raise ConfigError(f"method.live.baseline={baseline!r}: expected one of {', '.join(MASK_BASELINES)}")
+        if baseline == "mean":
+            if means is None or len(np.asarray(means).reshape(-1)) != len(cols):
+                raise ConfigError("method.live.baseline=mean needs one mean per gated neuron (the training rows' means)")
+        self.baseline = baseline
+        self.anneal_restart_lambda = bool(anneal_restart_lambda)
         sites = list(sites)
         live.check_sites(sites, dict(nps))
         object.__setattr__(self, "live", live)  # outside the module tree: checkpoints hold the gates only
@@ -95,10 +110,15 @@ class LiveMask(NeuronMask):
         self.columns = cols
         # per site: (site, its width, local units gated, positions of their gates)
         self._groups = []
+        mu = None if baseline == "zero" else np.asarray(means, dtype=np.float32).reshape(-1)
         for i, s in enumerate(sites):
             sel = np.flatnonzero((cols >= starts[i]) & (cols < starts[i + 1]))
             if len(sel):
-                self._groups.append((s, int(nps[s]), torch.as_tensor(cols[sel] - starts[i]), torch.as_tensor(sel)))
+                base = None
+                if mu is not None:  # the value a shut gate leaves: the unit's mean (0 where ungated)
+                    base = torch.zeros(int(nps[s]))
+                    base[torch.as_tensor(cols[sel] - starts[i])] = torch.from_numpy(mu[sel])
+                self._groups.append((s, int(nps[s]), torch.as_tensor(cols[sel] - starts[i]), torch.as_tensor(sel), base))
         self.split, self.max_sentences, self.scope = split, max_sentences, scope
         sent = live.sentences(split, max_sentences)
         if not len(sent):
@@ -106,7 +126,7 @@ class LiveMask(NeuronMask):
         self.batches_ = [b.to(live.device) for b in live.corpus.batches(
             sent, batch_tokens=int(batch_tokens), max_batch_sentences=int(batch_sentences))]
         self._rows = live.row_mask("words") if scope == "words" else None
-        self.start_ = min(live.site_start(s) for s, _, _, _ in self._groups) if self._groups else 0
+        self.start_ = min(live.site_start(g[0]) for g in self._groups) if self._groups else 0
         self._ref: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._ref_bytes = 0.0
         self.reference_mb = float(reference_mb)
@@ -119,22 +139,80 @@ class LiveMask(NeuronMask):
         # the step's batch, measured every `constraint_every` steps (0: the KL of the sampled gates)
         self.constraint_every = max(0, int(constraint_every))
         self._dev = "kept" if self.constraint_every else None
-        self._cur: tuple[int, Any] | None = None
+        self._cur: int | None = None
+        self.world_, self.rank_, self._shares = 1, 0, None  # DDP: see setup()
+        self._generator: torch.Generator | None = None
+        self.examples_seen_ = 0  # examples this process ran through training steps
         self._steps = 0
         self._last_kept_kl: torch.Tensor | None = None
 
     # -- data ------------------------------------------------------------------------------------
     def loader(self, seed: int = 0, shuffle: bool = True):
-        """A DataLoader of batch indices (shuffled with ``seed``); a DistributedSampler shards it under DDP."""
+        """A DataLoader of batch indices (shuffled with ``seed``), the same on every rank: under DDP each
+        rank runs its share of the sentences of every batch (:meth:`setup`), so the trainer must not shard
+        the indices (``use_distributed_sampler=False``). ``seed`` also seeds the gates' noise."""
+        self.seed_ = int(seed)
         g = torch.Generator().manual_seed(int(seed))
         return torch.utils.data.DataLoader(_Indices(len(self.batches_)), batch_size=1, shuffle=shuffle, generator=g,
                                            collate_fn=_first)
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def _allsum(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over the ranks (no gradient); ``x`` itself in one process."""
+        if self.world_ > 1:
+            x = x.detach().clone()
+            torch.distributed.all_reduce(x)
+        return x
+
+    def setup(self, stage: str | None = None) -> None:
+        """Under DDP (``world`` processes): rank ``r`` takes sentences ``r, r + world, ...`` of every batch
+        (their windows collated as a batch of their own), so that a step of ``world`` processes sees the
+        batch of one process: the gates of a window are drawn for the whole batch on every rank (the same
+        noise), the KL is summed over the ranks' examples and divided by their total, and DDP averages the
+        gradients of ``world * (the rank's KL sum) / (the total)``: the 1-process step, up to float
+        summation order. The epoch-end evaluation is sharded the same way."""
+        self._shard(*self._world())
+
+    def _shard(self, world: int, rank: int) -> None:
+        self.world_, self.rank_ = int(world), int(rank)
+        self._ref.clear()
+        self._ref_bytes = 0.0
+        if self.world_ == 1:
+            self._shares = None
+            return
+        shares = []
+        for lb in self.batches_:
+            pos = np.arange(self.rank_, len(lb.sentences), self.world_)
+            if not len(pos):
+                shares.append((None, None))
+                continue
+            sub = self.live.corpus._collate(lb.index, np.asarray(lb.sentences)[pos]).to(self.live.device)
+            win = np.flatnonzero(np.isin(lb.window_sentence.cpu().numpy(), pos))
+            shares.append((sub, torch.as_tensor(win, dtype=torch.long)))
+        self._shares = shares
+
+    def _local(self, i: int):
+        """This rank's part of batch ``i`` and the positions of its windows in the batch (None: all of it)."""
+        if self._shares is None:
+            return self.batches_[i], None
+        return self._shares[i]
+
+    def on_train_start(self) -> None:
+        # the gates' noise: its own generator, seeded alike on every rank and in one process
+        dev = self.gates.log_alpha.device
+        self._generator = torch.Generator(device=dev).manual_seed(int(getattr(self, "seed_", 0)))
 
     def _batch(self, batch):
         i = int(batch) if not torch.is_tensor(batch) else int(batch.reshape(-1)[0])
         return i, self.batches_[i]
 
     def batch_size_of(self, batch) -> int:
+        """Windows of the whole batch (over all ranks): one gate draw each."""
         return int(self._batch(batch)[1].input_ids.shape[0])
 
     # -- forward passes ----------------------------------------------------------------------------
@@ -142,8 +220,8 @@ class LiveMask(NeuronMask):
         """Hook functions multiplying the gated units by ``gates`` (``[n]`` or ``[B, n]``)."""
         tok = None if self._rows is None else self.live.token_mask(lb, self._rows)
         fns = {}
-        for s, width, units, pos in self._groups:
-            def fn(t, _w=width, _u=units, _p=pos, _s=s):
+        for s, width, units, pos, base in self._groups:
+            def fn(t, _w=width, _u=units, _p=pos, _s=s, _b=base):
                 fired[0] += 1
                 g = gates.index_select(-1, _p.to(gates.device)).to(device=t.device, dtype=t.dtype)
                 full = t.new_ones(g.shape[:-1] + (_w,)).index_copy(-1, _u.to(t.device), g)
@@ -153,6 +231,8 @@ class LiveMask(NeuronMask):
                                                 f"the batch's {full.shape[0]} inputs")
                     full = full[:, None, :]
                 out = t * full
+                if _b is not None:
+                    out = out + (1.0 - full) * _b.to(device=t.device, dtype=t.dtype)
                 if tok is not None:
                     out = torch.where(tok.to(t.device).unsqueeze(-1), out, t)
                 return out
@@ -191,25 +271,37 @@ class LiveMask(NeuronMask):
         lq = F.log_softmax(logits.float(), dim=-1)
         return (lp.exp() * (lp - lq)).sum(-1)
 
-    def divergence(self, batch, gates):
-        i, lb = self._batch(batch)
-        self._cur = (i, lb)
+    def _local_kl(self, i: int, gates: torch.Tensor, *, grad: bool) -> tuple[torch.Tensor, int]:
+        """Sum of the per-example KL over this rank's part of batch ``i`` and its number of examples."""
+        lb, win = self._local(i)
+        if lb is None:  # more ranks than sentences in this batch
+            return self.gates.log_alpha.sum() * 0.0, 0
+        if win is not None and gates.ndim == 2:
+            gates = gates.index_select(0, win.to(gates.device))
         lp, _, fresh = self._reference(i, lb)
-        h = self._masked(lb, gates, grad=True, start=self.start_ if fresh else 0)
+        h = self._masked(lb, gates, grad=grad, start=self.start_ if fresh else 0)
         kl = self._kl(lp, h.logits[0])
-        div = kl.mean() if kl.numel() else kl.sum()
-        return div.to(self.device), {}
+        return kl.sum(), int(kl.numel())
+
+    def _global_mean(self, local_sum: torch.Tensor, n: int) -> torch.Tensor:
+        """``world * local_sum / (examples over all ranks)``: its mean over the ranks is the batch's mean KL."""
+        total = float(self._allsum(torch.tensor(float(n), dtype=torch.float64)))
+        return local_sum * (self.world_ / max(total, 1.0))
+
+    def divergence(self, batch, gates):
+        i, _ = self._batch(batch)
+        self._cur = i
+        s, n = self._local_kl(i, gates, grad=True)
+        self.examples_seen_ += n
+        return self._global_mean(s, n).to(self.device), {}
 
     @torch.no_grad()
     def _dev_divergence(self) -> torch.Tensor:
         """The kept set's KL on the step's batch (after the step), every ``constraint_every`` steps."""
         self._steps += 1
         if self._last_kept_kl is None or (self._steps - 1) % self.constraint_every == 0:
-            i, lb = self._cur
-            lp, _, _ = self._reference(i, lb)
-            h = self._masked(lb, self.kept_mask().to(self.gates.log_alpha.dtype), grad=False, start=0)
-            kl = self._kl(lp, h.logits[0])
-            self._last_kept_kl = (kl.mean() if kl.numel() else kl.sum()).to(self.device)
+            s, n = self._local_kl(self._cur, self.kept_mask().to(self.gates.log_alpha.dtype), grad=False)
+            self._last_kept_kl = self._global_mean(s, n).to(self.device)
         return self._last_kept_kl
 
     def update_multiplier(self, div: torch.Tensor) -> None:
@@ -225,16 +317,21 @@ class LiveMask(NeuronMask):
         closed (test-time gate > 0 -> 1, else 0: the state the ranking's kept set claims), or with
         ``gates``: ``kl``, ``acc`` (masked), ``base_acc`` (unmasked), ``n`` examples."""
         g = (self.kept_mask().to(self.gates.log_alpha.dtype) if gates is None else gates).detach()
-        kl_sum, n, c, c0 = 0.0, 0, 0.0, 0.0
-        for i, lb in enumerate(self.batches_):
+        acc = torch.zeros(4, dtype=torch.float64)  # KL sum, examples, correct masked / unmasked
+        for i in range(len(self.batches_)):
+            lb, _ = self._local(i)
+            if lb is None:
+                continue
             lp, corr, fresh = self._reference(i, lb)
             h = self._masked(lb, g, grad=False, start=self.start_ if fresh else 0)
             kl = self._kl(lp, h.logits[0])
-            kl_sum += float(kl.double().sum())
-            n += int(kl.numel())
+            acc[0] += float(kl.double().sum())
+            acc[1] += int(kl.numel())
             if corr is not None and h.correct is not None and self.live.head.kind != "lm":
-                c += float(h.correct[0].double().sum())
-                c0 += float(corr.double().sum())
+                acc[2] += float(h.correct[0].double().sum())
+                acc[3] += float(corr.double().sum())
+        kl_sum, n, c, c0 = self._allsum(acc).tolist()
+        n = int(round(n))
         out = {"kl": kl_sum / max(n, 1), "n": n}
         if self.live.head.kind != "lm" and n:
             out["acc"], out["base_acc"] = c / n, c0 / n
@@ -249,7 +346,13 @@ class LiveMask(NeuronMask):
         import time
 
         self._t0 = time.perf_counter()
+        starting = self._anneal is None
         super().on_train_epoch_start()
+        if starting and self._anneal is not None and self.anneal_restart_lambda:
+            # the constrained phase may leave the multiplier at its bound (the KL above eps): annealing would
+            # spend most of its steps bringing it down before the L0 target could act
+            with torch.no_grad():
+                self.log_lambda.clamp_(max=math.log(float(self.hparams.get("lambda_init", 100.0))))
 
     def on_train_epoch_end(self) -> None:
         import time

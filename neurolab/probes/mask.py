@@ -124,10 +124,11 @@ class HardConcreteGates(torch.nn.Module):
         init = math.log(init_open / (1.0 - init_open)) + self.shift
         self.log_alpha = torch.nn.Parameter(torch.full((self.n,), init))
 
-    def sample(self, batch: int | None = None) -> torch.Tensor:
-        """Stochastic gates ``[batch, n]`` (or ``[n]``), differentiable in ``log_alpha``."""
+    def sample(self, batch: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Stochastic gates ``[batch, n]`` (or ``[n]``), differentiable in ``log_alpha`` (uniform noise
+        from ``generator``, or the global one)."""
         shape = (self.n,) if batch is None else (int(batch), self.n)
-        u = torch.rand(shape, device=self.log_alpha.device).clamp(1e-6, 1.0 - 1e-6)
+        u = torch.rand(shape, device=self.log_alpha.device, generator=generator).clamp(1e-6, 1.0 - 1e-6)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.beta)
         return (s * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
@@ -304,9 +305,10 @@ class NeuronMask(pl.LightningModule):
     def _draw(self, b: int) -> torch.Tensor:
         """Gates ``[b, n]``: ``gate_samples`` independent draws repeated over the rows (cheaper than one
         draw per row for wide layers; the gradient estimate stays unbiased)."""
+        g = getattr(self, "_generator", None)
         if self.gate_samples is None or self.gate_samples >= b:
-            return self.gates.sample(b)
-        z = self.gates.sample(self.gate_samples)
+            return self.gates.sample(b, generator=g)
+        z = self.gates.sample(self.gate_samples, generator=g)
         return z.repeat((b + self.gate_samples - 1) // self.gate_samples, 1)[:b]
 
     @torch.no_grad()

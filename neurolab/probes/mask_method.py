@@ -20,7 +20,11 @@ from .mask import _StreamedData, _evaluate_chunks, build_mask
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS"]
+__all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS", "PROBE_EPOCHS", "MODEL_EPOCHS"]
+
+#: constrained epochs when ``max_epochs`` is null: probe mode, and model mode (whose gates close slowly at
+#: the default learning rates: on MiniLM, 3.8% of them after 30 epochs, 65.7% after 60; BENCHMARKS.md)
+PROBE_EPOCHS, MODEL_EPOCHS = 30, 60
 
 
 #: model mode's settings (``method.live.*``): the split of the live corpus the gates are trained and
@@ -28,11 +32,16 @@ __all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS"]
 #: (``all`` tokens, or the ``words``' tokens), the memory kept for the unmasked outputs, how often the
 #: multiplier measures the kept set's KL (every n steps; 0: it follows the sampled gates'), the gates'
 #: initial open probability (instead of ``module.init_open``: gates of the live model start nearly all
-#: open, as half-shut residual streams give a KL no gradient step recovers from), and whether a
-#: task head for another concept than the ranking's may be used
+#: open, as half-shut residual streams give a KL no gradient step recovers from), whether a
+#: task head for another concept than the ranking's may be used, and what a shut gate leaves in its unit
+#: (``zero``, or ``mean``: the unit's mean over the store's training rows, De Cao et al.'s baseline in place
+#: of a learned one: the mask then asks which units' variation the output needs, not their offset), and
+#: the bound on the KL (nats, replaces ``module.eps``; null: keep it): on MiniLM's 7 sites no state within
+#: 0.1 nats closes more than a few percent of the gates (tests/benchmarks/BENCHMARKS.md)
 LIVE_DEFAULTS = MappingProxyType({"split": "dev", "max_sentences": None, "batch_tokens": 2048, "batch_sentences": 16,
                                   "scope": "all", "reference_mb": 256.0, "constraint_every": 0,
-                                  "init_open": 0.95, "allow_other_concept": False})
+                                  "init_open": 0.95, "allow_other_concept": False,
+                                  "baseline": "zero", "eps": 0.5})
 
 
 class NeuronMaskMethod(Method):
@@ -55,7 +64,8 @@ class NeuronMaskMethod(Method):
 
     name = "neuron_mask"
 
-    def __init__(self, module: Any = None, mode: str = "probe", constraint_on_dev: bool = True, max_epochs: int = 30,
+    def __init__(self, module: Any = None, mode: str = "probe", constraint_on_dev: bool = True,
+                 max_epochs: int | None = None,
                  batch_size: int = 256, linear: Mapping[str, Any] = MappingProxyType({}),
                  live: Mapping[str, Any] = LIVE_DEFAULTS):
         self.module = module
@@ -114,7 +124,7 @@ class NeuronMaskMethod(Method):
         t0 = time.perf_counter()
         with quiet_lightning():
             # max_epochs under the constraint, then anneal_epochs towards target_kept (the ranking's order)
-            epochs = int(self.max_epochs) + mask.anneal_epochs
+            epochs = self._constrained_epochs(PROBE_EPOCHS) + mask.anneal_epochs
             trainer = trainer_from_cfg(cfg, logger=context.logger, max_epochs=epochs,
                                        limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
                                        enable_progress_bar=False, callbacks=[])
@@ -151,6 +161,12 @@ class NeuronMaskMethod(Method):
         self.ranking_, self.metrics_, self.predictor_, self.mask_ = ranking, metrics, probe, mask
         return self
 
+    def _constrained_epochs(self, default: int) -> int:
+        n = default if self.max_epochs is None else int(self.max_epochs)
+        if n < 1:
+            raise ConfigError(f"method.max_epochs must be >= 1 (or null), got {self.max_epochs}")
+        return n
+
     # -- model mode ----------------------------------------------------------------------------
     def _live_options(self) -> dict[str, Any]:
         opts = dict(LIVE_DEFAULTS)
@@ -184,18 +200,28 @@ class NeuronMaskMethod(Method):
         hp = {k: v for k, v in dict(proto.hparams).items() if k not in ("num_gates", "adapt_probe", "probe_lr")}
         if opts["init_open"] is not None:
             hp["init_open"] = float(opts["init_open"])
+        if opts["eps"] is not None:
+            hp["eps"] = float(opts["eps"])
+        means = None
+        if str(opts["baseline"]) == "mean":
+            from ..causal.interventions import NeuronStats
+
+            means = NeuronStats(data, "train", pool_size=0).mean
         mask = LiveMask(live, sites, nps, cols, split=str(opts["split"]), max_sentences=opts["max_sentences"],
                         batch_tokens=int(opts["batch_tokens"]), batch_sentences=int(opts["batch_sentences"]),
                         scope=str(opts["scope"]), reference_mb=float(opts["reference_mb"]),
-                        constraint_every=int(opts["constraint_every"]), **hp)
+                        constraint_every=int(opts["constraint_every"]), baseline=str(opts["baseline"]), means=means,
+                        **hp)
         cfg = context.cfg if context.cfg is not None else default_probe_config(context.run_dir)
         seed = int(cfg.get("seed") or 0)
         pl.seed_everything(seed, workers=True, verbose=False)
         t0 = time.perf_counter()
         with quiet_lightning():
-            epochs = int(self.max_epochs) + mask.anneal_epochs
+            epochs = self._constrained_epochs(MODEL_EPOCHS) + mask.anneal_epochs
+            # under DDP every rank iterates all batches and runs its share of each (LiveMask.setup)
             trainer = trainer_from_cfg(cfg, logger=context.logger, max_epochs=epochs, limit_val_batches=0,
-                                       num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[])
+                                       num_sanity_val_steps=0, enable_progress_bar=False, callbacks=[],
+                                       use_distributed_sampler=False)
             trainer.fit(mask, train_dataloaders=mask.loader(seed))
         fit_s = time.perf_counter() - t0
         mask.to("cpu")
@@ -207,7 +233,7 @@ class NeuronMaskMethod(Method):
         order_local = np.concatenate([kept, [i for i in order_local if i not in kept_set]]).astype(np.int64)
         fin = dict(mask.final_)
         extra = {"mode": "model", "kept": int(len(kept)), "eps": mask.eps, "kl": fin.get("kl"), "task": live.head.kind,
-                 "split": mask.split, "constraint_met": bool(mask.constraint_met_), "path": mask.path_}
+                 "split": mask.split, "baseline": mask.baseline, "constraint_met": bool(mask.constraint_met_), "path": mask.path_}
         ranking = self.ranking_from_order(cols[order_local], scores[order_local], data, context, extra=extra)
         metrics: dict[str, float] = {
             "mask/kept": int(len(kept)), "mask/kept_share": float(len(kept)) / max(1, F_), "mask/kl": float(fin["kl"]),

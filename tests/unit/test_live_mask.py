@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neurolab.causal import LiveModel, TaggerHead
 from neurolab.causal.mask import LiveMask
 from neurolab.errors import ConfigError
 from neurolab.methods.base import RunContext
@@ -17,43 +16,22 @@ try:  # ArrayData moves from neurolab.probes to neurolab.data
     from neurolab.data import ArrayData
 except ImportError:  # pragma: no cover
     from neurolab.probes import ArrayData
-from tests.helpers.causal import TAGS, random_labels, sentences, tiny_lm
+from tests.helpers.causal import TAGS
+from tests.helpers.live_mask import PLANTED, SITES, planted_live_mask_data
 
-PLANTED = [3, 11, 20]  # unit PLANTED[c] of layers.1 drives class c
-SITES = ["layers.0", "layers.1"]
-NPS = {"layers.0": 32, "layers.1": 32}
 FAST = dict(eps=0.02, lr=0.1, lambda_lr=0.1, lambda_init=100.0, target_kept=3, anneal_epochs=4)
 
 
 @pytest.fixture(scope="module")
 def planted():
-    model, tok = tiny_lm("bert", head=False)
-    words = sentences(4)
-    n = len(words)
-    splits = {"train": np.arange(0, n // 2), "dev": np.arange(n // 2, n)}
-    dummy = TaggerHead(site="layers.1").set_weights(np.zeros((3, 32)), np.zeros(3), TAGS)
-    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits, batch_tokens=256)
-    _, a = probe.activations(["layers.1"], "train")
-    mu, sd = a["layers.1"].mean(0), a["layers.1"].std(0)
-    W = np.zeros((3, 32))
-    for c, u in enumerate(PLANTED):
-        W[c, u] = 2.0
-    head = TaggerHead(site="layers.1").set_weights(W, np.zeros(3), TAGS, mean=mu, std=sd)
-    live = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits, concept_name="tags",
-                     concept_values={"A"}, batch_tokens=256)
-    rows, acts = live.activations(SITES, "train")
-    X = np.concatenate([acts[s] for s in SITES], axis=1)
-    y = np.array([TAGS.index(live.labels[r]) for r in rows])
-    data = ArrayData({"train": (X, y), "val": (X[:10], y[:10]), "test": (X[:10], y[:10])}, class_names=TAGS,
-                     sites=SITES, neurons_per_site=NPS, concept="tags=A")
-    return live, data
+    return planted_live_mask_data(4)
 
 
 def _method(**kw):
     mod = dict(FAST)
     mod.update(kw.pop("module", {}))
     return NeuronMaskMethod(module=lambda num_gates: NeuronMask(num_gates, **mod), mode="model",
-                            max_epochs=kw.pop("max_epochs", 16), live={"batch_sentences": 4, **kw})
+                            max_epochs=kw.pop("max_epochs", 16), live={"batch_sentences": 4, "eps": None, **kw})
 
 
 def test_mask_keeps_the_planted_units_and_closes_the_rest(planted, one_thread, tmp_path):
@@ -146,3 +124,48 @@ def test_live_mask_subword_gates_follow_the_words(planted, one_thread):
         mk = LiveMask(live, ["layers.1"], {"layers.1": 32}, np.arange(32), split="dev", batch_sentences=4, scope=scope)
         assert mk.evaluate(torch.ones(32))["kl"] < 1e-10
         assert mk.evaluate(torch.zeros(32))["kl"] > 0.1
+
+
+def test_mean_baseline_shut_gates_leave_the_training_means(planted, one_thread):
+    """baseline=mean: a shut gate sets its unit to the unit's mean over the training rows; checked against a
+    hook on the Hugging Face model's layer 1 output setting every unit to that mean, and the planted units
+    are still the ones kept."""
+    import torch
+    import torch.nn.functional as F
+
+    from neurolab.causal.interventions import NeuronStats
+
+    live, data = planted
+    d = data.subset(np.arange(32, 64))
+    mu = NeuronStats(d, "train", pool_size=0).mean
+    assert np.allclose(mu, data.arrays("train")[0][:, 32:].astype(np.float64).mean(0), atol=1e-5)
+    mk = LiveMask(live, ["layers.1"], {"layers.1": 32}, np.arange(32), split="dev", batch_sentences=4,
+                  baseline="mean", means=mu)
+    got = mk.evaluate(torch.zeros(32))["kl"]
+    base = torch.as_tensor(mu, dtype=torch.float32)
+
+    def hook(mod, args, out):
+        return (base.expand_as(out[0]).clone(),) + tuple(out[1:]) if isinstance(out, tuple) else base.expand_as(out)
+
+    tot, n = 0.0, 0
+    block = live.model.encoder.layer[1]
+    for b in live.batches("dev"):
+        kw = live.model_inputs(b)
+        with torch.no_grad():
+            full = live.model(**kw, output_hidden_states=True)
+            h = block.register_forward_hook(hook)
+            try:
+                shut = live.model(**kw, output_hidden_states=True)
+            finally:
+                h.remove()
+        cap = lambda o: {"layers.1": o.hidden_states[2]}
+        lp = F.log_softmax(live.head.score(live, b, full, cap(full)).logits[0].double(), -1)
+        lq = F.log_softmax(live.head.score(live, b, shut, cap(shut)).logits[0].double(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)
+        tot, n = tot + float(kl.sum()), n + kl.numel()
+    assert got > 0.05 and got == pytest.approx(tot / n, rel=1e-4)
+    m = _method(baseline="mean").fit(d, RunContext(live=lambda: live))
+    assert set(m.ranking_.indices[:3].tolist()) == {32 + u for u in PLANTED}
+    assert m.metrics_["mask/constraint_met"] == 1 and m.ranking_.extra["baseline"] == "mean"
+    with pytest.raises(ConfigError, match="baseline"):
+        _method(baseline="median").fit(d, RunContext(live=lambda: live))
