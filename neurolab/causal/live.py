@@ -638,6 +638,18 @@ class LiveModel:
             fired.append(f)
         return fns, fired, int(mask.sum())
 
+    def prefix_state(self, start: int) -> tuple[list[Any], int]:
+        """The recorded outputs of the blocks before ``start`` (what ``forward(..., start=start)``
+        replays for the batch last passed to :meth:`record_prefix`) and their size in bytes: kept by a
+        caller that reruns many batches, and given back with :meth:`use_prefix`."""
+        state = list(self._cache_out[:max(0, int(start))])
+        return state, _nbytes(state)
+
+    def use_prefix(self, state: list[Any]) -> None:
+        """Make ``state`` (from :meth:`prefix_state`, for the batch about to be run) the prefix cache."""
+        self._cache_out = list(state) + [None] * (len(self._blocks) - len(state))
+        self._tiled = {}
+
     def record_prefix(self, batch: LiveBatch, target: int | None = None) -> HeadOut:
         """Run ``batch`` with no intervention, keeping every block's output for later
         ``forward(batch, ..., start=...)`` calls on the same batch; returns the head's outputs."""
@@ -833,6 +845,17 @@ def _compose(fns: Sequence[Callable]) -> Callable:
         return t
 
     return fn
+
+
+def _nbytes(x: Any) -> int:
+    """Bytes of the tensors in ``x`` (a tensor, or tuples / lists / mappings of them)."""
+    if torch.is_tensor(x):
+        return x.numel() * x.element_size()
+    if isinstance(x, (tuple, list)):
+        return sum(_nbytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(_nbytes(v) for v in x.values())
+    return 0
 
 
 def _tile(out, m: int, B: int):

@@ -128,6 +128,7 @@ class LiveMask(NeuronMask):
         self._rows = live.row_mask("words") if scope == "words" else None
         self.start_ = min(live.site_start(g[0]) for g in self._groups) if self._groups else 0
         self._ref: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._prefix: dict[int, list] = {}  # per batch: the outputs of the blocks below the first gated site
         self._ref_bytes = 0.0
         self.reference_mb = float(reference_mb)
         self._closest: dict[str, Any] | None = None
@@ -255,7 +256,23 @@ class LiveMask(NeuronMask):
         if self._ref_bytes + size <= self.reference_mb:
             self._ref[i] = (lp, corr)
             self._ref_bytes += size
+            if self.start_ > 0:  # the blocks below the first gated site never change: keep their outputs too
+                state, nb = self.live.prefix_state(self.start_)
+                if self._ref_bytes + nb / 2 ** 20 <= self.reference_mb:
+                    self._prefix[i] = state
+                    self._ref_bytes += nb / 2 ** 20
         return lp, corr, True
+
+    def _start(self, i: int, fresh: bool) -> int:
+        """Where the masked pass of batch ``i`` starts: above the blocks whose outputs are recorded for it
+        (just now, or kept from an earlier pass), else at the first block."""
+        if fresh:
+            return self.start_
+        state = self._prefix.get(i)
+        if state is None:
+            return 0
+        self.live.use_prefix(state)
+        return self.start_
 
     def _masked(self, lb, gates, *, grad: bool, start: int):
         fired = [0]
@@ -279,7 +296,7 @@ class LiveMask(NeuronMask):
         if win is not None and gates.ndim == 2:
             gates = gates.index_select(0, win.to(gates.device))
         lp, _, fresh = self._reference(i, lb)
-        h = self._masked(lb, gates, grad=grad, start=self.start_ if fresh else 0)
+        h = self._masked(lb, gates, grad=grad, start=self._start(i, fresh))
         kl = self._kl(lp, h.logits[0])
         return kl.sum(), int(kl.numel())
 
@@ -323,7 +340,7 @@ class LiveMask(NeuronMask):
             if lb is None:
                 continue
             lp, corr, fresh = self._reference(i, lb)
-            h = self._masked(lb, g, grad=False, start=self.start_ if fresh else 0)
+            h = self._masked(lb, g, grad=False, start=self._start(i, fresh))
             kl = self._kl(lp, h.logits[0])
             acc[0] += float(kl.double().sum())
             acc[1] += int(kl.numel())

@@ -5,7 +5,7 @@ run; prints ONE JSON object.
     python tests/benchmarks/bench_model_mask.py [--conllu EWT-dev.conllu] [--max-sentences 0] [--threads 0]
 
 MiniLM (the packaged all-MiniLM-L6-v2) with a tagger on layers.5 (seeded random weights: timing does not
-depend on its training), gates on the 7 hidden sites (2,688 neurons), EWT dev (``--max-sentences``: its
+depend on its training), gates on the 7 hidden sites (2,688 neurons; ``--sites``: others), EWT dev (``--max-sentences``: its
 first sentences only; 0: all), batches of at most 16 sentences / 2,048 padded tokens, as the method's
 defaults. The mask runs two epochs: the first also computes (and keeps) the unmasked outputs; the
 second is the steady state. An epoch is its training steps (a forward and a backward pass with sampled
@@ -40,6 +40,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--constraint-every", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sites", nargs="+", default=["embeddings"] + [f"layers.{i}" for i in range(6)],
+                    help="gated sites (default: all 7; e.g. layers.5 alone: the blocks below it are kept from the "
+                         "first epoch and only the top block reruns)")
     args = ap.parse_args(argv)
 
     import logging
@@ -65,14 +68,15 @@ def main(argv=None) -> dict:
     model, tok = load_model({"name_or_path": str(packaged_minilm())})
     live = LiveModel.from_corpus(model, tok, head, corpus, {"dev": np.arange(len(corpus))}, ColumnConcept("upos"),
                                  device=args.device)
-    sites = ["embeddings"] + [f"layers.{i}" for i in range(6)]
+    sites = list(args.sites)
     nps = {s: 384 for s in sites}
+    gates = 384 * len(sites)
     ms = args.max_sentences or None
     dev = live.device
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     def new_mask(every):
-        return LiveMask(live, sites, nps, np.arange(2688), split="dev", max_sentences=ms, constraint_every=every,
+        return LiveMask(live, sites, nps, np.arange(gates), split="dev", max_sentences=ms, constraint_every=every,
                         eps=0.1, lr=0.1, lambda_lr=0.1, init_open=0.95, target_kept=None)
 
     probe = new_mask(1)
@@ -96,7 +100,7 @@ def main(argv=None) -> dict:
     cpu: list[float] = []
 
     out = {"model": "all-MiniLM-L6-v2", "device": str(dev), "threads": torch.get_num_threads(), "sentences": len(probe.live.sentences("dev", ms)),
-           "words": words, "tokens": tokens, "batches": len(batches), "gates": 2688, "sites": sites}
+           "words": words, "tokens": tokens, "batches": len(batches), "gates": gates, "sites": sites}
     base = [forward_backward() for _ in range(2)]
     out["baseline_forward_backward_s"] = round(min(base), 3)
     runs = {}

@@ -69,6 +69,24 @@ def test_same_seed_same_ranking_bytes(planted, one_thread, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_kept_prefix_gives_the_gates_of_recomputing_it(planted, one_thread):
+    """Between epochs the mask keeps, per batch, the outputs of the blocks below the gated site and reruns
+    only the blocks above; with no memory for them (reference_mb=0) every pass runs the whole model.
+    Both give the same gates, path and ranking."""
+    import torch
+
+    live, data = planted
+    d = data.subset(np.arange(32, 64))
+    kept = _method(max_epochs=3, reference_mb=256.0).fit(d, RunContext(live=lambda: live, seed=0))
+    redo = _method(max_epochs=3, reference_mb=0.0).fit(d, RunContext(live=lambda: live, seed=0))
+    assert kept.mask_.start_ > 0 and len(kept.mask_._prefix) == len(kept.mask_.batches_)
+    assert len(redo.mask_._prefix) == 0
+    torch.testing.assert_close(kept.mask_.gates.log_alpha, redo.mask_.gates.log_alpha, rtol=0, atol=1e-6)
+    assert [r["kept"] for r in kept.mask_.path_] == [r["kept"] for r in redo.mask_.path_]
+    np.testing.assert_allclose([r["kl"] for r in kept.mask_.path_], [r["kl"] for r in redo.mask_.path_], atol=1e-6)
+    assert kept.ranking_.indices.tolist() == redo.ranking_.indices.tolist()
+
+
 def test_two_sites_planted_units_kept(planted, one_thread):
     """Gates on both sites train together; layers.0 feeds layers.1 through the residual stream, so some of
     its units may stay open, but the planted units of layers.1 lead and layers.1's others close."""
