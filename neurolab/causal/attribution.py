@@ -8,7 +8,8 @@ its logit, or its log-probability = minus the loss), the attribution of unit ``u
 
 where ``a`` is the site's activation and ``a'`` the baseline: zero (or each unit's mean over the
 store's training rows) **at the target position only** (``positions=target``: the tokens of the
-example's own word; the other positions keep their real values, as Dai et al. do) or at every
+example's own word, or for a causal LM the positions that predict them, one before each; the other
+positions keep their real values, as Dai et al. do) or at every
 position (``positions=all``: the whole site scaled, as Captum's layer attribution does). The
 attribution of a unit sums its per-token attributions over the scaled tokens, so completeness holds
 per example: ``sum_u IG_u = f(a) - f(a')`` up to the quadrature error of ``steps`` points
@@ -192,9 +193,9 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
         ex_of_win = torch.from_numpy(table[:, win_sent]).to(dev)  # [S, B] local example explained, -1: none
         row_of_ex = torch.from_numpy(ids).to(dev)
         slot_t = torch.from_numpy(slot).to(dev)
-        trow = b.token_row  # [B, T]
         amask = b.attention_mask.bool()
         for s in sites:
+            trow = _target_rows(live, b, s)  # [B, T]: the example each position's activation predicts
             start = live.site_start(s) if cache else 0
             base = torch.as_tensor(base_vec[s], device=dev)
             copies = [(i, k) for i in range(S) for k in range(len(alphas))]
@@ -238,6 +239,25 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
     if np.isnan(f1).any():
         raise ConfigError("integrated gradients: some examples of the split were not scored by the task head")
     return IGResult(ex.ids.copy(), ex.labels.copy(), {s: attr[s] for s in sites}, f1, f0, toks)
+
+
+def _target_rows(live: LiveModel, b, site: str) -> torch.Tensor:
+    """``[B, T]``: per position of batch ``b``, the row of the word whose prediction the site's
+    activation at that position makes (-1: none): the word's own tokens for a tagger and a masked LM
+    (its masked tokens); for a causal LM (and the decoder of an encoder-decoder) the positions that
+    predict the word's tokens, one before each of them (a word's own tokens cannot change its
+    prediction there)."""
+    trow = b.token_row
+    head = live.head
+    if getattr(head, "kind", "") != "lm" or getattr(head, "lm", "") not in ("causal", "seq2seq"):
+        return trow
+    if head.lm == "seq2seq" and not site.startswith("decoder."):
+        return trow  # the encoder reads the word itself
+    p = head._plan(live, b)
+    flat = torch.full((trow.numel(),), -1, dtype=trow.dtype, device=trow.device)
+    src, pos = p["src"].to(trow.device), p["pos"].to(trow.device)
+    flat[src] = trow.reshape(-1)[pos]
+    return flat.view(trow.shape)
 
 
 class _PassOut(tuple):
