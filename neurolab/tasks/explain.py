@@ -85,8 +85,9 @@ def explain(cfg: DictConfig) -> dict:
         length = int(g.get("length", 1))
         kw = dict(position=g.get("position", "last"), exclude_subwords=bool(g.get("exclude_subwords", False)))
         (gen,) = generate_inputs(model, tok, [(site, unit)], length=length, steps=int(g.get("steps", 300)),
-                                 restarts=int(g.get("restarts", 8)), lr=float(g.get("lr", 0.5)),
-                                 tau_start=float(g.get("tau_start", 1.0)), tau_end=float(g.get("tau_end", 0.1)),
+                                 restarts=int(g.get("restarts", 8)), lr=float(g.get("lr", 0.06)),
+                                 tau_start=float(g.get("tau_start", 2.0)), tau_end=float(g.get("tau_end", 0.1)),
+                                 eval_every=int(g.get("eval_every", 15)), candidates=int(g.get("candidates", 32)),
                                  seed=int(g.get("seed", 0)), keep=int(g.get("keep", 5)),
                                  warm_start=int(g.get("warm_start", 1024)), **kw)
         out["generated"] = [x.to_dict() for x in gen]
