@@ -3,11 +3,14 @@
 For a sequence of ``length`` tokens, trainable logits ``[length, vocab]`` are relaxed by
 Gumbel-softmax with a temperature annealed from ``tau_start`` to ``tau_end`` (geometric schedule);
 the soft one-hot vectors weight the model's input embedding matrix and go into the model (between
-the tokenizer's special tokens, as extraction feeds words) through ``inputs_embeds``; Adam raises
-the neuron's activation at ``position`` (the last generated token by default, or ``mean`` over
-them). Several seeded restarts (and several neurons) share every forward pass. The hard (argmax)
-sequence of every restart is scored with real token ids along the way (every ``eval_every`` steps and
-at the end) and the best distinct ones are kept and decoded. Special tokens are never generated;
+the tokenizer's special tokens, as extraction feeds words) through ``inputs_embeds``; the logits
+follow the neuron's activation at ``position`` (the last generated token by default, or ``mean`` over
+them) upwards, by Adam as the original or (the default) by a natural-gradient step with a
+straight-through hard sample (see :func:`generate_inputs`). Several seeded restarts (and several
+neurons) share every forward pass, which runs only the blocks up to the neuron's site. The hard
+(argmax) sequence of every restart and its best one-token neighbours are scored with real token ids
+along the way (every ``eval_every`` steps and at the end) and the best distinct ones are kept and
+decoded. Special tokens are never generated;
 ``exclude_subwords`` also excludes subword continuation pieces (``##x`` of WordPiece, pieces
 without a leading space marker of byte-level BPE and SentencePiece).
 
