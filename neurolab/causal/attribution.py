@@ -209,7 +209,7 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
                 al = torch.tensor([alphas[c[1]] for c in part], device=dev)
                 wt = torch.tensor([weights[c[1]] for c in part], device=dev)
                 res = _pass(live, b, s, base, ci, al, ex_of_win, row_of_ex, trow, amask, positions, start,
-                            objective, slot_t, grad=True)
+                            objective, slot_t, grad=True, tokens=keep_tokens)
                 contrib, fvals = res
                 m = len(part)
                 # contrib [m, B, H]: to the example each (copy, window) explains
@@ -265,7 +265,8 @@ class _PassOut(tuple):
 
 
 def _pass(live: LiveModel, b, site: str, base: torch.Tensor, ci: torch.Tensor, al: torch.Tensor, ex_of_win, row_of_ex,
-          trow, amask, positions: str, start: int, objective: str, slot_t: torch.Tensor, *, grad: bool):
+          trow, amask, positions: str, start: int, objective: str, slot_t: torch.Tensor, *, grad: bool,
+          tokens: bool = False):
     """One forward (and backward) pass of ``m`` copies of batch ``b``: copy j scales, at ``al[j]``, the
     positions of the ``ci[j]``-th example of every sentence. Returns (per-copy, per-window summed
     grad x (a - a') ``[m, B, H]``, per-copy f of every example of the batch ``[m, n]`` numpy)."""
@@ -278,17 +279,20 @@ def _pass(live: LiveModel, b, site: str, base: torch.Tensor, ci: torch.Tensor, a
     else:
         mask = amask.unsqueeze(0) & (e >= 0).unsqueeze(-1)
     keep: dict[str, torch.Tensor] = {}
+    # only the scaled positions are touched: their flat index in [m * B * T] and their copy's alpha
+    flat = mask.reshape(-1).nonzero().flatten()  # [P]
+    a_of = al.repeat_interleave(B * T)[flat] if len(flat) else al[:0]
 
     def fn(t: torch.Tensor) -> torch.Tensor:
-        x = t.detach().reshape(m, B, T, -1)
+        H = t.shape[-1]
+        x = t.detach().reshape(m * B * T, H)
         bb = base.to(x.dtype)
-        diff = x - bb
-        interp = (bb + al.to(x.dtype).view(m, 1, 1, 1) * diff).detach()
+        diff = x[flat] - bb  # [P, H]
+        interp = (bb + a_of.to(x.dtype).view(-1, 1) * diff).detach()
         if grad:
             interp.requires_grad_(True)
         keep["leaf"], keep["diff"] = interp, diff
-        out = torch.where(mask.unsqueeze(-1), interp, x)
-        return out.reshape(t.shape)
+        return x.index_put((flat,), interp).reshape(t.shape)  # (a copy: t may be the prefix cache's)
 
     h, _ = live.forward(b, {site: fn}, start=start, expand=m, grad=grad)
     if "leaf" not in keep:
@@ -302,9 +306,14 @@ def _pass(live: LiveModel, b, site: str, base: torch.Tensor, ci: torch.Tensor, a
     if not F.requires_grad:
         raise ConfigError(f"site {site!r} does not reach the task head's prediction (no gradient)")
     (g,) = torch.autograd.grad(F, [keep["leaf"]])
-    per_tok = g * keep["diff"] * mask.unsqueeze(-1).to(g.dtype)  # [m, B, T, H]
-    out = _PassOut((per_tok.sum(2), fnp))
-    out.tokens = per_tok.detach()
+    rows = g * keep["diff"]  # [P, H]: per scaled token
+    H = rows.shape[-1]
+    cw = flat // T  # (copy, window) of each scaled token
+    summed = torch.zeros(m * B, H, dtype=rows.dtype, device=rows.device).index_add_(0, cw, rows)
+    out = _PassOut((summed.view(m, B, H), fnp))
+    if tokens:
+        per_tok = torch.zeros(m * B * T, H, dtype=rows.dtype, device=rows.device)
+        out.tokens = per_tok.index_put_((flat,), rows.detach()).view(m, B, T, H)
     return out
 
 
