@@ -8,7 +8,8 @@ its logit, or its log-probability = minus the loss), the attribution of unit ``u
 
 where ``a`` is the site's activation and ``a'`` the baseline: zero (or each unit's mean over the
 store's training rows) **at the target position only** (``positions=target``: the tokens of the
-example's own word; the other positions keep their real values, as Dai et al. do) or at every
+example's own word, or for a causal LM the positions that predict them, one before each; the other
+positions keep their real values, as Dai et al. do) or at every
 position (``positions=all``: the whole site scaled, as Captum's layer attribution does). The
 attribution of a unit sums its per-token attributions over the scaled tokens, so completeness holds
 per example: ``sum_u IG_u = f(a) - f(a')`` up to the quadrature error of ``steps`` points
@@ -192,9 +193,9 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
         ex_of_win = torch.from_numpy(table[:, win_sent]).to(dev)  # [S, B] local example explained, -1: none
         row_of_ex = torch.from_numpy(ids).to(dev)
         slot_t = torch.from_numpy(slot).to(dev)
-        trow = b.token_row  # [B, T]
         amask = b.attention_mask.bool()
         for s in sites:
+            trow = _target_rows(live, b, s)  # [B, T]: the example each position's activation predicts
             start = live.site_start(s) if cache else 0
             base = torch.as_tensor(base_vec[s], device=dev)
             copies = [(i, k) for i in range(S) for k in range(len(alphas))]
@@ -208,7 +209,7 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
                 al = torch.tensor([alphas[c[1]] for c in part], device=dev)
                 wt = torch.tensor([weights[c[1]] for c in part], device=dev)
                 res = _pass(live, b, s, base, ci, al, ex_of_win, row_of_ex, trow, amask, positions, start,
-                            objective, slot_t, grad=True)
+                            objective, slot_t, grad=True, tokens=keep_tokens)
                 contrib, fvals = res
                 m = len(part)
                 # contrib [m, B, H]: to the example each (copy, window) explains
@@ -240,12 +241,32 @@ def integrated_gradients(live: LiveModel, sites: Sequence[str], *, split: str = 
     return IGResult(ex.ids.copy(), ex.labels.copy(), {s: attr[s] for s in sites}, f1, f0, toks)
 
 
+def _target_rows(live: LiveModel, b, site: str) -> torch.Tensor:
+    """``[B, T]``: per position of batch ``b``, the row of the word whose prediction the site's
+    activation at that position makes (-1: none): the word's own tokens for a tagger and a masked LM
+    (its masked tokens); for a causal LM (and the decoder of an encoder-decoder) the positions that
+    predict the word's tokens, one before each of them (a word's own tokens cannot change its
+    prediction there)."""
+    trow = b.token_row
+    head = live.head
+    if getattr(head, "kind", "") != "lm" or getattr(head, "lm", "") not in ("causal", "seq2seq"):
+        return trow
+    if head.lm == "seq2seq" and not site.startswith("decoder."):
+        return trow  # the encoder reads the word itself
+    p = head._plan(live, b)
+    flat = torch.full((trow.numel(),), -1, dtype=trow.dtype, device=trow.device)
+    src, pos = p["src"].to(trow.device), p["pos"].to(trow.device)
+    flat[src] = trow.reshape(-1)[pos]
+    return flat.view(trow.shape)
+
+
 class _PassOut(tuple):
     tokens: Any = None
 
 
 def _pass(live: LiveModel, b, site: str, base: torch.Tensor, ci: torch.Tensor, al: torch.Tensor, ex_of_win, row_of_ex,
-          trow, amask, positions: str, start: int, objective: str, slot_t: torch.Tensor, *, grad: bool):
+          trow, amask, positions: str, start: int, objective: str, slot_t: torch.Tensor, *, grad: bool,
+          tokens: bool = False):
     """One forward (and backward) pass of ``m`` copies of batch ``b``: copy j scales, at ``al[j]``, the
     positions of the ``ci[j]``-th example of every sentence. Returns (per-copy, per-window summed
     grad x (a - a') ``[m, B, H]``, per-copy f of every example of the batch ``[m, n]`` numpy)."""
@@ -258,17 +279,20 @@ def _pass(live: LiveModel, b, site: str, base: torch.Tensor, ci: torch.Tensor, a
     else:
         mask = amask.unsqueeze(0) & (e >= 0).unsqueeze(-1)
     keep: dict[str, torch.Tensor] = {}
+    # only the scaled positions are touched: their flat index in [m * B * T] and their copy's alpha
+    flat = mask.reshape(-1).nonzero().flatten()  # [P]
+    a_of = al.repeat_interleave(B * T)[flat] if len(flat) else al[:0]
 
     def fn(t: torch.Tensor) -> torch.Tensor:
-        x = t.detach().reshape(m, B, T, -1)
+        H = t.shape[-1]
+        x = t.detach().reshape(m * B * T, H)
         bb = base.to(x.dtype)
-        diff = x - bb
-        interp = (bb + al.to(x.dtype).view(m, 1, 1, 1) * diff).detach()
+        diff = x[flat] - bb  # [P, H]
+        interp = (bb + a_of.to(x.dtype).view(-1, 1) * diff).detach()
         if grad:
             interp.requires_grad_(True)
         keep["leaf"], keep["diff"] = interp, diff
-        out = torch.where(mask.unsqueeze(-1), interp, x)
-        return out.reshape(t.shape)
+        return x.index_put((flat,), interp).reshape(t.shape)  # (a copy: t may be the prefix cache's)
 
     h, _ = live.forward(b, {site: fn}, start=start, expand=m, grad=grad)
     if "leaf" not in keep:
@@ -282,9 +306,14 @@ def _pass(live: LiveModel, b, site: str, base: torch.Tensor, ci: torch.Tensor, a
     if not F.requires_grad:
         raise ConfigError(f"site {site!r} does not reach the task head's prediction (no gradient)")
     (g,) = torch.autograd.grad(F, [keep["leaf"]])
-    per_tok = g * keep["diff"] * mask.unsqueeze(-1).to(g.dtype)  # [m, B, T, H]
-    out = _PassOut((per_tok.sum(2), fnp))
-    out.tokens = per_tok.detach()
+    rows = g * keep["diff"]  # [P, H]: per scaled token
+    H = rows.shape[-1]
+    cw = flat // T  # (copy, window) of each scaled token
+    summed = torch.zeros(m * B, H, dtype=rows.dtype, device=rows.device).index_add_(0, cw, rows)
+    out = _PassOut((summed.view(m, B, H), fnp))
+    if tokens:
+        per_tok = torch.zeros(m * B * T, H, dtype=rows.dtype, device=rows.device)
+        out.tokens = per_tok.index_put_((flat,), rows.detach()).view(m, B, T, H)
     return out
 
 

@@ -36,9 +36,8 @@ __all__ = ["explain", "explain_page"]
 @task("explain")
 def explain(cfg: DictConfig) -> dict:
     from ..causal.build import open_run_store
-    from ..causal.generation import best_ngrams, exhaustive_best, generate_inputs, parse_neuron
+    from ..causal.generation import best_ngrams, check_neurons, exhaustive_best, generate_inputs, parse_neuron
     from ..models.loading import load_model
-    from ..models.sites import site_table
 
     run_dir = Path(output_dir(cfg))
     name = cfg.get("neuron")
@@ -49,13 +48,7 @@ def explain(cfg: DictConfig) -> dict:
     from ..causal.live import _device
 
     model, tok = load_model(cfg.model, device=_device(ecfg.get("device", "auto")))
-    table = site_table(model)
-    if site not in table:
-        raise ConfigError(f"neuron={name}: {site!r} is not a site of model {cfg.model.get('name_or_path')} "
-                          f"(its sites: {', '.join(table)})")
-    units = table[site].units
-    if units is not None and not 0 <= unit < int(units):
-        raise ConfigError(f"neuron={name}: unit {unit} is out of range for site {site} ({units} units)")
+    check_neurons(model, [(site, unit)], model_name=str(cfg.model.get("name_or_path")))
     out: dict[str, Any] = {"neuron": f"{site}:{unit}", "top_contexts": [], "descriptions": [], "rankings": []}
     store = open_run_store(cfg)
     corpus = None
@@ -92,8 +85,9 @@ def explain(cfg: DictConfig) -> dict:
         length = int(g.get("length", 1))
         kw = dict(position=g.get("position", "last"), exclude_subwords=bool(g.get("exclude_subwords", False)))
         (gen,) = generate_inputs(model, tok, [(site, unit)], length=length, steps=int(g.get("steps", 300)),
-                                 restarts=int(g.get("restarts", 8)), lr=float(g.get("lr", 0.5)),
-                                 tau_start=float(g.get("tau_start", 1.0)), tau_end=float(g.get("tau_end", 0.1)),
+                                 restarts=int(g.get("restarts", 8)), lr=float(g.get("lr", 0.06)),
+                                 tau_start=float(g.get("tau_start", 2.0)), tau_end=float(g.get("tau_end", 0.1)),
+                                 eval_every=int(g.get("eval_every", 15)), candidates=int(g.get("candidates", 32)),
                                  seed=int(g.get("seed", 0)), keep=int(g.get("keep", 5)),
                                  warm_start=int(g.get("warm_start", 1024)), **kw)
         out["generated"] = [x.to_dict() for x in gen]

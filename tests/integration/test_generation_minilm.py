@@ -35,8 +35,7 @@ def test_length_one_reaches_the_exhaustive_optimum(minilm, one_thread):
     best = exhaustive_best(model, tok, cand)
     chosen = [(n, b[0]) for n, b in zip(cand, best) if b[0].activation > 0.5][:10]
     assert len(chosen) == 10
-    gen = generate_inputs(model, tok, [n for n, _ in chosen], length=1, steps=60, restarts=8, lr=0.3, seed=0,
-                          eval_every=3)
+    gen = generate_inputs(model, tok, [n for n, _ in chosen], length=1, seed=0)  # the defaults: 300 steps, 8 restarts
     ratios = [g[0].activation / b.activation for g, (_, b) in zip(gen, chosen)]
     for (n, b), g, r in zip(chosen, gen, ratios):
         print(f"{n[0]}:{n[1]}  optimum {b.text!r} {b.activation:.3f}  generated {g[0].text!r} {g[0].activation:.3f}"
@@ -44,7 +43,7 @@ def test_length_one_reaches_the_exhaustive_optimum(minilm, one_thread):
     hits = sum(r >= 0.95 for r in ratios)
     print(f"reached 95% of the optimum: {hits} of {len(ratios)}; median ratio {np.median(ratios):.3f}")
     assert all(r <= 1 + 1e-6 for r in ratios)  # nothing beats the exhaustive optimum
-    assert hits >= 5 and np.median(ratios) >= 0.9
+    assert hits >= 8 and np.median(ratios) >= 0.95
 
 
 def test_length_three_against_the_best_corpus_trigram(minilm, ewt_dev, one_thread):

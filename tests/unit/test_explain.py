@@ -139,3 +139,29 @@ def test_generation_runs_on_other_architectures(kind, one_thread):
     best = exhaustive_best(model, tok, (site, 2))
     (gen1,) = generate_inputs(model, tok, [(site, 2)], length=1, steps=10, restarts=2, warm_start=16)
     assert best[0].activation >= gen1[0].activation - 1e-6
+
+
+def test_one_neuron_check_for_explain_and_generation(setup):
+    """explain and the generation functions refuse a bad neuron through the same check (same words)."""
+    from neurolab.causal.generation import best_ngrams, check_neurons, exhaustive_best, generate_inputs
+    from neurolab.models.loading import load_model
+    from neurolab.tasks.explain import explain
+
+    root, common = setup
+    model, tok = load_model({"name_or_path": common[0].split("=", 1)[1]})
+    msgs = {}
+    for bad in (("layers.9", 1), ("layers.1", 999)):
+        with pytest.raises(ConfigError) as direct:
+            check_neurons(model, [bad])
+        for fn in (lambda: generate_inputs(model, tok, [bad], length=1, steps=1),
+                   lambda: exhaustive_best(model, tok, bad), lambda: best_ngrams(model, tok, bad, [["a"]], 1)):
+            with pytest.raises(ConfigError) as e:
+                fn()
+            assert str(e.value) == str(direct.value)
+        with pytest.raises(ConfigError) as e:
+            explain(compose("explain", common + QUICK + [f"neuron={bad[0]}:{bad[1]}"], run_dir=root / "bad_same"))
+        msgs[bad] = str(e.value)
+        with pytest.raises(ConfigError) as named:
+            check_neurons(model, [bad], model_name=common[0].split("=", 1)[1])
+        assert msgs[bad] == str(named.value)
+    assert "its sites: embeddings, layers.0" in msgs[("layers.9", 1)] and "out of range" in msgs[("layers.1", 999)]
