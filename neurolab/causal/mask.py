@@ -129,6 +129,7 @@ class LiveMask(NeuronMask):
         self.start_ = min(live.site_start(g[0]) for g in self._groups) if self._groups else 0
         self._ref: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._prefix: dict[int, list] = {}  # per batch: the outputs of the blocks below the first gated site
+        self._eval_cache: tuple[bytes, dict] | None = None  # the last evaluation's gates and result
         self._ref_bytes = 0.0
         self.reference_mb = float(reference_mb)
         self._closest: dict[str, Any] | None = None
@@ -334,6 +335,9 @@ class LiveMask(NeuronMask):
         closed (test-time gate > 0 -> 1, else 0: the state the ranking's kept set claims), or with
         ``gates``: ``kl``, ``acc`` (masked), ``base_acc`` (unmasked), ``n`` examples."""
         g = (self.kept_mask().to(self.gates.log_alpha.dtype) if gates is None else gates).detach()
+        key = g.cpu().numpy().tobytes()
+        if self._eval_cache is not None and self._eval_cache[0] == key:
+            return dict(self._eval_cache[1])  # the same gates as the last evaluation (e.g. an unchanged kept set)
         acc = torch.zeros(4, dtype=torch.float64)  # KL sum, examples, correct masked / unmasked
         for i in range(len(self.batches_)):
             lb, _ = self._local(i)
@@ -352,6 +356,7 @@ class LiveMask(NeuronMask):
         out = {"kl": kl_sum / max(n, 1), "n": n}
         if self.live.head.kind != "lm" and n:
             out["acc"], out["base_acc"] = c / n, c0 / n
+        self._eval_cache = (key, dict(out))
         return out
 
     def dev_divergence(self) -> float | None:

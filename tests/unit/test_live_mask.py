@@ -85,6 +85,12 @@ def test_kept_prefix_gives_the_gates_of_recomputing_it(planted, one_thread):
     assert [r["kept"] for r in kept.mask_.path_] == [r["kept"] for r in redo.mask_.path_]
     np.testing.assert_allclose([r["kl"] for r in kept.mask_.path_], [r["kl"] for r in redo.mask_.path_], atol=1e-6)
     assert kept.ranking_.indices.tolist() == redo.ranking_.indices.tolist()
+    # the epoch-end evaluation is reused only for the very same gates
+    m = kept.mask_
+    half = torch.ones(32)
+    half[::2] = 0
+    a, b, a2 = m.evaluate(torch.ones(32)), m.evaluate(half), m.evaluate(torch.ones(32))
+    assert a == a2 and a["kl"] < 1e-9 and b["kl"] > 1e-4
 
 
 def test_two_sites_planted_units_kept(planted, one_thread):
