@@ -114,7 +114,9 @@ def build(gb: float, sites: list[str], d: Path) -> tuple[Path, Path, int]:
 def epoch_vs_read(corpus: Path, store: Path) -> dict:
     """One streamed epoch of the data module against a sequential read (child process)."""
     code = f"""
-import json, time, numpy as np, resource
+import json, re, time, numpy as np
+def peak_mb():  # VmHWM: this process's own peak (ru_maxrss would keep the forking parent's resident set)
+    return round(int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024, 1)
 from neurolab.config import compose
 from neurolab.data import build_datamodule
 from neurolab.store import ActivationStore
@@ -140,7 +142,7 @@ for _ in range(2):  # the faster of two epochs (the first also maps the loader's
 share = n / st.num_tokens
 print(json.dumps({{"sequential_read_s": round(t_read, 1), "GB": round(nbytes / 1e9, 2), "epoch_s": round(t_epoch, 1),
                   "epoch_rows": n, "ratio": round(t_read * share / t_epoch, 3),
-                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}}))
+                  "peak_rss_mb": peak_mb()}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO), WANDB_MODE="disabled"))
