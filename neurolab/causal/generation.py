@@ -223,8 +223,8 @@ def generate_inputs(model, tokenizer, neurons: Sequence[tuple[str, int]] | tuple
     runs only the blocks up to the neuron's site.
 
     ``lr`` x ``steps`` is how far the logits move in all (in standard deviations of the token gains):
-    about 18 works on MiniLM (0.06 x 300, 0.3 x 60); much more freezes the restarts on their first
-    good tokens before the temperature has fallen.
+    keep it moderate (the defaults' product; measured settings in ``tests/benchmarks/BENCHMARKS.md``):
+    much more freezes the restarts on their first good tokens before the temperature has fallen.
 
     ``warm_start``: score that many seeded random hard sequences first and start restart ``r`` of a
     neuron from its ``r``-th best (its logits raised by ``warm_peak`` at those tokens; the random

@@ -88,10 +88,6 @@ class ColumnarSentences(Sequence):
         for k in range(len(self)):
             yield [wt[c] for c in w[int(off[k]):int(off[k + 1])].tolist()]
 
-    def nbytes(self) -> int:
-        """Bytes of the per-word arrays (the tables of distinct values and sentence metadata excluded)."""
-        return int(self._offsets.nbytes + self._words.nbytes + sum(c.nbytes for c in self._codes.values()))
-
 
 class ColumnarBuilder:
     """Collects sentences column by column (codes in growable ``array('i')`` buffers) and builds a

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 __all__ = ["NeuronMaskMethod", "LIVE_DEFAULTS", "PROBE_EPOCHS", "MODEL_EPOCHS"]
 
 #: constrained epochs when ``max_epochs`` is null: probe mode, and model mode (whose gates close slowly at
-#: the default learning rates: on MiniLM, 3.8% of them after 30 epochs, 65.7% after 60; BENCHMARKS.md)
+#: the default learning rates; figures in tests/benchmarks/BENCHMARKS.md)
 PROBE_EPOCHS, MODEL_EPOCHS = 30, 60
 
 

@@ -16,10 +16,7 @@ def planted_live_mask_data(repeat: int = 4):
     """(live model, ArrayData of both sites' rows of the train split); dev sentences are the second half."""
     from neurolab.causal import LiveModel, TaggerHead
 
-    try:
-        from neurolab.data import ArrayData
-    except ImportError:  # pragma: no cover
-        from neurolab.probes import ArrayData
+    from neurolab.data import ArrayData
 
     model, tok = tiny_lm("bert", head=False)
     words = sentences(repeat)

@@ -12,10 +12,7 @@ from neurolab.methods.base import RunContext
 from neurolab.probes.mask import NeuronMask
 from neurolab.probes.mask_method import NeuronMaskMethod
 
-try:  # ArrayData moves from neurolab.probes to neurolab.data
-    from neurolab.data import ArrayData
-except ImportError:  # pragma: no cover
-    from neurolab.probes import ArrayData
+from neurolab.data import ArrayData
 from tests.helpers.causal import TAGS
 from tests.helpers.live_mask import PLANTED, SITES, planted_live_mask_data
 
