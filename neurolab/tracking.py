@@ -123,9 +123,12 @@ class Tracker:
 
 def finish() -> None:
     """Close any W&B run left open in this process."""
-    try:
-        import wandb
+    import sys
 
+    wandb = sys.modules.get("wandb")  # a process that never imported W&B has no run to close
+    if wandb is None:
+        return
+    try:
         if wandb.run is not None:
             wandb.finish()
     except Exception as e:  # pragma: no cover - best effort

@@ -164,6 +164,26 @@ HARMLESS_WARNINGS = (
 _SUMMARY: list[str] = []
 
 
+def seed_everything(seed: int) -> int:
+    """Seed Python's, numpy's and torch's generators and set ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS=1``,
+    exactly as Lightning's ``seed_everything(seed, workers=True)`` does, without importing Lightning
+    (a verb that trains nothing, e.g. ``extract``, does not pay for its import)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    seed = int(seed)
+    if not np.iinfo(np.uint32).min <= seed <= np.iinfo(np.uint32).max:
+        raise ValueError(f"seed={seed} is out of bounds: numpy accepts 0 to {np.iinfo(np.uint32).max}")
+    os.environ["PL_GLOBAL_SEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PL_SEED_WORKERS"] = "1"
+    return seed
+
+
 def summary(line: str) -> None:
     """A line of the task's closing summary: logged after everything else (the W&B run's summary
     included), as the last thing the command says."""
@@ -198,9 +218,7 @@ def task(name: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictCo
                 if rank == 0:
                     OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
                 if cfg.get("seed") is not None:
-                    from pytorch_lightning import seed_everything
-
-                    seed_everything(int(cfg.seed), workers=True, verbose=False)
+                    seed_everything(int(cfg.seed))
                 t0 = time.perf_counter()
                 _SUMMARY.clear()
                 try:
