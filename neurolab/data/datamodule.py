@@ -113,6 +113,7 @@ class ActivationDataModule(pl.LightningDataModule):
         unseen_labels: str = "drop",
         sentence_pooling: str = "mean",
         eval_batch_size: int | None = None,
+        eval_chunk_rows: int = 2048,
     ):
         super().__init__()
         if isinstance(store, (str, Path)):
@@ -142,6 +143,7 @@ class ActivationDataModule(pl.LightningDataModule):
         self.seed = int(seed or 0)
         self.chunk_rows = max(int(chunk_rows or 8192), 1)
         self.chunk_mb = float(chunk_mb or 0)
+        self.eval_chunk_rows = max(int(eval_chunk_rows or 0), 0)
         self.unseen_labels = str(unseen_labels or "drop")
         self.sentence_pooling = str(sentence_pooling or "mean")
         for key, val, ok in (("data.normalize", self.normalize, NORMALIZE), ("data.balance", self.balance, BALANCE),
@@ -306,6 +308,13 @@ class ActivationDataModule(pl.LightningDataModule):
             log.info("data: %d rows per block (data.chunk_rows=%d x %d features would exceed data.chunk_mb=%g MB)",
                      cap, self.chunk_rows, len(self.columns), self.chunk_mb)
             self.chunk_rows = cap
+
+    @property
+    def eval_block_rows(self) -> int:
+        """Rows of a dev / test block read from the store (``data.eval_chunk_rows``, at most a read
+        block): evaluation reads in order and keeps nothing between blocks, so small blocks cost little
+        time, and they bound what an evaluation holds whatever the size of the split."""
+        return min(self.chunk_rows, self.eval_chunk_rows) if self.eval_chunk_rows else self.chunk_rows
 
     def _keys(self) -> np.ndarray:
         """``sentence << 32 | word`` of every store row, read shard by shard (not cached)."""
@@ -532,6 +541,8 @@ class ActivationDataModule(pl.LightningDataModule):
                 yield np.arange(a, min(a + step, len(ex))), norm.apply(X[a:a + step], normalize)
             return
         src = _Source(self._reader, None, self.pooled)
+        if not chunk_rows and _split_name(split) != "train":
+            chunk_rows = self.eval_block_rows
         for idx in self._chunk_bounds(ex, chunk_rows):
             if self.pooled:
                 yield idx, norm.apply(src.load(ex, idx), normalize, fresh=True)
@@ -564,8 +575,14 @@ class ActivationDataModule(pl.LightningDataModule):
         ds.slot, ds.ring = self._slot, self._ring
         return ds
 
+    def _eval_batch(self, split: str, batch_size: int) -> int:
+        """Dev / test batches streamed from the store are at most :attr:`eval_block_rows` rows."""
+        if self._memory is None and _split_name(split) != "train":
+            return min(int(batch_size), self.eval_block_rows)
+        return int(batch_size)
+
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> _EpochLoader:
-        ds = self._dataset(split, shuffle, batch_size)
+        ds = self._dataset(split, shuffle, self._eval_batch(split, batch_size))
         workers = 0 if self._memory is not None else self.num_workers
         return _EpochLoader(ds, num_workers=workers, pin_memory=False,
                             multiprocessing_context="fork" if workers and _fork_ok() else None)
@@ -587,7 +604,7 @@ class ActivationDataModule(pl.LightningDataModule):
         the loaders' unit buffer and batch ring, so evaluating after training takes no new memory: a
         batch tensor is lent again only once nothing refers to it (see :class:`BatchRing`), so a
         consumer may keep batches, at the cost of new buffers."""
-        ds = self._dataset(split, False, int(batch_size or self.eval_batch_size))
+        ds = self._dataset(split, False, self._eval_batch(split, int(batch_size or self.eval_batch_size)))
         yield from ds
 
     def predict_dataloader(self) -> _EpochLoader:
@@ -730,6 +747,7 @@ def build_datamodule(cfg, store=None, **overrides: Any) -> ActivationDataModule:
         num_workers=data.get("num_workers", 0),
         chunk_rows=data.get("chunk_rows", 8192),
         chunk_mb=data.get("chunk_mb", 128),
+        eval_chunk_rows=data.get("eval_chunk_rows", 2048),
         unseen_labels=data.get("unseen_labels", "drop"),
         sentence_pooling=data.get("sentence_pooling", "mean"),
         seed=int(cfg.get("seed") or 0),

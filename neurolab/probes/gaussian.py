@@ -704,7 +704,7 @@ class GaussianMethod(Method):
     name = "gaussian"
 
     def __init__(self, module: Any = None, k: Any = 50, criterion: str = "mi", select_split: str = "val",
-                 report_split: str | None = "test", max_rows: Any = "auto", select_budget_mb: float = 512):
+                 report_split: str | None = "test", max_rows: Any = "auto", select_budget_mb: float = 256):
         self.module = module
         self.k = k
         self.max_rows = max_rows

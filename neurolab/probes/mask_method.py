@@ -116,9 +116,10 @@ class NeuronMaskMethod(Method):
 
             yv = dm.targets("val")
             has_val = len(yv) > 0
+            rows = int(getattr(dm, "eval_block_rows", dm.chunk_rows))
             if has_val and bool(self.constraint_on_dev):
-                mask.set_dev(StreamedRows(dm, "val", None, dm.chunk_rows), yv, batch_size=bs)
-            data_ = _StreamedData(dm, bs, dm.chunk_rows if has_val else 0)
+                mask.set_dev(StreamedRows(dm, "val", None, rows), yv, batch_size=bs)
+            data_ = _StreamedData(dm, bs, rows if has_val else 0)
             held_memory("neuron mask", 0, f"streams {n_rows} training + dev rows from the store "
                         f"(memory budget {getattr(dm, 'memory_budget_mb', 0):g} MB)")
         t0 = time.perf_counter()

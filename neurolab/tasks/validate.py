@@ -192,6 +192,7 @@ RULES: tuple[Rule, ...] = (
     Rule("data.batch_size", _int_at_least(1), READS_STORE),
     Rule("data.chunk_rows", _int_at_least(1), READS_STORE),
     Rule("data.chunk_mb", _number_at_least(0, " (MB of float32 rows per block; 0: data.chunk_rows alone)"), READS_STORE),
+    Rule("data.eval_chunk_rows", _int_at_least(0), READS_STORE),
     Rule("data.num_workers", _int_at_least(0), READS_STORE),
     Rule("data.normalize", _one_of(("zscore", "none"), lambda v: {True: "zscore", False: "none", None: "none"}.get(v, v)),
          READS_STORE),

@@ -399,3 +399,32 @@ def test_chunk_mb_caps_the_rows_of_a_block_for_wide_stores(setup_small):
     np.testing.assert_array_equal(np.sort(wide.row_ids("train")), np.sort(plain.row_ids("train")))
     seen = np.concatenate([y.numpy() for _, y in wide.train_dataloader()])
     assert len(seen) == len(plain.targets("train"))
+
+
+def test_eval_chunk_rows_bounds_streamed_dev_and_test_blocks(setup_small):
+    """Streamed dev / test reads come in blocks of at most ``data.eval_chunk_rows`` (loaders, evaluation
+    batches and ``iter_chunks``) with the same rows as held in memory; training blocks keep
+    ``chunk_rows``, and rows held in memory keep the batch size asked for."""
+    corpus, store, acts, splits = setup_small
+    kw = dict(chunk_rows=1000, chunk_mb=0, eval_batch_size=4096)
+    streamed = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), memory_budget_mb=0,
+                                    eval_chunk_rows=7, **kw)
+    held = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), eval_chunk_rows=7, **kw)
+    streamed.setup(), held.setup()
+    assert streamed.eval_block_rows == 7
+    for split in ("val", "test"):
+        X, y = held.arrays(split)
+        assert len(y) > 7
+        blocks = list(streamed.iter_chunks(split))
+        assert max(len(b[1]) for b in blocks) == 7
+        np.testing.assert_allclose(np.concatenate([b[0] for b in blocks]), X, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), y)
+        batches = list(streamed.eval_batches(split))
+        assert max(len(b[1]) for b in batches) == 7 and sum(len(b[1]) for b in batches) == len(y)
+        assert max(len(b[1]) for b in held.eval_batches(split)) == len(y)  # in memory: one batch of 4096
+    assert max(len(b[1]) for b in streamed.val_dataloader()) == 7
+    assert max(len(b[1]) for b in streamed.iter_chunks("train")) > 7
+    plain = ActivationDataModule(store, corpus, splits, ColumnConcept("upos"), memory_budget_mb=0,
+                                 eval_chunk_rows=0, **kw)
+    plain.setup()
+    assert plain.eval_block_rows == 1000

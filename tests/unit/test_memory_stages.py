@@ -40,8 +40,8 @@ def test_gaussian_selection_rows_bounded_by_its_budget():
     from neurolab.probes.gaussian import GaussianMethod
 
     m = GaussianMethod()
-    assert m.row_limit(17, 1536) == 512 * 2**20 // (17 * 1536 * 4)
-    assert m.row_limit(17, 1536, "float64") == 512 * 2**20 // (17 * 1536 * 8)
+    assert m.row_limit(17, 1536) == 256 * 2**20 // (17 * 1536 * 4)
+    assert m.row_limit(17, 1536, "float64") == 256 * 2**20 // (17 * 1536 * 8)
     assert GaussianMethod(max_rows=300).row_limit(17, 1536) == 300
     assert GaussianMethod(select_budget_mb=1).row_limit(2, 10) == 2**20 // 80
 
