@@ -278,6 +278,9 @@ class GaussianProbe(pl.LightningModule):
         self.class_alpha = float(class_alpha)
         self.score_dtype = getattr(torch, score_dtype)
         self.block_size = int(block_size) if block_size else 0  # 0: from a memory budget
+        # selection: hold the [C, D, n] residuals up to this many MB, beyond recompute each block's
+        # from the rows and the pivots (None: always hold them)
+        self.hold_residuals_mb: float | None = None
         self.stats: GaussianStats | None = None
         self._fitted = False
         if num_classes is not None and num_features is not None:
@@ -555,10 +558,22 @@ class _SelState:
         self.yt = yt
         self.log_prior = probe.log_prior_.to(dt)
         self.lp_true = self.log_prior[yt]
-        self.R = torch.empty(C, D, n, dtype=dt, device=dev)
+        self.shape, self.dtype, self.device = (C, D, n), dt, dev
+        item = torch.empty(0, dtype=dt).element_size()
+        hold = probe.hold_residuals_mb
+        # residuals recomputed per block: r_c = x - mu_c - L_c[:, :t] Z_c[:t], from the rows [D, n] and
+        # the standardised pivot residuals Z [C, t, n] (memory of the rows, not of C copies of them)
+        self.recompute = hold is not None and C * D * n * item > float(hold) * 2**20
         XT = Xt.T
-        for c in range(C):  # one float64 [D, n] temporary at a time
-            self.R[c].copy_(XT - probe.mean_[c][:, None])
+        if self.recompute:
+            self.R = None
+            self.XT = XT.to(dt).contiguous()
+            self.mu = probe.mean_.to(dt)
+            self.Z = torch.empty(C, max(1, kmax), n, dtype=dt, device=dev)
+        else:
+            self.R = torch.empty(C, D, n, dtype=dt, device=dev)
+            for c in range(C):  # one float64 [D, n] temporary at a time
+                self.R[c].copy_(XT - probe.mean_[c][:, None])
         self.s = torch.diagonal(probe.psi_, dim1=1, dim2=2).clone()
         self.diag0 = self.s.clone()
         self.Q = torch.zeros(C, n, dtype=dt, device=dev)
@@ -574,7 +589,7 @@ class _SelState:
         bs = probe.block_size
         if not bs or bs <= 0:  # from a memory budget: L2-sized blocks on CPU, large ones on a GPU
             budget = (256 << 20) if dev.type == "cuda" else (4 << 20)
-            bs = budget // max(1, C * n * self.R.element_size())
+            bs = budget // max(1, C * n * item)
         self.block = int(max(1, min(D, bs)))
 
     def admissible(self) -> torch.Tensor:
@@ -584,6 +599,11 @@ class _SelState:
         return ok
 
     def _apply_pending(self, a: int, b: int) -> torch.Tensor:
+        if self.recompute:  # [C, w, n] = x - mu - L Z, a new block
+            Rt = self.XT[a:b].unsqueeze(0) - self.mu[:, a:b, None]
+            if self.t:
+                Rt.baddbmm_(self.L[:, a:b, :self.t].to(self.dtype), self.Z[:, :self.t], alpha=-1.0)
+            return Rt
         Rt = self.R[:, a:b, :]
         for lcol, z in self.pending:
             Rt.addcmul_(lcol[:, a:b, None], z[:, None, :], value=-1.0)
@@ -591,18 +611,25 @@ class _SelState:
 
     def add(self, j: int) -> None:
         """Condition on neuron ``j`` (a rank-one update of every class's state)."""
-        t, dt = self.t, self.R.dtype
+        t, dt = self.t, self.dtype
         if t >= self.L.shape[2]:
             self.L = torch.cat([self.L, torch.zeros_like(self.L)], dim=2)
         piv = self.s[:, j].clone()
         col = self.p.psi_[:, j, :] - (self.L[:, :, :t] @ self.L[:, j, :t, None])[..., 0]  # psi_ is symmetric
         lcol = col / piv.sqrt()[:, None]
+        if self.recompute:
+            rj = self._apply_pending(j, j + 1)[:, 0, :]  # column j's residuals before this pivot
+            z = rj / piv.sqrt().to(dt)[:, None]
+            if t >= self.Z.shape[1]:
+                self.Z = torch.cat([self.Z, torch.empty_like(self.Z)], dim=1)
+            self.Z[:, t] = z
+        else:
+            rj = self.R[:, j, :].clone()
+            for lc, zz in self.pending:  # column j brought up to date, as the deferred updates will do
+                rj.addcmul_(lc[:, j, None], zz, value=-1.0)
+            z = rj / piv.sqrt().to(dt)[:, None]
+            self.pending.append((lcol.to(dt), z))
         self.L[:, :, t] = lcol
-        rj = self.R[:, j, :].clone()
-        for lc, zz in self.pending:  # column j brought up to date, as the deferred updates will do
-            rj.addcmul_(lc[:, j, None], zz, value=-1.0)
-        z = rj / piv.sqrt().to(dt)[:, None]
-        self.pending.append((lcol.to(dt), z))
         self.s.sub_(lcol ** 2)
         self.s[:, j] = 0.0
         self.Q.add_(z ** 2)
@@ -619,12 +646,12 @@ class _SelState:
 
         Per block of candidates one ``[C, w, n]`` buffer holds ``log2 p(x_i, c)`` (base 2, so that
         the exponentials are ``exp2``), reduced over classes in place: max, shift, exp2, sum."""
-        R, s, Q, logdet, yt, lp_true = self.R, self.s, self.Q, self.logdet, self.yt, self.lp_true
+        s, Q, logdet, yt, lp_true = self.s, self.Q, self.logdet, self.yt, self.lp_true
         denom = self.p._denom(d1)
-        C, D, n = R.shape
-        dt = R.dtype
-        out_ll = torch.empty(D, dtype=dt, device=R.device)
-        out_acc = torch.empty(D, dtype=dt, device=R.device)
+        C, D, n = self.shape
+        dt, device = self.dtype, self.device
+        out_ll = torch.empty(D, dtype=dt, device=device)
+        out_acc = torch.empty(D, dtype=dt, device=device)
         # log2 N at size d1 = [const_c - 0.5 ln s_cj - 0.5 den_c (Q_ci + r_cij^2 / s_cj)] / ln 2
         const = self.p.log_prior_ - 0.5 * (d1 * LOG2PI + logdet - d1 * torch.log(denom))  # [C]
         sc = s.clamp_min(1e-300)
@@ -635,7 +662,7 @@ class _SelState:
         yidx = yt.view(1, 1, n)
 
         def blocks(starts: Iterable[int]) -> None:
-            buf = torch.empty(C, min(bs, D), n, dtype=dt, device=R.device)
+            buf = torch.empty(C, min(bs, D), n, dtype=dt, device=device)
             for a in starts:
                 b = min(D, a + bs)
                 w = b - a
@@ -704,11 +731,13 @@ class GaussianMethod(Method):
     name = "gaussian"
 
     def __init__(self, module: Any = None, k: Any = 50, criterion: str = "mi", select_split: str = "val",
-                 report_split: str | None = "test", max_rows: Any = "auto", select_budget_mb: float = 256):
+                 report_split: str | None = "test", max_rows: Any = "auto", select_budget_mb: float = 512,
+                 hold_residuals_mb: float | None = 384):
         self.module = module
         self.k = k
         self.max_rows = max_rows
         self.select_budget_mb = select_budget_mb
+        self.hold_residuals_mb = hold_residuals_mb
         self.criterion = criterion
         self.select_split = select_split
         self.report_split = report_split
@@ -767,10 +796,15 @@ class GaussianMethod(Method):
             if len(yr):
                 report = (Xr, np.asarray(yr, dtype=np.int64))
         held = (len(ys) + (len(report[1]) if report is not None else 0)) * F * 12  # float32 rows + float64 copy
+        res_mb = C * F * len(ys) * (8 if probe.score_dtype == torch.float64 else 4) / 2**20
+        if self.hold_residuals_mb is None or res_mb <= float(self.hold_residuals_mb):
+            residual_note = f"its [classes x neurons x rows] residuals hold {res_mb:.0f} MB"
+        else:
+            residual_note = (f"its residuals ({res_mb:.0f} MB > method.hold_residuals_mb={float(self.hold_residuals_mb):g}) "
+                             "are recomputed per block from the rows and the selected pivots")
         held_memory("gaussian selection", held, f"{len(ys)} {sel_split}"
                     + (f" + {len(report[1])} {rep_split}" if report is not None else "") + " rows (at most "
-                    f"{limit} per split, a seeded sample beyond), float32 and float64; the selection's residuals "
-                    f"take up to method.select_budget_mb={self.select_budget_mb:g} MB")
+                    f"{limit} per split, a seeded sample beyond), float32 and float64; " + residual_note)
         tracker = context.tracker
         crit = str(self.criterion)
 
@@ -778,6 +812,7 @@ class GaussianMethod(Method):
             tracker.log_metrics({f"gaussian/{key}": v for key, v in rec.items() if key not in ("step", "neuron")},
                                 step=step)
 
+        probe.hold_residuals_mb = None if self.hold_residuals_mb is None else float(self.hold_residuals_mb)
         res = probe.select(Xs, np.asarray(ys, dtype=np.int64), self.k, crit, report=report, callback=_cb)
         columns = np.asarray(dm.columns, dtype=np.int64)
         order = columns[res.order()]

@@ -95,10 +95,14 @@ def test_log_joint_matches_scipy_densities():
         np.testing.assert_allclose(lj[:, c], ref, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("hold", [None, 0.0], ids=["held", "recomputed"])
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 2e-4)])
-def test_batched_candidate_scores_equal_naive_cholesky(dtype, tol):
+def test_batched_candidate_scores_equal_naive_cholesky(dtype, tol, hold):
+    """Held residuals (rank-one updates) and residuals recomputed per block from the pivots
+    (``hold_residuals_mb`` exceeded) both equal a naive Cholesky per candidate subset."""
     X, y, _, _ = _data(n=1500, D=10, C=4, seed=3)
     p = GaussianProbe(4, 10, score_dtype=dtype, block_size=3).fit_arrays(X[:1000], y[:1000])
+    p.hold_residuals_mb = hold
     Xd, yd = X[1000:], y[1000:]
     for selected in ([], [7], [7, 2, 9]):
         got = p.candidate_scores(Xd, yd, selected)
@@ -215,6 +219,21 @@ def test_candidate_scores_on_two_threads_equal_one_thread_and_naive():
     res2 = GaussianProbe(4, 10, score_dtype="float64", block_size=0).fit_arrays(X[:1000], y[:1000]).select(Xd, yd, k=4)
     assert res1.selected == res2.selected  # block size (auto here) does not change the path
     np.testing.assert_allclose(res1.gains, res2.gains, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 1e-4)])
+def test_recomputed_residuals_give_the_held_selection(dtype, tol):
+    """Past ``hold_residuals_mb`` the selection holds only the rows and the pivots: the same neurons
+    in the same order, gains within rounding."""
+    X, y, _, _ = _data(n=2500, D=12, C=4, seed=7)
+    p = GaussianProbe(4, 12, score_dtype=dtype, block_size=5).fit_arrays(X[:1500], y[:1500])
+    held = p.select(X[1500:], y[1500:], k=9)
+    p.hold_residuals_mb = 4 * 12 * 1000 * 4 / 2**20 * 0.99  # just below what float32 residuals would take
+    rec = p.select(X[1500:], y[1500:], k=9)
+    assert rec.selected == held.selected
+    np.testing.assert_allclose(rec.gains, held.gains, rtol=0, atol=tol)
+    for a, b in zip(rec.path, held.path):
+        assert a["select_acc"] == pytest.approx(b["select_acc"], abs=1e-3 if dtype == "float32" else 1e-12)
 
 
 def test_lower_triangle_strips_and_mirror(monkeypatch):

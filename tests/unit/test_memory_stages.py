@@ -19,10 +19,11 @@ def test_gaussian_selection_same_whether_rows_held_or_streamed(tmp_path, max_row
 
     cfg = probe_cfg(tmp_path, "probe=gaussian")
     out = []
-    for sub, budget in (("a", 2048), ("b", 0)):
+    # held residuals with the rows in memory; streamed rows with the residuals recomputed per block
+    for sub, budget, hold in (("a", 2048, None), ("b", 0, 0)):
         dm = planted_datamodule(tmp_path / sub, num_sentences=300, memory_budget_mb=budget)
         assert dm.in_memory == (budget > 0)
-        m = GaussianMethod(k=5, max_rows=max_rows).fit(dm, RunContext(cfg=cfg, seed=1))
+        m = GaussianMethod(k=5, max_rows=max_rows, hold_residuals_mb=hold).fit(dm, RunContext(cfg=cfg, seed=1))
         out.append(m)
         n = len(dm.row_ids("val"))
         expect = n if max_rows >= n else None
@@ -40,8 +41,8 @@ def test_gaussian_selection_rows_bounded_by_its_budget():
     from neurolab.probes.gaussian import GaussianMethod
 
     m = GaussianMethod()
-    assert m.row_limit(17, 1536) == 256 * 2**20 // (17 * 1536 * 4)
-    assert m.row_limit(17, 1536, "float64") == 256 * 2**20 // (17 * 1536 * 8)
+    assert m.row_limit(17, 1536) == 512 * 2**20 // (17 * 1536 * 4)
+    assert m.row_limit(17, 1536, "float64") == 512 * 2**20 // (17 * 1536 * 8)
     assert GaussianMethod(max_rows=300).row_limit(17, 1536) == 300
     assert GaussianMethod(select_budget_mb=1).row_limit(2, 10) == 2**20 // 80
 
