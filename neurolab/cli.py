@@ -65,9 +65,6 @@ def main(argv: list[str] | None = None) -> int | None:
         sys.stdout.write(_usage())
         return 0
     verb, rest = argv[0], argv[1:]
-    from .heap import fixed_mmap_threshold
-
-    fixed_mmap_threshold()  # batch-sized blocks out of the heap: RSS follows what is held, not the step count
     if verb == "store":
         from .store.cli import main as store_main
 

@@ -1,4 +1,5 @@
-"""How the C allocator of a neurolab process returns memory (no heavy imports: the CLI calls it first)."""
+"""How the C allocator of a neurolab process returns memory: set by the stages that stream many block-sized
+allocations (extraction, a data module that streams its rows). No heavy imports."""
 from __future__ import annotations
 
 import ctypes

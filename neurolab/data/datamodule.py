@@ -280,6 +280,10 @@ class ActivationDataModule(pl.LightningDataModule):
         need = self._held_bytes(self._examples, len(self.columns))
         self.stats["bytes_selected"] = int(need)
         fits = self.memory_budget_mb > 0 and need <= self.memory_budget_mb * 2**20
+        if not fits:  # a long stream of block-sized allocations: keep them out of the heap (neurolab/heap.py)
+            from ..heap import fixed_mmap_threshold
+
+            fixed_mmap_threshold()
         self._norm_stats(load_memory=fits)
         held_memory("data module", need if fits else 0,
                     f"{sum(len(v) for v in self._examples.values())} examples x {len(self.columns)} features, "

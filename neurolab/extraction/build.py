@@ -83,6 +83,9 @@ def extract_store(cfg: DictConfig, *, stats: dict | None = None, for_reading: bo
     from .run import extract_to_store, store_identity
     from ..models.loading import model_identity
 
+    from ..heap import fixed_mmap_threshold
+
+    fixed_mmap_threshold()  # batches of every shape, allocated and freed per forward pass: out of the heap
     t0 = time.perf_counter()
     ex, corpus = build_extractor(cfg)
     shard_size = int(_sel(cfg, "store.shard_size", 16384))
