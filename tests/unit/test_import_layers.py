@@ -15,7 +15,7 @@ import neurolab
 
 ROOT = Path(neurolab.__file__).resolve().parent
 LAYERS = [
-    {"errors", "ranking", "config", "tracking", "__init__"},
+    {"errors", "ranking", "config", "tracking", "heap", "__init__"},
     {"store", "models", "corpus"},
     {"extraction", "data", "methods"},
     {"probes", "evaluation", "viz", "analysis", "causal", "benchmark"},
