@@ -87,7 +87,7 @@ class LiveMask(NeuronMask):
                  split: str = "dev", max_sentences: int | None = None, batch_tokens: int = 2048,
                  batch_sentences: int = 16, scope: str = "all", reference_mb: float = 256.0,
                  constraint_every: int = 0, baseline: str = "zero", means: Sequence[float] | np.ndarray | None = None,
-                 anneal_restart_lambda: bool = True, **kw: Any):
+                 **kw: Any):
         kw["adapt_probe"] = False
         cols = np.asarray(columns, dtype=np.int64).reshape(-1)
         super().__init__(len(cols), **kw)
@@ -99,7 +99,6 @@ class LiveMask(NeuronMask):
             if means is None or len(np.asarray(means).reshape(-1)) != len(cols):
                 raise ConfigError("method.live.baseline=mean needs one mean per gated neuron (the training rows' means)")
         self.baseline = baseline
-        self.anneal_restart_lambda = bool(anneal_restart_lambda)
         sites = list(sites)
         live.check_sites(sites, dict(nps))
         object.__setattr__(self, "live", live)  # outside the module tree: checkpoints hold the gates only
@@ -370,11 +369,11 @@ class LiveMask(NeuronMask):
         self._t0 = time.perf_counter()
         starting = self._anneal is None
         super().on_train_epoch_start()
-        if starting and self._anneal is not None and self.anneal_restart_lambda:
+        if starting and self._anneal is not None:
             # the constrained phase may leave the multiplier at its bound (the KL above eps): annealing would
             # spend most of its steps bringing it down before the L0 target could act
             with torch.no_grad():
-                self.log_lambda.clamp_(max=math.log(float(self.hparams.get("lambda_init", 100.0))))
+                self.log_lambda.clamp_(max=math.log(float(self.hparams["lambda_init"])))
 
     def on_train_epoch_end(self) -> None:
         import time

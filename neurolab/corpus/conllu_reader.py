@@ -77,7 +77,7 @@ def read_conllu(path: str | os.PathLike, name: str | None = None) -> Corpus:
             tl = conllu.parse(text)[0]
         except Exception as e:  # conllu's own message lacks the file position
             raise CorpusFormatError(f"{path}:{block_start}: cannot parse sentence ({e})") from None
-        words, cols = [], {"lemma": [], "upos": [], "xpos": [], "feats": [], "head": [], "deprel": [], "misc": []}
+        words, cols = [], {c: [] for c in READ_COLUMNS}
         line_no = block_start + sum(1 for ln in block if ln.startswith("#"))
         for tok in tl:
             tid = tok["id"]

@@ -538,6 +538,14 @@ class GaussianProbe(pl.LightningModule):
         return float((yt == int(torch.argmax(log_prior))).double().mean())
 
 
+def residuals_recomputed(probe: "GaussianProbe", rows: int) -> tuple[bool, float]:
+    """Whether the selection over ``rows`` held-out rows recomputes its ``[C, D, rows]`` residuals
+    (they exceed ``probe.hold_residuals_mb``) instead of holding them, and their size in MB."""
+    C, D = probe.mean_.shape  # the fitted posterior's
+    mb = C * D * int(rows) * torch.empty(0, dtype=probe.score_dtype).element_size() / 2**20
+    return probe.hold_residuals_mb is not None and mb > float(probe.hold_residuals_mb), mb
+
+
 class _SelState:
     """Incremental state of greedy selection: per class the residuals of the held-out rows given the
     selected neurons ``R [C, D, n]`` (candidate-major, so that a block of candidates is contiguous),
@@ -560,10 +568,9 @@ class _SelState:
         self.lp_true = self.log_prior[yt]
         self.shape, self.dtype, self.device = (C, D, n), dt, dev
         item = torch.empty(0, dtype=dt).element_size()
-        hold = probe.hold_residuals_mb
         # residuals recomputed per block: r_c = x - mu_c - L_c[:, :t] Z_c[:t], from the rows [D, n] and
         # the standardised pivot residuals Z [C, t, n] (memory of the rows, not of C copies of them)
-        self.recompute = hold is not None and C * D * n * item > float(hold) * 2**20
+        self.recompute = residuals_recomputed(probe, n)[0]
         XT = Xt.T
         if self.recompute:
             self.R = None
@@ -796,12 +803,11 @@ class GaussianMethod(Method):
             if len(yr):
                 report = (Xr, np.asarray(yr, dtype=np.int64))
         held = (len(ys) + (len(report[1]) if report is not None else 0)) * F * 12  # float32 rows + float64 copy
-        res_mb = C * F * len(ys) * (8 if probe.score_dtype == torch.float64 else 4) / 2**20
-        if self.hold_residuals_mb is None or res_mb <= float(self.hold_residuals_mb):
-            residual_note = f"its [classes x neurons x rows] residuals hold {res_mb:.0f} MB"
-        else:
-            residual_note = (f"its residuals ({res_mb:.0f} MB > method.hold_residuals_mb={float(self.hold_residuals_mb):g}) "
-                             "are recomputed per block from the rows and the selected pivots")
+        probe.hold_residuals_mb = None if self.hold_residuals_mb is None else float(self.hold_residuals_mb)
+        recompute, res_mb = residuals_recomputed(probe, len(ys))
+        residual_note = (f"its residuals ({res_mb:.0f} MB > method.hold_residuals_mb={probe.hold_residuals_mb:g}) are "
+                         "recomputed per block from the rows and the selected pivots" if recompute else
+                         f"its [classes x neurons x rows] residuals hold {res_mb:.0f} MB")
         held_memory("gaussian selection", held, f"{len(ys)} {sel_split}"
                     + (f" + {len(report[1])} {rep_split}" if report is not None else "") + " rows (at most "
                     f"{limit} per split, a seeded sample beyond), float32 and float64; " + residual_note)
@@ -812,7 +818,6 @@ class GaussianMethod(Method):
             tracker.log_metrics({f"gaussian/{key}": v for key, v in rec.items() if key not in ("step", "neuron")},
                                 step=step)
 
-        probe.hold_residuals_mb = None if self.hold_residuals_mb is None else float(self.hold_residuals_mb)
         res = probe.select(Xs, np.asarray(ys, dtype=np.int64), self.k, crit, report=report, callback=_cb)
         columns = np.asarray(dm.columns, dtype=np.int64)
         order = columns[res.order()]

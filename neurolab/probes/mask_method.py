@@ -36,8 +36,7 @@ PROBE_EPOCHS, MODEL_EPOCHS = 30, 60
 #: task head for another concept than the ranking's may be used, and what a shut gate leaves in its unit
 #: (``zero``, or ``mean``: the unit's mean over the store's training rows, De Cao et al.'s baseline in place
 #: of a learned one: the mask then asks which units' variation the output needs, not their offset), and
-#: the bound on the KL (nats, replaces ``module.eps``; null: keep it): on MiniLM's 7 sites no state within
-#: 0.1 nats closes more than a few percent of the gates (tests/benchmarks/BENCHMARKS.md)
+#: the bound on the KL (nats, replaces ``module.eps``; null: keep it; why 0.5 in tests/benchmarks/BENCHMARKS.md)
 LIVE_DEFAULTS = MappingProxyType({"split": "dev", "max_sentences": None, "batch_tokens": 2048, "batch_sentences": 16,
                                   "scope": "all", "reference_mb": 256.0, "constraint_every": 0,
                                   "init_open": 0.95, "allow_other_concept": False,

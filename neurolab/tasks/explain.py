@@ -33,6 +33,11 @@ log = logging.getLogger(__name__)
 __all__ = ["explain", "explain_page"]
 
 
+#: explain.generate.* passed on to generate_inputs, with their types
+_GENERATE_SETTINGS = {"steps": int, "restarts": int, "lr": float, "tau_start": float, "tau_end": float,
+                      "eval_every": int, "candidates": int, "seed": int, "keep": int, "warm_start": int}
+
+
 @task("explain")
 def explain(cfg: DictConfig) -> dict:
     from ..causal.build import open_run_store
@@ -84,12 +89,9 @@ def explain(cfg: DictConfig) -> dict:
     if g.get("enabled", True):
         length = int(g.get("length", 1))
         kw = dict(position=g.get("position", "last"), exclude_subwords=bool(g.get("exclude_subwords", False)))
-        (gen,) = generate_inputs(model, tok, [(site, unit)], length=length, steps=int(g.get("steps", 300)),
-                                 restarts=int(g.get("restarts", 8)), lr=float(g.get("lr", 0.06)),
-                                 tau_start=float(g.get("tau_start", 2.0)), tau_end=float(g.get("tau_end", 0.1)),
-                                 eval_every=int(g.get("eval_every", 15)), candidates=int(g.get("candidates", 32)),
-                                 seed=int(g.get("seed", 0)), keep=int(g.get("keep", 5)),
-                                 warm_start=int(g.get("warm_start", 1024)), **kw)
+        # the settings given (conf/explain.yaml); generate_inputs' own defaults for the others
+        opts = {k: cast(g[k]) for k, cast in _GENERATE_SETTINGS.items() if g.get(k) is not None}
+        (gen,) = generate_inputs(model, tok, [(site, unit)], length=length, **opts, **kw)
         out["generated"] = [x.to_dict() for x in gen]
         if corpus is None:
             from ..corpus import load_corpus

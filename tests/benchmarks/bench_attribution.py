@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--generate-steps", type=int, default=300,
                     help="also time one generated input (length 5, 8 restarts) for --generate-neuron (0: skip)")
     ap.add_argument("--generate-neuron", default="layers.2.mlp:978",
-                    help="the neuron of the generation timing (layers.2.mlp:978: its best single token reaches 2.0)")
+                    help="the neuron of the generation timing")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args(argv)
 

@@ -87,14 +87,17 @@ class Planted:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _noise(self, a: int, b: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, a]).standard_normal((b - a, UNITS), dtype=np.float32)
+
     def __getitem__(self, sl: slice) -> np.ndarray:
         a, b, _ = sl.indices(self.shape[0])
-        x = np.random.default_rng([self.seed, a]).standard_normal((b - a, UNITS), dtype=np.float32)
-        if self.plant:
+        x = self._noise(a, b)
+        if self.plant:  # the class added in the noise's own dtype, then stored as fp16
             c = self.codes[a:b]
-            ok = c >= 0
-            x[np.flatnonzero(ok), 3 * c[ok]] += 2.5
-        return x.astype(np.float16)
+            ok = np.flatnonzero(c >= 0)
+            x[ok, 3 * c[ok]] += x.dtype.type(2.5)
+        return x.astype(np.float16, copy=False)
 
 
 def build_store(corpus_file: Path, sdir: Path) -> int:

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.benchmarks.bench_memory_cli import UNITS, run_cli  # noqa: E402
+from tests.benchmarks.bench_memory_cli import UNITS, Planted, run_cli  # noqa: E402
 
 TAGS = ["ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
         "SCONJ", "SYM", "VERB", "X"]
@@ -62,35 +62,25 @@ def make_corpus(rows: int, path: Path) -> np.ndarray:
     return codes
 
 
-class PooledPlanted:
-    """``[rows, UNITS]`` fp16 rows for one site, made slice by slice like ``Planted`` but from a seeded
-    pool of Gaussian noise (each slice a window of the pool at a seeded offset): drawing tens of
-    billions of fresh normals takes hours on two cores, copying them does not. Unit ``3 * c`` carries
-    class ``c`` on the planted site."""
+class PooledPlanted(Planted):
+    """``Planted`` with its noise copied from a seeded fp16 pool (each slice a window of the pool at a
+    seeded offset): drawing tens of billions of fresh normals takes hours on two cores, copying them
+    does not."""
 
     POOL_ROWS = 1 << 16
 
     def __init__(self, codes: np.ndarray, seed: int, plant: bool):
-        self.codes, self.seed, self.plant = codes, seed, plant
-        self.shape, self.ndim = (len(codes), UNITS), 2
+        super().__init__(codes, seed, plant)
         rng = np.random.default_rng([seed, 7])
         self.pool = rng.standard_normal((2 * self.POOL_ROWS, UNITS), dtype=np.float32).astype(np.float16)
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, sl: slice) -> np.ndarray:
-        a, b, _ = sl.indices(self.shape[0])
+    def _noise(self, a: int, b: int) -> np.ndarray:
         out = np.empty((b - a, UNITS), dtype=np.float16)
         rng = np.random.default_rng([self.seed, a])
         for i in range(0, b - a, self.POOL_ROWS):
             n = min(self.POOL_ROWS, b - a - i)
             off = int(rng.integers(0, self.POOL_ROWS))
             out[i:i + n] = self.pool[off:off + n]
-        if self.plant:
-            c = self.codes[a:b]
-            ok = np.flatnonzero(c >= 0)
-            out[ok, 3 * c[ok]] += np.float16(2.5)
         return out
 
 

@@ -46,29 +46,49 @@ def random_labels(words, seed: int = 0, tags=TAGS):
     return [[tags[int(rng.integers(len(tags)))] for _ in s] for s in words]
 
 
-def planted_tagger(repeat: int, planted=(0, 1, 2)):
-    """A tiny float64 BERT with a tagger head on z-scored layers.1 whose class c's logit is 2 z_u (u =
-    ``planted[c]``) plus 0.01 of every other unit, and labels that are the head's own predictions (so the
-    unablated accuracy is 1). Returns (model, tokenizer, head, words, labels, splits)."""
+def planted_tagger(repeat: int, planted=(0, 1, 2), *, double: bool = True, off: float = 0.01, own_labels: bool = True,
+                   held_out: str = "test", batch_tokens: int = 128):
+    """A tiny BERT (float64 unless ``double=False``) with a tagger head on z-scored layers.1 whose class
+    c's logit is 2 z_u (u = ``planted[c]``) plus ``off`` of every other unit, and labels that are the head's
+    own predictions (so the unablated accuracy is 1; ``own_labels=False``: seeded random labels). The
+    sentences' first half is the train split, the second ``held_out``. Returns (model, tokenizer, head,
+    words, labels, splits)."""
     from neurolab.causal import LiveModel, TaggerHead
 
     model, tok = tiny_lm("bert", head=False)
-    model = model.double()
+    if double:
+        model = model.double()
     words = sentences(repeat)
     n = len(words)
-    splits = {"train": np.arange(0, n // 2), "test": np.arange(n // 2, n)}
+    splits = {"train": np.arange(0, n // 2), held_out: np.arange(n // 2, n)}
     dummy = TaggerHead(site="layers.1").set_weights(np.zeros((3, 32)), np.zeros(3), TAGS)
-    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
+    probe = LiveModel(model, tok, dummy, words=words, labels=random_labels(words), splits=splits,
+                      batch_tokens=batch_tokens)
     _, a = probe.activations(["layers.1"], "train")
     mu, sd = a["layers.1"].mean(0), a["layers.1"].std(0)
-    W = np.full((3, 32), 0.01)
+    W = np.full((3, 32), float(off))
     for c, u in enumerate(planted):
         W[c, u] = 2.0
     head = TaggerHead(site="layers.1").set_weights(W, np.zeros(3), TAGS, mean=mu, std=sd)
-    probe = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits, batch_tokens=128)
+    if not own_labels:
+        return model, tok, head, words, random_labels(words), splits
+    probe = LiveModel(model, tok, head, words=words, labels=random_labels(words), splits=splits,
+                      batch_tokens=batch_tokens)
     labels = [[None] * len(s) for s in words]
-    for split in ("train", "test"):
+    for split in ("train", held_out):
         res = probe.run([], split)
         for r, p in zip(res.examples.ids, res.base.pred):
             labels[int(probe.corpus.row_sentence[r])][int(probe.corpus.row_word[r])] = TAGS[p]
     return model, tok, head, words, labels, splits
+
+
+def site_rows(live, sites, nps, concept: str = "tags=A"):
+    """The word rows of ``sites`` over the live model's training sentences with their labels, as the
+    store-like data a method ranks (its first 10 rows stand in for dev and test)."""
+    from neurolab.data import ArrayData
+
+    rows, acts = live.activations(list(sites), "train")
+    X = np.concatenate([acts[s] for s in sites], axis=1)
+    y = np.array([TAGS.index(live.labels[r]) for r in rows])
+    return ArrayData({"train": (X, y), "val": (X[:10], y[:10]), "test": (X[:10], y[:10])}, class_names=TAGS,
+                     sites=list(sites), neurons_per_site=dict(nps), concept=concept)

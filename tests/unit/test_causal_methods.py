@@ -15,7 +15,7 @@ from neurolab.evaluation.base import EvalContext, Size
 from neurolab.methods.base import RunContext
 from neurolab.data import ArrayData
 from neurolab.ranking import NeuronRanking
-from tests.helpers.causal import TAGS, planted_tagger
+from tests.helpers.causal import planted_tagger, site_rows
 
 PLANTED = [0, 1, 2]  # unit c of layers.1 drives class c
 SITES = ["layers.0", "layers.1"]
@@ -33,12 +33,7 @@ def planted():
     live = LiveModel(model, tok, head, words=words, labels=labels, splits=splits, concept_values={"A"},
                      concept_name="tags", batch_tokens=128)
     # the word rows of both sites over the training sentences, with their labels: the data of the run
-    rows, acts = live.activations(SITES, "train")
-    X = np.concatenate([acts[s] for s in SITES], axis=1)
-    y = np.array([TAGS.index(live.labels[r]) for r in rows])
-    data = Data({"train": (X, y), "val": (X[:10], y[:10]), "test": (X[:10], y[:10])}, class_names=TAGS,
-                sites=SITES, neurons_per_site=NPS, concept="tags=A")
-    return live, data
+    return live, site_rows(live, SITES, NPS)
 
 
 def ranking_planted_first():

@@ -32,8 +32,11 @@ def test_seed_everything_matches_lightnings():
             os.environ.pop(k, None)
         pl_seed(seed, workers=True, verbose=False)
         theirs = (_draws(), os.environ["PL_GLOBAL_SEED"], os.environ["PL_SEED_WORKERS"])
-        random.seed(123), np.random.seed(123), torch.manual_seed(123)  # noqa: B018 - other states in between
-        os.environ.pop("PL_GLOBAL_SEED"), os.environ.pop("PL_SEED_WORKERS")
+        random.seed(123)  # other states in between
+        np.random.seed(123)
+        torch.manual_seed(123)
+        for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+            os.environ.pop(k)
         assert seed_everything(seed) == seed
         ours = (_draws(), os.environ["PL_GLOBAL_SEED"], os.environ["PL_SEED_WORKERS"])
         assert ours == theirs
